@@ -1,0 +1,3 @@
+from yolokf.cli import main
+
+main()

@@ -1,0 +1,51 @@
+"""The errors yolokf raises. Each message says what is wrong and what to do next.
+
+The CLI turns them into one line on stderr and the exit code below; no traceback
+unless YOLOKF_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+
+class YolokfError(Exception):
+    """Base class: a failure the user can act on."""
+
+    exit_code = 1
+
+
+class UsageError(YolokfError):
+    """Bad arguments or input files (exit 2, like Typer's own usage errors)."""
+
+    exit_code = 2
+
+
+class OfflineError(YolokfError):
+    """Something would need a download and the machine cannot reach the source."""
+
+    exit_code = 3
+
+
+class TrainingError(YolokfError):
+    """The training step failed."""
+
+
+class ImageBuildError(YolokfError):
+    """Building or pushing the training image failed."""
+
+
+class RegistryError(ImageBuildError):
+    """The registry refused or could not be reached."""
+
+
+class ClusterError(YolokfError):
+    """The Kubeflow Pipelines API failed or refused a request."""
+
+
+class RunFailedError(ClusterError):
+    """A pipeline run ended in FAILED, CANCELED or timed out."""
+
+    exit_code = 4
+
+
+class DataError(YolokfError):
+    """A dataset could not be fetched or does not look like a YOLO dataset."""

@@ -1,0 +1,186 @@
+"""The code that runs inside the training step: plain functions, callable and testable without KFP.
+
+`train()` runs `YOLO(model).train(...)` and returns what it produced; `write_outputs()` turns that
+into the step's KFP artifacts; `train_step()` is what the pipeline component calls.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yolokf import offline
+from yolokf.datasets import resolve_data
+from yolokf.errors import TrainingError
+from yolokf.settings import TrainConfig
+
+RUN_NAME = "train"
+_KIND_PREFIX = {"B": "", "M": "mask_", "P": "pose_"}
+_RENAMES = {"accuracy_top1": "top1_accuracy", "accuracy_top5": "top5_accuracy"}
+
+
+@dataclass
+class TrainResult:
+    """What one training produced."""
+
+    save_dir: Path
+    best: Path | None
+    last: Path | None
+    metrics: dict[str, float]
+    task: str
+    names: dict[int, str]
+    epochs: int
+    ultralytics_version: str
+    resumed_from_epoch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def readable_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """ultralytics' result keys under readable names: metrics/mAP50(B) -> mAP50, metrics/mAP50(M) -> mask_mAP50."""
+    readable: dict[str, float] = {}
+    for key, value in results.items():
+        name = key.removeprefix("metrics/")
+        match = re.fullmatch(r"(.+)\((B|M|P)\)", name)
+        if match:
+            name = _KIND_PREFIX[match.group(2)] + match.group(1)
+        name = _RENAMES.get(name, name)
+        try:
+            readable[name] = round(float(value), 6)
+        except (TypeError, ValueError):
+            continue
+    return readable
+
+
+def metrics_from_csv(results_csv: Path) -> dict[str, float]:
+    """The last epoch's validation metrics from results.csv (DDP runs return no metrics object)."""
+    with results_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return {}
+    last = {key.strip(): value for key, value in rows[-1].items()}
+    return readable_metrics({key: value for key, value in last.items() if key.startswith("metrics/")})
+
+
+def prepare_environment() -> None:
+    """Settings an offline pod needs before ultralytics is imported."""
+    if not offline.is_online():
+        os.environ.setdefault("YOLO_OFFLINE", "true")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install inside a step
+
+
+def train(config: TrainConfig, workdir: Path, *, data: str | None = None) -> TrainResult:
+    """Train `config` with ultralytics, writing the run folder under `workdir`.
+
+    `data` overrides `config.data` with an already resolved local dataset (the download step's output).
+    """
+    prepare_environment()
+    offline.check_model(config.model)
+    data_path = data or resolve_data(config.data)
+
+    import ultralytics
+    from ultralytics import YOLO
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    offline.place_fonts(Path(USER_CONFIG_DIR))
+    try:
+        model = YOLO(config.model)
+        results = model.train(
+            data=data_path, project=str(workdir), name=RUN_NAME, exist_ok=True, **config.train_kwargs()
+        )
+    except (FileNotFoundError, ConnectionError) as exc:
+        raise TrainingError(f"Training could not start: {exc}") from exc
+    trainer = model.trainer
+    if trainer is None:
+        raise TrainingError("ultralytics returned without a trainer; see the log above.")
+    save_dir = Path(trainer.save_dir)
+    metrics = readable_metrics(getattr(results, "results_dict", None) or {})
+    if not metrics and (save_dir / "results.csv").exists():
+        metrics = metrics_from_csv(save_dir / "results.csv")
+    weights = save_dir / "weights"
+    return TrainResult(
+        save_dir=save_dir,
+        best=weights / "best.pt" if (weights / "best.pt").exists() else None,
+        last=weights / "last.pt" if (weights / "last.pt").exists() else None,
+        metrics=metrics,
+        task=str(model.task),
+        names={int(k): str(v) for k, v in (model.names or {}).items()},
+        epochs=config.epochs,
+        ultralytics_version=ultralytics.__version__,
+    )
+
+
+def write_outputs(
+    result: TrainResult, config: TrainConfig, *, weights: Any, metrics: Any, report: Any, run_dir: Any
+) -> None:
+    """Fill the step's artifacts: weights (Model), metrics (Metrics), report (HTML), run folder (Artifact)."""
+    from yolokf.report import render_report
+
+    weights_dir = Path(weights.path)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    for source in (result.best, result.last):
+        if source is not None:
+            shutil.copy2(source, weights_dir / source.name)
+    weights.metadata.update(
+        {
+            "framework": "ultralytics",
+            "task": result.task,
+            "names": {str(k): v for k, v in result.names.items()},
+            "imgsz": config.imgsz,
+            "epochs": result.epochs,
+            "model": config.model,
+            "ultralytics_version": result.ultralytics_version,
+            "metrics": result.metrics,
+            "files": sorted(p.name for p in weights_dir.iterdir()),
+        }
+    )
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    Path(report.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(report.path).write_text(render_report(result, config))
+    shutil.copytree(
+        result.save_dir, run_dir.path, ignore=shutil.ignore_patterns("weights"), dirs_exist_ok=True
+    )
+    run_dir.metadata.update({"files": sorted(p.name for p in Path(run_dir.path).iterdir())})
+
+
+def train_step(
+    *,
+    model: str,
+    data: str,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    device: str,
+    workers: int,
+    seed: int,
+    train_args: dict,
+    weights: Any,
+    metrics: Any,
+    report: Any,
+    run_dir: Any,
+    dataset: Any = None,
+) -> None:
+    """Entry point of the pipeline's training component."""
+    config = TrainConfig(
+        model=model,
+        data=data,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        workers=workers,
+        seed=seed,
+        extra=dict(train_args or {}),
+    )
+    local_data = resolve_data(dataset.path) if dataset is not None else None
+    with tempfile.TemporaryDirectory(prefix="yolokf-train-") as workdir:
+        result = train(config, Path(workdir), data=local_data)
+        write_outputs(result, config, weights=weights, metrics=metrics, report=report, run_dir=run_dir)
+    print("yolokf-metrics " + json.dumps(result.metrics), flush=True)
