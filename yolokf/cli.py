@@ -24,9 +24,7 @@ err = Console(stderr=True)
 
 # Training flags: ultralytics' names and defaults.
 Model = Annotated[str, typer.Option(help="Weights (.pt) or model YAML (yolov8n.yaml trains from scratch).")]
-Data = Annotated[
-    str, typer.Option(help="Dataset YAML, YOLO dataset folder, or 'shapes' (built in, offline).")
-]
+Data = Annotated[str, typer.Option(help="Dataset YAML, YOLO dataset folder, or 'shapes' (built in, offline).")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 Imgsz = Annotated[int, typer.Option(help="Image size in pixels.")]
 Batch = Annotated[int, typer.Option(help="Batch size.")]
@@ -39,9 +37,7 @@ Set = Annotated[
 ]
 Image = Annotated[
     str | None,
-    typer.Option(
-        envvar="YOLOKF_IMAGE", help="Step image (tag or digest). Default: the image build-image made."
-    ),
+    typer.Option(envvar="YOLOKF_IMAGE", help="Step image (tag or digest). Default: the image build-image made."),
 ]
 
 
@@ -78,9 +74,7 @@ def _root(
 
 @app.command("compile")
 def compile_(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Pipeline YAML to write.")] = Path(
-        "yolov8_train.yaml"
-    ),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pipeline YAML to write.")] = Path("yolov8_train.yaml"),
     model: Model = "yolov8n.pt",
     data: Data = "coco128.yaml",
     epochs: Epochs = 100,

@@ -137,8 +137,7 @@ def _dataset_in_folder(folder: Path) -> Path:
     if (folder / "train").is_dir():  # classification layout: train/<class>/*.jpg
         return folder
     raise UsageError(
-        f"{folder} holds no dataset YAML (data.yaml) and no train/ folder; "
-        "point --data at the dataset's YAML file."
+        f"{folder} holds no dataset YAML (data.yaml) and no train/ folder; point --data at the dataset's YAML file."
     )
 
 
@@ -157,9 +156,7 @@ def check_data_yaml(path: Path) -> dict[str, Any]:
     spec = load_data_yaml(path)
     for key in ("names", "train"):
         if key not in spec:
-            raise UsageError(
-                f"Dataset YAML {path} has no '{key}:' entry; see https://docs.ultralytics.com/datasets/"
-            )
+            raise UsageError(f"Dataset YAML {path} has no '{key}:' entry; see https://docs.ultralytics.com/datasets/")
     base = Path(spec.get("path") or path.parent)
     if not base.is_absolute():
         base = (path.parent / base).resolve()

@@ -112,9 +112,7 @@ def compile_pipeline(config: TrainConfig, step: StepOptions, out: Path) -> Path:
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'yolov8_train.yaml'}")
     if not parent.is_dir():
-        raise UsageError(
-            f"Cannot write {out}: folder {parent} does not exist. Create it or choose another --out."
-        )
+        raise UsageError(f"Cannot write {out}: folder {parent} does not exist. Create it or choose another --out.")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"Cannot write {out}: folder {parent} is not writable. Choose another --out.")
     pipeline = build_pipeline(config, step)

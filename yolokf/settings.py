@@ -51,9 +51,7 @@ class TrainConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UsageError(f"--seed must be a whole number of at least 0, got {self.seed!r}.")
         if not self.model.strip():
-            raise UsageError(
-                "--model is empty: give a weights file (yolov8n.pt) or a model YAML (yolov8n.yaml)."
-            )
+            raise UsageError("--model is empty: give a weights file (yolov8n.pt) or a model YAML (yolov8n.yaml).")
         if not self.data.strip():
             raise UsageError("--data is empty: give a dataset YAML, a dataset folder, or 'shapes'.")
         object.__setattr__(self, "extra", check_train_args(self.extra))

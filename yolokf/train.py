@@ -144,9 +144,7 @@ def write_outputs(
         metrics.log_metric(name, value)
     Path(report.path).parent.mkdir(parents=True, exist_ok=True)
     Path(report.path).write_text(render_report(result, config))
-    shutil.copytree(
-        result.save_dir, run_dir.path, ignore=shutil.ignore_patterns("weights"), dirs_exist_ok=True
-    )
+    shutil.copytree(result.save_dir, run_dir.path, ignore=shutil.ignore_patterns("weights"), dirs_exist_ok=True)
     run_dir.metadata.update({"files": sorted(p.name for p in Path(run_dir.path).iterdir())})
 
 
