@@ -88,10 +88,11 @@ def compile_(
 ) -> None:
     """Write the Kubeflow pipeline YAML.  Example: yolokf compile --out yolov8_train.yaml --epochs 50"""
     from yolokf.cluster import StepOptions
+    from yolokf.image import resolve_image
     from yolokf.pipeline import compile_pipeline
 
     config = _config(model, data, epochs, imgsz, batch, device, workers, seed, set_)
-    path = compile_pipeline(config, StepOptions(image=image or "yolokf:latest"), out)
+    path = compile_pipeline(config, StepOptions(image=resolve_image(image)), out)
     console.print(f"Wrote {path}")
 
 
@@ -116,6 +117,44 @@ def run(
     config = _config(model, data, epochs, imgsz, batch, device, workers, seed, set_)
     result = run_local(config, pipeline_root)
     _print_local_run(result)
+
+
+@app.command("build-image")
+def build_image(
+    repository: Annotated[
+        str, typer.Option("--repository", "-r", envvar="YOLOKF_REPOSITORY", help="Image name, with registry to push.")
+    ] = "yolokf",
+    tag: Annotated[
+        str | None, typer.Option("--tag", "-t", help="Tag. Default: <version>-<content hash>, same inputs same tag.")
+    ] = None,
+    base_image: Annotated[
+        str, typer.Option(envvar="YOLOKF_BASE_IMAGE", help="Base image holding PyTorch (kept as is).")
+    ] = "nvcr.io/nvidia/pytorch:26.09-py3",
+    push: Annotated[bool, typer.Option("--push", help="Push, then print repo@sha256:... .")] = False,
+    platform: Annotated[str | None, typer.Option(help="Target platform, e.g. linux/amd64.")] = None,
+    pip_index_url: Annotated[
+        str | None, typer.Option(envvar="YOLOKF_PIP_INDEX_URL", help="pip index (mirror) used in the build.")
+    ] = None,
+    pip_extra_index_url: Annotated[
+        str | None, typer.Option(envvar="YOLOKF_PIP_EXTRA_INDEX_URL", help="Extra pip index used in the build.")
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local weights file to bake in, e.g. yolov8n.pt.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be built and pushed.")] = False,
+) -> None:
+    """Build the training image from this source tree, and push it.
+
+    Registry credentials: `docker login`, or YOLOKF_REGISTRY_USERNAME and YOLOKF_REGISTRY_PASSWORD.
+    Example: yolokf build-image --repository registry.example.com/ml/yolokf --push
+    """
+    from yolokf import image as images
+
+    spec = images.BuildSpec(base_image, repository, tag, platform, pip_index_url, pip_extra_index_url, weights)
+    plan = images.plan_build(spec, push=push)
+    if dry_run:
+        console.print("\n".join(images.describe(plan)), markup=False, highlight=False)
+        return
+    result = images.build_image(plan, images.Reporter(err))
+    console.print(result.digest_reference or plan.reference, markup=False, highlight=False)
 
 
 @app.command()
