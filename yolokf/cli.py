@@ -19,8 +19,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals can hold tokens
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 # Training flags: ultralytics' names and defaults.
 Model = Annotated[str, typer.Option(help="Weights (.pt) or model YAML (yolov8n.yaml trains from scratch).")]

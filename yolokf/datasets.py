@@ -18,7 +18,7 @@ from yolokf import offline, ultralytics_cfg
 from yolokf.errors import DataError, OfflineError, UsageError
 
 SHAPES = "shapes"
-SHAPES_VERSION = 1
+SHAPES_VERSION = 4
 SHAPES_CLASSES = ("circle", "square", "triangle")
 REMOTE_SCHEMES = ("s3://", "gs://", "http://", "https://", "pvc://")
 
@@ -57,18 +57,24 @@ def write_shapes(root: Path, *, train: int = 128, val: int = 32, imgsz: int = 12
         (staging / "images" / split).mkdir(parents=True)
         (staging / "labels" / split).mkdir(parents=True)
         for index in range(count):
-            background = rng.integers(0, 90, size=3)
-            noise = rng.integers(0, 40, size=(imgsz, imgsz, 3))
+            background = rng.integers(0, 60, size=3)
+            noise = rng.integers(0, 15, size=(imgsz, imgsz, 3))
             image = Image.fromarray((background + noise).clip(0, 255).astype("uint8"))
             draw = ImageDraw.Draw(image)
-            lines = []
-            for _ in range(int(rng.integers(1, 4))):
+            lines: list[str] = []
+            boxes: list[tuple[int, int, int, int]] = []
+            for _ in range(int(rng.integers(1, 5))):
                 cls = int(rng.integers(0, len(SHAPES_CLASSES)))
-                size = int(rng.integers(imgsz // 6, imgsz // 3))
+                size = int(rng.integers(imgsz // 5, imgsz * 2 // 5))
                 x0 = int(rng.integers(0, imgsz - size))
                 y0 = int(rng.integers(0, imgsz - size))
-                color = tuple(int(c) for c in rng.integers(130, 256, size=3))
                 box = (x0, y0, x0 + size, y0 + size)
+                if any(_overlaps(box, other) for other in boxes):
+                    continue  # keep every shape fully visible
+                boxes.append(box)
+                # one hue per class, brightness varies: a from-scratch YOLOv8n learns it in 15 epochs
+                color = tuple(int(c) for c in rng.integers(30, 90, size=3))
+                color = tuple(int(rng.integers(200, 256)) if i == cls else c for i, c in enumerate(color))
                 if cls == 0:
                     draw.ellipse(box, fill=color)
                 elif cls == 1:
@@ -91,6 +97,10 @@ def write_shapes(root: Path, *, train: int = 128, val: int = 32, imgsz: int = 12
     except OSError:  # another process finished first
         shutil.rmtree(staging, ignore_errors=True)
     return data_yaml
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def shapes_dataset() -> Path:

@@ -7,14 +7,15 @@ over to `yolokf.train.train_step`.
 
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from kfp import compiler, dsl
-from kfp.dsl import HTML, Artifact, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from yolokf import __version__
-from yolokf.cluster import StepOptions, apply_step_options
+from yolokf.cluster import StepOptions, apply_fetch_options, apply_step_options
 from yolokf.errors import UsageError
 from yolokf.settings import TrainConfig
 
@@ -38,6 +39,9 @@ def yolo_train(
     metrics: Output[Metrics],
     report: Output[HTML],
     run_dir: Output[Artifact],
+    dataset: Input[Dataset] = None,
+    checkpoint_dir: str = "",
+    run_key: str = "",
 ):
     """Train an Ultralytics YOLO model (yolokf)."""
     from yolokf.train import train_step
@@ -56,7 +60,18 @@ def yolo_train(
         metrics=metrics,
         report=report,
         run_dir=run_dir,
+        dataset=dataset,
+        checkpoint_dir=checkpoint_dir,
+        run_key=run_key,
     )
+
+
+@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
+def fetch_dataset(uri: str, dataset: Output[Dataset]):
+    """Download a dataset from s3://, gs:// or https:// (yolokf); cached by KFP for the same URI."""
+    from yolokf.fetch import fetch_step
+
+    fetch_step(uri=uri, dataset=dataset)
 
 
 class PipelineOutputs(NamedTuple):
@@ -67,7 +82,16 @@ class PipelineOutputs(NamedTuple):
 
 
 def build_pipeline(config: TrainConfig, step: StepOptions) -> Any:
-    """The `yolov8-train` pipeline, with `config`'s values as its parameter defaults."""
+    """The `yolov8-train` pipeline, with `config`'s values as its parameter defaults.
+
+    A remote `config.data` adds a download step (s3://, gs://, https://) or a PVC mount (pvc://).
+    """
+    from yolokf.datasets import is_remote
+    from yolokf.fetch import check_data_source
+
+    source = check_data_source(config.data, step) if is_remote(config.data) else None
+    if source is not None and not source.fetched:
+        step = replace(step, data_pvc=source.bucket)
 
     def yolov8_train(
         model: str = config.model,
@@ -80,6 +104,11 @@ def build_pipeline(config: TrainConfig, step: StepOptions) -> Any:
         seed: int = config.seed,
         train_args: dict = config.extra,  # noqa: B008 - a default the KFP UI shows
     ) -> PipelineOutputs:
+        inputs: dict[str, Any] = {}
+        if source is not None and source.fetched:
+            fetched = fetch_dataset(uri=data)
+            apply_fetch_options(fetched, step)
+            inputs["dataset"] = fetched.outputs["dataset"]
         task = yolo_train(
             model=model,
             data=data,
@@ -90,6 +119,9 @@ def build_pipeline(config: TrainConfig, step: StepOptions) -> Any:
             workers=workers,
             seed=seed,
             train_args=train_args,
+            checkpoint_dir=step.checkpoint_path,
+            run_key=step.run_key or "",
+            **inputs,
         )
         apply_step_options(task, step)
         return PipelineOutputs(

@@ -1,0 +1,53 @@
+"""Shared fixtures. Servers that tests need are started by fixtures and stopped by pid."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from yolokf.cli import main
+
+# Make every test deterministic about the network: this machine has none, CI neither.
+os.environ.setdefault("YOLOKF_OFFLINE", "1")
+os.environ.setdefault("YOLO_OFFLINE", "true")
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def invoke(args: list[str], env: dict[str, str] | None = None) -> CliResult:
+    """Run `yolokf ARGS` through its real entry point, capturing output and the exit code."""
+    runner = CliRunner()
+    with runner.isolation(env=env) as (out, errb, _):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        stdout = out.getvalue().decode()
+        stderr = errb.getvalue().decode() if errb is not None else ""
+    return CliResult(code, stdout, stderr)
+
+
+@pytest.fixture
+def cli():
+    return invoke
+
+
+@pytest.fixture(scope="session")
+def shapes_yaml() -> Path:
+    from yolokf.datasets import shapes_dataset
+
+    return shapes_dataset()

@@ -1,0 +1,101 @@
+"""`yolokf run` with no cluster trains for real through kfp.local, and leaves its outputs where they can be found."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+import torch
+import yaml
+
+from yolokf.datasets import SHAPES_CLASSES, write_shapes
+from yolokf.train import readable_metrics
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One real local training, the quickstart's: yolov8n.yaml from scratch on the shapes set, 15 epochs."""
+    from tests.conftest import invoke
+
+    root = tmp_path_factory.mktemp("runs")
+    args = ["run", "--model", "yolov8n.yaml", "--data", "shapes", "--epochs", "15", "--imgsz", "128"]
+    result = invoke([*args, "--batch", "16", "--pipeline-root", root])
+    return result, root
+
+
+@pytest.mark.slow
+def test_local_run_learns_the_shapes(trained):
+    result, _ = trained
+    assert result.exit_code == 0, result.output
+    assert "Final validation metrics" in result.stdout
+    map50 = float(re.search(r"│ mAP50\s+│\s+([0-9.]+)", result.stdout).group(1))
+    assert map50 >= 0.5, result.stdout
+
+
+@pytest.mark.slow
+def test_local_run_leaves_every_artifact_under_the_pipeline_root(trained):
+    result, root = trained
+    (run,) = list(root.glob("yolov8-train-*"))
+    step = run / "yolo-train"
+    assert f"outputs under {root}" in result.stdout
+
+    weights = step / "weights"
+    assert sorted(p.name for p in weights.iterdir()) == ["best.pt", "last.pt"]
+    checkpoint = torch.load(weights / "best.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["train_args"]["epochs"] == 15
+    assert checkpoint["train_args"]["imgsz"] == 128
+
+    results_csv = (step / "run_dir" / "results.csv").read_text().splitlines()
+    assert len(results_csv) == 1 + 15, "one row per epoch"
+    assert yaml.safe_load((step / "run_dir" / "args.yaml").read_text())["model"] == "yolov8n.yaml"
+
+    report = (step / "report").read_text()
+    assert report.startswith("<!doctype html>")
+    assert "mAP50-95" in report
+    images = re.findall(r'src="data:image/(?:png|jpeg);base64,([^"]+)"', report)
+    assert len(images) >= 3, "results, confusion matrix and PR curve are embedded, not linked"
+    assert base64.b64decode(images[0])[:4] == b"\x89PNG"
+    for name in ("results.png", "confusion_matrix", "PR_curve"):
+        assert name in report
+    for path in (step / "weights", step / "report", step / "run_dir"):
+        assert str(path) in result.stdout, f"{path} printed for the user"
+
+
+def test_readable_metric_names_for_every_task():
+    assert readable_metrics(
+        {"metrics/precision(B)": 0.5, "metrics/recall(B)": 0.4, "metrics/mAP50(B)": 0.3, "metrics/mAP50-95(B)": 0.2}
+        | {"fitness": 0.25}
+    ) == {"precision": 0.5, "recall": 0.4, "mAP50": 0.3, "mAP50-95": 0.2, "fitness": 0.25}
+    assert readable_metrics({"metrics/mAP50(M)": 0.1, "metrics/mAP50-95(P)": 0.2}) == {
+        "mask_mAP50": 0.1,
+        "pose_mAP50-95": 0.2,
+    }
+    assert readable_metrics({"metrics/accuracy_top1": 0.9, "metrics/accuracy_top5": 1.0}) == {
+        "top1_accuracy": 0.9,
+        "top5_accuracy": 1.0,
+    }
+
+
+def test_shapes_dataset_is_deterministic_yolo_layout(tmp_path):
+    first = write_shapes(tmp_path / "a", train=6, val=2)
+    second = write_shapes(tmp_path / "b", train=6, val=2)
+    spec = yaml.safe_load(first.read_text())
+    assert spec["names"] == dict(enumerate(SHAPES_CLASSES))
+    assert (tmp_path / "a" / spec["train"]).is_dir() and (tmp_path / "a" / spec["val"]).is_dir()
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*") if p.name != "data.yaml")
+    assert len(files_a) == 2 * (6 + 2)
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    label = (tmp_path / "a" / "labels" / "train" / "train_0000.txt").read_text().split()
+    assert int(label[0]) in range(3) and all(0 < float(v) <= 1 for v in label[1:5])
+    assert second.parent.name == "b"
+
+
+def test_shapes_command_writes_the_dataset(cli, tmp_path):
+    result = cli(["shapes", tmp_path / "ds"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ds" / "data.yaml").exists()
+    assert len(list((tmp_path / "ds" / "images" / "train").iterdir())) == 128
+    again = cli(["shapes", tmp_path / "ds"])
+    assert again.exit_code == 1 and "already exists" in again.stderr
