@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from yolokf import __version__
-from yolokf.errors import YolokfError
+from yolokf.errors import UsageError, YolokfError
 
 app = typer.Typer(
     help="Train Ultralytics YOLO models on Kubeflow Pipelines: build the image, compile, run.",
@@ -24,7 +24,13 @@ err = Console(stderr=True, soft_wrap=True)
 
 # Training flags: ultralytics' names and defaults.
 Model = Annotated[str, typer.Option(help="Weights (.pt) or model YAML (yolov8n.yaml trains from scratch).")]
-Data = Annotated[str, typer.Option(help="Dataset YAML, YOLO dataset folder, or 'shapes' (built in, offline).")]
+Data = Annotated[
+    str,
+    typer.Option(
+        help="Dataset YAML, YOLO dataset folder, 'shapes' (built in, offline), s3:// gs:// https:// folder or archive, "
+        "or pvc://PVC/path/data.yaml."
+    ),
+]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 Imgsz = Annotated[int, typer.Option(help="Image size in pixels.")]
 Batch = Annotated[int, typer.Option(help="Batch size.")]
@@ -39,6 +45,223 @@ Image = Annotated[
     str | None,
     typer.Option(envvar="YOLOKF_IMAGE", help="Step image (tag or digest). Default: the image build-image made."),
 ]
+
+
+# Cluster flags (docs/cluster.md): applied to the compiled steps; a local run uses only --checkpoint-dir/--run-key.
+_K8S = "Cluster (ignored by local runs)"
+_DATA = "Data sources"
+_RESUME = "Checkpoints and resume"
+Gpus = Annotated[
+    int | None,
+    typer.Option(help="Accelerators for the training pod; N>1 trains with DDP on all, 0 on CPU.", rich_help_panel=_K8S),
+]
+AcceleratorType = Annotated[str, typer.Option(help="Resource name the device plugin advertises.", rich_help_panel=_K8S)]
+ShmSize = Annotated[
+    str, typer.Option(help="Memory-backed /dev/shm for DataLoader workers; 0 for none.", rich_help_panel=_K8S)
+]
+Cpu = Annotated[str | None, typer.Option(help="CPU request and limit, e.g. 8 or 500m.", rich_help_panel=_K8S)]
+Memory = Annotated[str | None, typer.Option(help="Memory request and limit, e.g. 32Gi.", rich_help_panel=_K8S)]
+NodeSelector = Annotated[
+    list[str] | None, typer.Option(help="KEY=VALUE node label (repeatable).", rich_help_panel=_K8S)
+]
+Toleration = Annotated[
+    list[str] | None,
+    typer.Option(help="KEY=VALUE:EFFECT, KEY:EFFECT or KEY, as kubectl taint (repeatable).", rich_help_panel=_K8S),
+]
+PullSecret = Annotated[
+    list[str] | None, typer.Option("--image-pull-secret", help="Registry Secret (repeatable).", rich_help_panel=_K8S)
+]
+PullPolicy = Annotated[str | None, typer.Option(help="Always, IfNotPresent or Never.", rich_help_panel=_K8S)]
+PodLabel = Annotated[list[str] | None, typer.Option(help="KEY=VALUE pod label (repeatable).", rich_help_panel=_K8S)]
+PodAnnotation = Annotated[
+    list[str] | None, typer.Option(help="KEY=VALUE pod annotation (repeatable).", rich_help_panel=_K8S)
+]
+StepTimeout = Annotated[
+    str | None,
+    typer.Option(help="Time limit of the training pod, e.g. 12h or 90m (activeDeadlineSeconds).", rich_help_panel=_K8S),
+]
+Retries = Annotated[
+    int,
+    typer.Option(
+        help="Retries of a failed step, with backoff from 30 s; resumes with a checkpoint.", rich_help_panel=_K8S
+    ),
+]
+DataPvc = Annotated[
+    str | None,
+    typer.Option(help="PVC holding the dataset; --data is then the YAML's path in it.", rich_help_panel=_DATA),
+]
+DataSecret = Annotated[
+    str | None,
+    typer.Option(
+        help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for s3:// gs://; '-' for pod identity.",
+        rich_help_panel=_DATA,
+    ),
+]
+S3Endpoint = Annotated[
+    str | None,
+    typer.Option(
+        "--s3-endpoint-url",
+        envvar="YOLOKF_S3_ENDPOINT_URL",
+        help="S3 endpoint for MinIO and others.",
+        rich_help_panel=_DATA,
+    ),
+]
+CheckpointPvc = Annotated[
+    str | None, typer.Option(help="PVC that keeps last.pt so a retried step resumes.", rich_help_panel=_RESUME)
+]
+CheckpointDir = Annotated[
+    str | None,
+    typer.Option(help="Folder that keeps last.pt (local runs, or a path mounted in the pod).", rich_help_panel=_RESUME),
+]
+RunKey = Annotated[
+    str | None,
+    typer.Option(help="Checkpoint subfolder. Default: derived from the training arguments.", rich_help_panel=_RESUME),
+]
+
+
+# Kubeflow Pipelines API flags (issue 4): `run --host` submits there; `status` reads runs back.
+_KFP = "Kubeflow Pipelines cluster (--host)"
+Host = Annotated[
+    str | None,
+    typer.Option(
+        envvar=["KFP_HOST", "KF_PIPELINES_ENDPOINT"],
+        help="KFP API URL; run there instead of locally. E.g. http://localhost:8080 (port-forward of ml-pipeline-ui).",
+        rich_help_panel=_KFP,
+    ),
+]
+Namespace = Annotated[
+    str | None,
+    typer.Option(envvar="KFP_NAMESPACE", help="Profile namespace (multi-user Kubeflow).", rich_help_panel=_KFP),
+]
+CaBundle = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="YOLOKF_CA_BUNDLE", help="PEM CA bundle that signed the API's certificate.", rich_help_panel=_KFP
+    ),
+]
+InsecureTls = Annotated[
+    bool,
+    typer.Option("--insecure-skip-tls-verify", help="Do not verify the API's TLS certificate.", rich_help_panel=_KFP),
+]
+TokenFile = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="YOLOKF_KFP_TOKEN_FILE",
+        help="File holding a bearer token. Else $KFP_TOKEN, else kfp's $KF_PIPELINES_SA_TOKEN_PATH.",
+        rich_help_panel=_KFP,
+    ),
+]
+CookieFile = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="YOLOKF_KFP_COOKIE_FILE",
+        help="File holding the Dex/OIDC session cookie NAME=VALUE. Else $KFP_COOKIE.",
+        rich_help_panel=_KFP,
+    ),
+]
+Wait = Annotated[
+    bool, typer.Option("--wait", help="Follow the run until it ends; exit 4 unless it succeeds.", rich_help_panel=_KFP)
+]
+Timeout = Annotated[
+    str | None, typer.Option(help="With --wait: give up after this long, e.g. 90m or 12h.", rich_help_panel=_KFP)
+]
+TerminateOnInterrupt = Annotated[
+    bool,
+    typer.Option(help="With --wait: Ctrl-C terminates the run without asking (for scripts).", rich_help_panel=_KFP),
+]
+PollInterval = Annotated[float, typer.Option(envvar="YOLOKF_POLL_INTERVAL", hidden=True)]
+
+
+def _connect(host, namespace, ca_bundle, insecure_skip_tls_verify, token_file, cookie_file):  # noqa: ANN001, ANN202
+    from yolokf.remote import connect
+
+    if not host:
+        raise UsageError("No cluster given: pass --host URL (or set KFP_HOST), e.g. --host http://localhost:8080.")
+    return connect(
+        host,
+        namespace=namespace,
+        ca_bundle=ca_bundle,
+        insecure_skip_verify=insecure_skip_tls_verify,
+        token_file=token_file,
+        cookie_file=cookie_file,
+        console=err,
+    )
+
+
+def _follow(cluster, run_id: str, timeout, terminate_on_interrupt: bool, poll_interval: float) -> None:  # noqa: ANN001
+    from yolokf.cluster import parse_duration
+    from yolokf.remote import wait
+
+    followed = wait(
+        cluster,
+        run_id,
+        timeout=parse_duration(timeout, "--timeout"),
+        poll_interval=poll_interval,
+        on_interrupt="terminate" if terminate_on_interrupt else "ask",
+        console=console,
+    )
+    if followed.outcome != "succeeded":
+        raise typer.Exit(130)
+    console.print(
+        f"Run {followed.report.name} SUCCEEDED in {_duration(followed.report.seconds)}: {followed.report.url}"
+    )
+
+
+def _duration(seconds):  # noqa: ANN001, ANN202
+    from yolokf.remote import format_seconds
+
+    return format_seconds(seconds)
+
+
+def _cluster(
+    config,
+    image,
+    gpus,
+    accelerator_type,
+    shm_size,
+    cpu,
+    memory,
+    node_selector,
+    toleration,
+    image_pull_secret,  # noqa: ANN001, ANN202, PLR0913
+    image_pull_policy,
+    pod_label,
+    pod_annotation,
+    step_timeout,
+    retries,
+    data_pvc,
+    data_secret,
+    s3_endpoint_url,
+    checkpoint_pvc,
+    checkpoint_dir,
+    run_key,
+):
+    """The StepOptions of the cluster flags, and the config with --data-pvc folded into --data (pvc://)."""
+    from yolokf.cluster import StepOptions, parse_duration, parse_pairs, parse_toleration
+    from yolokf.fetch import pvc_uri
+
+    step = StepOptions(
+        image=image,
+        gpus=gpus,
+        accelerator_type=accelerator_type,
+        shm_size=None if shm_size in ("", "0") else shm_size,
+        cpu=cpu,
+        memory=memory,
+        node_selector=parse_pairs(node_selector, "--node-selector"),
+        tolerations=tuple(parse_toleration(t) for t in toleration or []),
+        image_pull_secrets=tuple(image_pull_secret or []),
+        image_pull_policy=image_pull_policy,
+        pod_labels=parse_pairs(pod_label, "--pod-label"),
+        pod_annotations=parse_pairs(pod_annotation, "--pod-annotation"),
+        step_timeout=parse_duration(step_timeout),
+        retries=retries,
+        data_secret=data_secret,
+        s3_endpoint_url=s3_endpoint_url,
+        checkpoint_pvc=checkpoint_pvc,
+        checkpoint_dir=checkpoint_dir,
+        run_key=run_key,
+    )
+    return config.with_overrides(data=pvc_uri(config.data, data_pvc)), step
 
 
 def _config(model, data, epochs, imgsz, batch, device, workers, seed, set_):  # noqa: ANN001, ANN202
@@ -85,14 +308,55 @@ def compile_(
     seed: Seed = 0,
     set_: Set = None,
     image: Image = None,
+    gpus: Gpus = None,
+    accelerator_type: AcceleratorType = "nvidia.com/gpu",
+    shm_size: ShmSize = "8Gi",
+    cpu: Cpu = None,
+    memory: Memory = None,
+    node_selector: NodeSelector = None,
+    toleration: Toleration = None,
+    image_pull_secret: PullSecret = None,
+    image_pull_policy: PullPolicy = None,
+    pod_label: PodLabel = None,
+    pod_annotation: PodAnnotation = None,
+    step_timeout: StepTimeout = None,
+    retries: Retries = 0,
+    data_pvc: DataPvc = None,
+    data_secret: DataSecret = None,
+    s3_endpoint_url: S3Endpoint = None,
+    checkpoint_pvc: CheckpointPvc = None,
+    checkpoint_dir: CheckpointDir = None,
+    run_key: RunKey = None,
 ) -> None:
     """Write the Kubeflow pipeline YAML.  Example: yolokf compile --out yolov8_train.yaml --epochs 50"""
-    from yolokf.cluster import StepOptions
     from yolokf.image import resolve_image
     from yolokf.pipeline import compile_pipeline
 
     config = _config(model, data, epochs, imgsz, batch, device, workers, seed, set_)
-    path = compile_pipeline(config, StepOptions(image=resolve_image(image)), out)
+    config, step = _cluster(
+        config,
+        resolve_image(image),
+        gpus,
+        accelerator_type,
+        shm_size,
+        cpu,
+        memory,
+        node_selector,
+        toleration,
+        image_pull_secret,
+        image_pull_policy,
+        pod_label,
+        pod_annotation,
+        step_timeout,
+        retries,
+        data_pvc,
+        data_secret,
+        s3_endpoint_url,
+        checkpoint_pvc,
+        checkpoint_dir,
+        run_key,
+    )
+    path = compile_pipeline(config, step, out)
     console.print(f"Wrote {path}")
 
 
@@ -108,15 +372,149 @@ def run(
     seed: Seed = 0,
     set_: Set = None,
     pipeline_root: Annotated[
-        Path, typer.Option(envvar="YOLOKF_PIPELINE_ROOT", help="Where local runs keep their outputs.")
-    ] = Path("yolokf-runs"),
+        str | None,
+        typer.Option(
+            envvar="YOLOKF_PIPELINE_ROOT",
+            help="Where outputs go: a folder for local runs (default yolokf-runs); with --host an object-store URI, "
+            "e.g. minio://mlpipeline/v2/artifacts (default: the cluster's).",
+        ),
+    ] = None,
+    image: Image = None,
+    gpus: Gpus = None,
+    accelerator_type: AcceleratorType = "nvidia.com/gpu",
+    shm_size: ShmSize = "8Gi",
+    cpu: Cpu = None,
+    memory: Memory = None,
+    node_selector: NodeSelector = None,
+    toleration: Toleration = None,
+    image_pull_secret: PullSecret = None,
+    image_pull_policy: PullPolicy = None,
+    pod_label: PodLabel = None,
+    pod_annotation: PodAnnotation = None,
+    step_timeout: StepTimeout = None,
+    retries: Retries = 0,
+    data_pvc: DataPvc = None,
+    data_secret: DataSecret = None,
+    s3_endpoint_url: S3Endpoint = None,
+    checkpoint_pvc: CheckpointPvc = None,
+    checkpoint_dir: CheckpointDir = None,
+    run_key: RunKey = None,
+    host: Host = None,
+    namespace: Namespace = None,
+    ca_bundle: CaBundle = None,
+    insecure_skip_tls_verify: InsecureTls = False,
+    token_file: TokenFile = None,
+    cookie_file: CookieFile = None,
+    experiment: Annotated[
+        str, typer.Option(envvar="YOLOKF_EXPERIMENT", help="Experiment; created when missing.", rich_help_panel=_KFP)
+    ] = "yolokf",
+    run_name: Annotated[str | None, typer.Option(help="Default: <model>-<data>-<time>.", rich_help_panel=_KFP)] = None,
+    service_account: Annotated[
+        str | None, typer.Option(help="Kubernetes service account of the run's pods.", rich_help_panel=_KFP)
+    ] = None,
+    cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache/--no-cache", help="Reuse cached step results (every task). Default: on.", rich_help_panel=_KFP
+        ),
+    ] = None,
+    upload: Annotated[
+        bool, typer.Option("--upload", help="Register the pipeline (a new version if it exists).", rich_help_panel=_KFP)
+    ] = False,
+    wait: Wait = False,
+    timeout: Timeout = None,
+    terminate_on_interrupt: TerminateOnInterrupt = False,
+    poll_interval: PollInterval = 5.0,
 ) -> None:
-    """Train: on this machine through kfp.local.  Example: yolokf run --model yolov8n.yaml --data shapes"""
+    """Train: locally through kfp.local, or on a cluster with --host.
+
+    Example: yolokf run --model yolov8n.yaml --data shapes
+    Example: yolokf run --host http://localhost:8080 --epochs 50 --wait
+    """
     from yolokf.local import run_local
 
     config = _config(model, data, epochs, imgsz, batch, device, workers, seed, set_)
-    result = run_local(config, pipeline_root)
+    if host:
+        from yolokf.image import resolve_image
+        from yolokf.remote import Submission, submit
+
+        cluster = _connect(host, namespace, ca_bundle, insecure_skip_tls_verify, token_file, cookie_file)
+    config, step = _cluster(
+        config,
+        resolve_image(image) if host else "local",
+        gpus,
+        accelerator_type,
+        shm_size,
+        cpu,
+        memory,
+        node_selector,
+        toleration,
+        image_pull_secret,
+        image_pull_policy,
+        pod_label,
+        pod_annotation,
+        step_timeout,
+        retries,
+        data_pvc,
+        data_secret,
+        s3_endpoint_url,
+        checkpoint_pvc,
+        checkpoint_dir,
+        run_key,
+    )
+    if host:
+        options = Submission(experiment, run_name, pipeline_root, service_account, cache, upload)
+        submitted = submit(cluster, config, step, options)
+        console.print(f"Submitted run {submitted.run_name} ({submitted.run_id}) to experiment {experiment}")
+        console.print(f"Run id: {submitted.run_id}\nDetails: {submitted.url}", markup=False, highlight=False)
+        if wait:
+            _follow(cluster, submitted.run_id, timeout, terminate_on_interrupt, poll_interval)
+        return
+    result = run_local(config, Path(pipeline_root or "yolokf-runs"), step)
     _print_local_run(result)
+
+
+@app.command()
+def status(
+    run_id: Annotated[str, typer.Argument(help="The run id `yolokf run --host` printed.")],
+    host: Host = None,
+    namespace: Namespace = None,
+    ca_bundle: CaBundle = None,
+    insecure_skip_tls_verify: InsecureTls = False,
+    token_file: TokenFile = None,
+    cookie_file: CookieFile = None,
+    wait: Wait = False,
+    timeout: Timeout = None,
+    terminate_on_interrupt: TerminateOnInterrupt = False,
+    poll_interval: PollInterval = 5.0,
+) -> None:
+    """Show a cluster run: state, tasks, error, outputs.  Example: yolokf status RUN_ID --host http://localhost:8080"""
+    from yolokf.remote import get_report
+
+    cluster = _connect(host, namespace, ca_bundle, insecure_skip_tls_verify, token_file, cookie_file)
+    _print_report(get_report(cluster, run_id))
+    if wait:
+        _follow(cluster, run_id, timeout, terminate_on_interrupt, poll_interval)
+
+
+def _print_report(run) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    from yolokf.remote import format_seconds
+
+    console.print(f"Run {run.name} ({run.run_id}): {run.state}, {format_seconds(run.seconds)}", markup=False)
+    if run.error:
+        console.print(f"Error: {run.error}", markup=False, highlight=False)
+    table = Table("task", "state", "time", "outputs (artifact ids)")
+    for task in (t for t in run.tasks if t.is_step):
+        outputs = ", ".join(f"{k}: {' '.join(v)}" for k, v in sorted(task.outputs.items()))
+        table.add_row(task.name, task.state, format_seconds(task.seconds), outputs or "-")
+    console.print(table)
+    if run.state == "SUCCEEDED":
+        console.print(
+            "Metrics, report and weights: open the run's artifacts in the UI (KFP's API does not serve them)."
+        )
+    console.print(f"Details: {run.url}", markup=False, highlight=False)
 
 
 @app.command("build-image")

@@ -41,8 +41,13 @@ def preflight(config: TrainConfig) -> None:
     resolve_data(config.data)
 
 
-def run_local(config: TrainConfig, pipeline_root: Path = DEFAULT_PIPELINE_ROOT) -> LocalRun:
-    """Train `config` through kfp.local and return the outputs' locations and final metrics."""
+def run_local(
+    config: TrainConfig, pipeline_root: Path = DEFAULT_PIPELINE_ROOT, step: StepOptions | None = None
+) -> LocalRun:
+    """Train `config` through kfp.local and return the outputs' locations and final metrics.
+
+    Of `step` only the checkpoint folder and run key apply here (cluster settings mean nothing locally).
+    """
     from kfp import local
 
     from yolokf.pipeline import build_pipeline
@@ -54,7 +59,7 @@ def run_local(config: TrainConfig, pipeline_root: Path = DEFAULT_PIPELINE_ROOT) 
     except OSError as exc:
         raise UsageError(f"Cannot create --pipeline-root {pipeline_root}: {exc.strerror}.") from None
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    pipeline = build_pipeline(config, StepOptions(image="local"))
+    pipeline = build_pipeline(config, (step or StepOptions(image="local")).for_local())
     started = time.perf_counter()
     try:
         task = pipeline()

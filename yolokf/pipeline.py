@@ -15,7 +15,7 @@ from kfp import compiler, dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from yolokf import __version__
-from yolokf.cluster import StepOptions, apply_fetch_options, apply_step_options
+from yolokf.cluster import StepOptions, apply_fetch_options, apply_step_options, ultralytics_device
 from yolokf.errors import UsageError
 from yolokf.settings import TrainConfig
 
@@ -90,6 +90,7 @@ def build_pipeline(config: TrainConfig, step: StepOptions) -> Any:
     from yolokf.fetch import check_data_source
 
     source = check_data_source(config.data, step) if is_remote(config.data) else None
+    config = config.with_overrides(device=ultralytics_device(step.gpus, config.device))
     if source is not None and not source.fetched:
         step = replace(step, data_pvc=source.bucket)
 

@@ -19,6 +19,7 @@ from typing import Any
 from yolokf import offline
 from yolokf.datasets import resolve_data
 from yolokf.errors import TrainingError
+from yolokf.fetch import prepare_dataset, pvc_local_path
 from yolokf.settings import TrainConfig
 
 RUN_NAME = "train"
@@ -75,10 +76,19 @@ def prepare_environment() -> None:
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install inside a step
 
 
-def train(config: TrainConfig, workdir: Path, *, data: str | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    workdir: Path,
+    *,
+    data: str | None = None,
+    checkpoint_dir: str | None = None,
+    run_key: str | None = None,
+) -> TrainResult:
     """Train `config` with ultralytics, writing the run folder under `workdir`.
 
     `data` overrides `config.data` with an already resolved local dataset (the download step's output).
+    With `checkpoint_dir` the run folder is `<checkpoint_dir>/<run key>` instead, and an unfinished
+    `last.pt` there is resumed rather than started over (docs/cluster.md, "Resume").
     """
     prepare_environment()
     offline.check_model(config.model)
@@ -88,18 +98,40 @@ def train(config: TrainConfig, workdir: Path, *, data: str | None = None) -> Tra
     from ultralytics import YOLO
     from ultralytics.utils import USER_CONFIG_DIR
 
+    from yolokf.checkpoint import clear_run, default_run_key, find_checkpoint
+
     offline.place_fonts(Path(USER_CONFIG_DIR))
+    project, name = (
+        (Path(checkpoint_dir), run_key or default_run_key(config)) if checkpoint_dir else (workdir, RUN_NAME)
+    )
+    save_dir = project / name
+    ckpt = find_checkpoint(save_dir, config.epochs) if checkpoint_dir else None
+    results = None
     try:
-        model = YOLO(config.model)
-        results = model.train(
-            data=data_path, project=str(workdir), name=RUN_NAME, exist_ok=True, **config.train_kwargs()
-        )
+        if ckpt is not None and ckpt.finished:
+            print(f"yolokf: {save_dir} already holds a finished training; reporting it.", flush=True)
+            model = YOLO(str(ckpt.path))
+        elif ckpt is not None:
+            print(f"yolokf: resuming {ckpt.path} after epoch {ckpt.epochs_done} of {config.epochs}.", flush=True)
+            model = YOLO(str(ckpt.path))
+            # Only what ultralytics lets a resume change: this attempt's dataset path, device and workers.
+            kwargs = config.train_kwargs()
+            results = model.train(
+                resume=True, data=data_path, device=kwargs["device"], workers=config.workers, save_dir=str(save_dir)
+            )
+        else:
+            if checkpoint_dir:
+                clear_run(save_dir)
+            model = YOLO(config.model)
+            results = model.train(
+                data=data_path, project=str(project), name=name, exist_ok=True, **config.train_kwargs()
+            )
     except (FileNotFoundError, ConnectionError) as exc:
         raise TrainingError(f"Training could not start: {exc}") from exc
-    trainer = model.trainer
-    if trainer is None:
+    if results is not None and model.trainer is None:
         raise TrainingError("ultralytics returned without a trainer; see the log above.")
-    save_dir = Path(trainer.save_dir)
+    if model.trainer is not None:
+        save_dir = Path(model.trainer.save_dir)
     metrics = readable_metrics(getattr(results, "results_dict", None) or {})
     if not metrics and (save_dir / "results.csv").exists():
         metrics = metrics_from_csv(save_dir / "results.csv")
@@ -113,6 +145,8 @@ def train(config: TrainConfig, workdir: Path, *, data: str | None = None) -> Tra
         names={int(k): str(v) for k, v in (model.names or {}).items()},
         epochs=config.epochs,
         ultralytics_version=ultralytics.__version__,
+        resumed_from_epoch=ckpt.epochs_done if ckpt is not None and not ckpt.finished else None,
+        extra={"checkpoint": str(save_dir), "already_finished": True} if ckpt is not None and ckpt.finished else {},
     )
 
 
@@ -164,6 +198,8 @@ def train_step(
     report: Any,
     run_dir: Any,
     dataset: Any = None,
+    checkpoint_dir: str = "",
+    run_key: str = "",
 ) -> None:
     """Entry point of the pipeline's training component."""
     config = TrainConfig(
@@ -177,8 +213,14 @@ def train_step(
         seed=seed,
         extra=dict(train_args or {}),
     )
-    local_data = resolve_data(dataset.path) if dataset is not None else None
     with tempfile.TemporaryDirectory(prefix="yolokf-train-") as workdir:
-        result = train(config, Path(workdir), data=local_data)
+        local_data = None
+        if dataset is not None:  # the download step's output
+            local_data = prepare_dataset(Path(dataset.path), Path(workdir) / "data")
+        elif data.startswith("pvc://"):  # mounted by the pipeline (yolokf.cluster)
+            local_data = prepare_dataset(pvc_local_path(data), Path(workdir) / "data")
+        result = train(
+            config, Path(workdir), data=local_data, checkpoint_dir=checkpoint_dir or None, run_key=run_key or None
+        )
         write_outputs(result, config, weights=weights, metrics=metrics, report=report, run_dir=run_dir)
     print("yolokf-metrics " + json.dumps(result.metrics), flush=True)
