@@ -86,10 +86,10 @@ def build_pipeline(config: TrainConfig, step: StepOptions) -> Any:
 
     A remote `config.data` adds a download step (s3://, gs://, https://) or a PVC mount (pvc://).
     """
-    from yolokf.datasets import is_remote
     from yolokf.fetch import check_data_source
 
-    source = check_data_source(config.data, step) if is_remote(config.data) else None
+    # Any URI, so that ftp://... is refused rather than taken for a folder inside the image.
+    source = check_data_source(config.data, step) if "://" in config.data else None
     config = config.with_overrides(device=ultralytics_device(step.gpus, config.device))
     if source is not None and not source.fetched:
         step = replace(step, data_pvc=source.bucket)
