@@ -86,7 +86,7 @@ def main() -> None:
         from yolokf.datasets import shapes_dataset
 
         data = str(shapes_dataset())
-        common = [f"epochs={args.epochs}", "imgsz=128", "batch=16", "workers=8", "seed=0"]
+        common = [f"epochs={args.epochs}", "imgsz=128", "batch=16", "workers=8", "seed=0", "nbs=16"]
         start = time.perf_counter()
         yolo = shutil.which("yolo") or sys.exit("ultralytics' yolo command is missing")
         subprocess.run(
@@ -98,18 +98,8 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run(
             [yolokf, "run", "--model", "yolov8n.yaml", "--data", "shapes", "--epochs", str(args.epochs)]
-            + [
-                "--imgsz",
-                "128",
-                "--batch",
-                "16",
-                "--workers",
-                "8",
-                "--seed",
-                "0",
-                "--pipeline-root",
-                str(work / "kfp"),
-            ],
+            + ["--imgsz", "128", "--batch", "16", "--workers", "8", "--seed", "0", "--set", "nbs=16"]
+            + ["--pipeline-root", str(work / "kfp")],
             check=True,
             capture_output=True,
         )

@@ -20,7 +20,7 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("runs")
     args = ["run", "--model", "yolov8n.yaml", "--data", "shapes", "--epochs", "15", "--imgsz", "128"]
-    result = invoke([*args, "--batch", "16", "--pipeline-root", root])
+    result = invoke([*args, "--batch", "16", "--set", "nbs=16", "--pipeline-root", root])
     return result, root
 
 
