@@ -170,7 +170,7 @@ def _fetch_bucket(source: DataSource, dest: Path) -> None:
         hint = {
             "NoSuchBucket": "check the bucket name",
             "NoSuchKey": "check the object key",
-            "404": "check the object key",
+            "404": "check the bucket and object key",
             "AccessDenied": "check the credentials in --data-secret and the bucket policy",
             "403": "check the credentials in --data-secret and the bucket policy",
             "InvalidAccessKeyId": "check the credentials in --data-secret",
