@@ -17,6 +17,7 @@ request is recorded in `requests` for assertions.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.parser
 import email.policy
@@ -67,6 +68,7 @@ class Fault:
     method: str | None = None
     path: str | None = None  # regex searched in the request path
     message: str = "injected fault"
+    after: bool = False  # status 0 only: handle the request first, then drop the answer
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -79,7 +81,7 @@ class Request:
     method: str
     path: str
     query: dict[str, str]
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     body: bytes
     status: int = 0
 
@@ -136,6 +138,13 @@ def check_pipeline_spec(doc: Any) -> pipeline_spec_pb2.PipelineSpec:
     return spec
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up (Ctrl-C tests, dropped connections) is not a server failure
+
+
 class KfpServer:
     """The server. Use `start()`/`stop()` or the pytest fixtures in test_remote.py."""
 
@@ -161,7 +170,7 @@ class KfpServer:
         self.pipelines: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, dict[str, Any]] = {}
         self.runs: dict[str, _Run] = {}
-        self.on_get_run: Any = None  # callable(run_id), called before answering a get_run
+        self.after_get_run: Any = None  # callable(run_id, polls), called after answering a get_run
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
         self._httpd: ThreadingHTTPServer | None = None
@@ -174,8 +183,7 @@ class KfpServer:
         class Handler(_Handler):
             kfp = server
 
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        httpd.daemon_threads = True
+        httpd = _HTTPServer(("127.0.0.1", 0), Handler)
         if self.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
@@ -209,10 +217,15 @@ class KfpServer:
         method: str | None = None,
         path: str | None = None,
         message: str = "injected fault",
+        after: bool = False,
     ) -> None:
-        """Answer the next `times` matching requests with `status` (0: drop the connection)."""
+        """Answer the next `times` matching requests with `status`.
+
+        Status 0 drops the connection without an answer; with `after=True` the request is carried out
+        first (the answer is lost on the way back, as when a proxy times out).
+        """
         with self._lock:
-            self.faults.append(Fault(status, times, method, path, message))
+            self.faults.append(Fault(status, times, method, path, message, after))
 
     def calls(self, method: str, path_regex: str) -> list[Request]:
         return [r for r in self.requests if r.method == method and re.search(path_regex, r.path)]
@@ -461,8 +474,6 @@ class KfpServer:
     def _get_run(self, run_id: str) -> dict[str, Any]:
         if run_id not in self.runs:
             raise ApiError(404, f"Run {run_id} not found")
-        if self.on_get_run:
-            self.on_get_run(run_id)
         run = self.runs[run_id]
         self._advance(run)
         return _public(run.data)
@@ -584,11 +595,15 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        record = Request(self.command, url.path, query, dict(self.headers.items()), body)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        record = Request(self.command, url.path, query, headers, body)
         with kfp._lock:
             kfp.requests.append(record)
         fault = kfp._fault_for(self.command, url.path)
         if fault and fault.status == 0:
+            if fault.after:
+                with contextlib.suppress(ApiError):
+                    kfp.dispatch(self.command, url.path, query, body, self.headers.get("Content-Type", ""))
             record.status = 0
             self.close_connection = True
             self.connection.close()
@@ -610,6 +625,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as exc:
             return self._error(record, exc.status, exc.message)
         self._send(record, 200, result)
+        run_id = re.fullmatch(API + r"/runs/([^/:]+)", url.path)
+        if self.command == "GET" and run_id and kfp.after_get_run:
+            kfp.after_get_run(run_id[1], kfp.runs[run_id[1]].polls)
 
     def _error(self, record: Request, status: int, message: str) -> None:
         code = CODES.get(status, 13 if status >= 500 else 2)

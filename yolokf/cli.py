@@ -167,7 +167,11 @@ Timeout = Annotated[
 ]
 TerminateOnInterrupt = Annotated[
     bool,
-    typer.Option(help="With --wait: Ctrl-C terminates the run without asking (for scripts).", rich_help_panel=_KFP),
+    typer.Option(
+        "--terminate-on-interrupt",
+        help="With --wait: Ctrl-C terminates the run without asking (for scripts).",
+        rich_help_panel=_KFP,
+    ),
 ]
 PollInterval = Annotated[float, typer.Option(envvar="YOLOKF_POLL_INTERVAL", hidden=True)]
 
