@@ -4,6 +4,7 @@ The real kfp.Client talks to tests/kfp_server.py over real sockets (http and htt
 kfp is patched. Only yolokf's own retry pacing is shortened.
 """
 
+import io
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import yaml
 from google.protobuf import json_format
 from kfp import compiler, dsl
 from kfp.pipeline_spec import pipeline_spec_pb2
+from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.conftest import CliResult
@@ -588,10 +590,14 @@ def test_server_rejects_an_invalid_spec_like_the_real_one(kfp, tmp_path):
 # -- secrets -------------------------------------------------------------------------------------
 
 
-def test_token_never_appears_in_output_logs_or_yaml(secured, caplog, tmp_path):
+def test_token_never_appears_in_output_logs_or_yaml(secured, caplog, tmp_path, monkeypatch):
     caplog.set_level(logging.DEBUG)
     for name in ("urllib3", "kfp_server_api", "kfp", "yolokf"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.DEBUG)
+        # kfp_server_api resets urllib3's and its own logger to WARNING with every model object it makes;
+        # keep DEBUG, as a user's logging setup might, to see every request and response.
+        monkeypatch.setattr(logger, "setLevel", lambda level: None)
     env = {"KFP_TOKEN": TOKEN}
     outputs = []
     ok = cli(run_args(secured, "--upload", "--wait"), env=env)
@@ -611,12 +617,30 @@ def test_token_never_appears_in_output_logs_or_yaml(secured, caplog, tmp_path):
         cli(["status", "x", "--host", secured.url], env={**env, "YOLOKF_DEBUG": "1"})
     outputs.append("".join(traceback.format_exception(raised.value)))
 
+    # The core, with the token read from a file.
+    cluster = remote.connect(secured.url, token_file=_write(tmp_path / "token", TOKEN))
+    secured.faults.clear()
+    secured.outcome = Outcome("SUCCEEDED", polls=1)
+    options = remote.Submission(upload=True, run_name="debug-logged")
+    submitted = remote.submit(cluster, TrainConfig(epochs=1), StepOptions(image=IMAGE), options)
+    remote.wait(cluster, submitted.run_id, poll_interval=0.01, console=Console(file=io.StringIO()))
+    with pytest.raises(ClusterError) as raised:
+        remote.get_report(cluster, "missing")
+    outputs.append(str(raised.value))
+
     uploaded = [r.body.decode() for r in secured.calls("POST", r"/pipelines/upload")]
     run_bodies = [r.body.decode() for r in secured.calls("POST", r"/runs$")]
     haystacks = outputs + [caplog.text, compiled.read_text()] + uploaded + run_bodies
-    assert uploaded and run_bodies and "Authorization" not in caplog.text
+    assert uploaded and run_bodies
+    assert re.search(r'"POST /apis/v2beta1/runs HTTP/1.1" 200', caplog.text)  # urllib3 logged every request
+    assert "response body" in caplog.text  # and kfp_server_api's
     for text in haystacks:
         assert TOKEN not in text
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
 
 
 def test_credentials_repr_hides_secrets():
@@ -655,3 +679,13 @@ def test_usage_error_for_a_bad_namespace_value_is_not_needed_single_user(kfp):
     assert json.loads(kfp.requests[0].body or b"{}") == {}
     with pytest.raises(UsageError):
         remote.connect("ftp://x")
+
+
+def test_wait_on_a_terminal_shows_a_live_status(kfp):
+    cluster = remote.connect(kfp.url)
+    submitted = remote.submit(cluster, TrainConfig(epochs=1), StepOptions(image=IMAGE), remote.Submission())
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    followed = remote.wait(cluster, submitted.run_id, poll_interval=0.01, console=console)
+    assert followed.outcome == "succeeded"
+    assert "SUCCEEDED" in screen.getvalue() and "task train: SUCCEEDED" in screen.getvalue()

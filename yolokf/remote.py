@@ -760,7 +760,8 @@ class RunReport:
     def current_task(self) -> TaskState | None:
         steps = [t for t in self.tasks if t.is_step]
         running = [t for t in steps if t.state == "RUNNING"]
-        return (running or steps or [None])[-1]
+        candidates = running or steps
+        return candidates[-1] if candidates else None
 
 
 def _aware(moment: datetime.datetime) -> datetime.datetime:
