@@ -247,21 +247,21 @@ def test_fetched_folder_without_a_dataset_yaml(s3, tmp_path):
 
 
 @pytest.mark.slow
-def test_pipeline_downloads_from_s3_then_trains_on_it(s3, dataset_dir, tmp_path):
-    """The compiled pipeline's two steps through kfp.local: download component -> Dataset artifact -> training."""
-    from kfp import local
-
-    from yolokf.cluster import StepOptions
-    from yolokf.pipeline import build_pipeline
-    from yolokf.settings import TrainConfig
-
+def test_local_run_downloads_from_s3_then_trains_on_it(cli, s3, dataset_dir, tmp_path):
+    """`yolokf run --data s3://...` with no cluster: the pipeline's download step, then training, via kfp.local."""
     s3.put_object(Bucket="datasets", Key="shapes.tar.gz", Body=tar_gz(dataset_dir, "shapes"))
-    config = TrainConfig(model="yolov8n.yaml", data="s3://datasets/shapes.tar.gz", epochs=1, imgsz=64, batch=16)
-    config = config.with_overrides(workers=0, device="cpu", extra={"plots": False})
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
-    pipeline = build_pipeline(config, StepOptions(image="local", data_secret="-", shm_size=None))
-    outputs = pipeline().outputs
-    assert outputs["metrics"].metadata["mAP50"] >= 0.0
-    assert sorted(Path(outputs["weights"].path).iterdir())[0].name in ("best.pt", "last.pt")
-    fetched = list((tmp_path / "root").glob("*/fetch-dataset/dataset"))
+    root = tmp_path / "root"
+    args = ["run", "--model", "yolov8n.yaml", "--data", "s3://datasets/shapes.tar.gz", "--epochs", "1"]
+    result = cli([*args, "--imgsz", "64", "--workers", "0", "--set", "plots=false", "--pipeline-root", root])
+    assert result.exit_code == 0, result.output
+    assert "mAP50" in result.stdout
+    (weights,) = root.glob("*/yolo-train/weights")
+    assert sorted(p.name for p in weights.iterdir()) == ["best.pt", "last.pt"]
+    fetched = list(root.glob("*/fetch-dataset/dataset"))
     assert len(fetched) == 1 and (fetched[0] / "shapes" / "data.yaml").is_file()
+
+
+def test_local_run_refuses_a_cluster_volume(cli, tmp_path):
+    result = cli(["run", "--model", "yolov8n.yaml", "--data", "pvc://datasets/shapes/data.yaml"])
+    assert result.exit_code == 2, result.output
+    assert "is on a cluster volume; locally, pass the dataset's folder or YAML" in result.stderr

@@ -97,7 +97,15 @@ class StepOptions:
     def for_local(self) -> StepOptions:
         """What a kfp.local run keeps: the checkpoint folder and run key; cluster settings do not apply there."""
         local_dir = str(Path(self.checkpoint_dir).expanduser().resolve()) if self.checkpoint_dir else None
-        return StepOptions(image=self.image, shm_size=None, checkpoint_dir=local_dir, run_key=self.run_key)
+        # Object-store credentials come from this machine's environment (boto3's usual chain).
+        return StepOptions(
+            image=self.image,
+            shm_size=None,
+            data_secret=AMBIENT_CREDENTIALS,
+            s3_endpoint_url=self.s3_endpoint_url,
+            checkpoint_dir=local_dir,
+            run_key=self.run_key,
+        )
 
 
 def ultralytics_device(gpus: int | None, device: str) -> str:

@@ -7,6 +7,7 @@ nothing is installed), and writes outputs under the pipeline root, where they st
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,12 @@ class LocalRun:
 def preflight(config: TrainConfig) -> None:
     """Fail before starting kfp.local when the model or dataset cannot work here."""
     check_model(config.model)
-    if is_remote(config.data):
+    if config.data.startswith("pvc://"):
         raise UsageError(
-            f"{config.data} is a remote dataset; local runs take a local dataset. "
-            "Download it first, or submit to a cluster with --host."
+            f"{config.data} is on a cluster volume; locally, pass the dataset's folder or YAML, or run with --host."
         )
-    resolve_data(config.data)
+    if not is_remote(config.data):  # s3://, gs://, https:// go through the pipeline's download step
+        resolve_data(config.data)
 
 
 def run_local(
@@ -62,7 +63,10 @@ def run_local(
     pipeline = build_pipeline(config, (step or StepOptions(image="local")).for_local())
     started = time.perf_counter()
     try:
-        task = pipeline()
+        with warnings.catch_warnings():
+            # kfp.local says, rightly, that cluster settings and the image do not apply here.
+            warnings.filterwarnings("ignore", message=r".*(have no effect|non-Python base image)", category=Warning)
+            task = pipeline()
     except RuntimeError as exc:
         raise TrainingError(f"The local training step failed: {exc}. See the step log above.") from None
     outputs: dict[str, Any] = task.outputs
