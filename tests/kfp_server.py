@@ -26,6 +26,7 @@ import json
 import re
 import ssl
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -69,6 +70,7 @@ class Fault:
     path: str | None = None  # regex searched in the request path
     message: str = "injected fault"
     after: bool = False  # status 0 only: handle the request first, then drop the answer
+    delay: float = 0.0  # wait this long before answering (a stalled proxy)
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -218,14 +220,16 @@ class KfpServer:
         path: str | None = None,
         message: str = "injected fault",
         after: bool = False,
+        delay: float = 0.0,
     ) -> None:
         """Answer the next `times` matching requests with `status`.
 
         Status 0 drops the connection without an answer; with `after=True` the request is carried out
-        first (the answer is lost on the way back, as when a proxy times out).
+        first (the answer is lost on the way back, as when a proxy times out). `delay` stalls before
+        answering; with status 200 the request is then served normally.
         """
         with self._lock:
-            self.faults.append(Fault(status, times, method, path, message, after))
+            self.faults.append(Fault(status, times, method, path, message, after, delay))
 
     def calls(self, method: str, path_regex: str) -> list[Request]:
         return [r for r in self.requests if r.method == method and re.search(path_regex, r.path)]
@@ -600,6 +604,10 @@ class _Handler(BaseHTTPRequestHandler):
         with kfp._lock:
             kfp.requests.append(record)
         fault = kfp._fault_for(self.command, url.path)
+        if fault and fault.delay:
+            time.sleep(fault.delay)
+            if fault.status == 200:
+                fault = None
         if fault and fault.status == 0:
             if fault.after:
                 with contextlib.suppress(ApiError):

@@ -550,6 +550,41 @@ def test_lost_answer_to_run_create_does_not_submit_twice(kfp):
     assert len(kfp.calls("POST", r"/runs$")) == 1
 
 
+def test_reused_run_name_is_not_mistaken_for_the_lost_create(kfp):
+    assert cli(run_args(kfp, "--run-name", "nightly")).exit_code == 0
+    kfp.fail(0, times=1, method="POST", path=r"/runs$")  # dropped before the server saw it
+    result = cli(run_args(kfp, "--run-name", "nightly"))
+    assert result.exit_code == 0, result.output
+    assert len(kfp.runs) == 2
+    assert run_id_of(result) == list(kfp.runs)[-1]
+
+
+def test_stalled_answer_times_out_and_is_retried(kfp, monkeypatch):
+    monkeypatch.setattr(remote, "REQUEST_TIMEOUT", (5.0, 0.3))
+    kfp.fail(200, times=1, method="GET", path=r"/experiments$", delay=1.0)
+    result = cli(run_args(kfp))
+    assert result.exit_code == 0, result.output
+    assert "the connection to" in result.stderr and "timed out" in result.stderr
+
+
+def test_api_failing_while_following_says_the_run_is_unaffected(kfp):
+    kfp.outcome = Outcome(hang=True)
+
+    def break_api(run_id, polls):
+        if polls == 1:
+            kfp.fail(502, times=100, path=r"/runs/")
+
+    kfp.after_get_run = break_api
+    result = cli(run_args(kfp, "--wait"))
+    assert result.exit_code == 1, result.output
+    run_id = run_id_of(result)
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"(tried 3 times) yolokf stopped following; the run itself is not affected: yolokf status {run_id}")
+    )
+
+
 def test_dropped_connection_before_create_is_retried(kfp):
     kfp.fail(0, times=1, method="POST", path=r"/runs$")
     result = cli(run_args(kfp))

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -200,10 +201,11 @@ def _client_class() -> type:
             self._context_setting["namespace"] = namespace  # no write to ~/.config/kfp
 
         def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:
-            # kfp retries 5 times, 5 s apart, on any ApiException (a 401 takes 25 s to report).
-            if getattr(self, "_yolokf_healthz", None) is None:
-                self._yolokf_healthz = self._healthz_api.healthz_service_get_healthz()
-            return self._yolokf_healthz
+            # kfp asks from __init__, before yolokf can set request timeouts, and retries 5 times 5 s apart on
+            # any ApiException (a 401 takes 25 s to report). yolokf asks once, in connect(), through call_api.
+            if not getattr(self, "_yolokf_ready", False):
+                return SimpleNamespace(multi_user=False)
+            return self._healthz_api.healthz_service_get_healthz()
 
     return YolokfClient
 
@@ -237,11 +239,23 @@ def kfp_client(
             ssl_ca_cert=str(ca_bundle) if ca_bundle else None,
             verify_ssl=False if insecure_skip_verify else None,
         )
-    pool = client._run_api.api_client.rest_client.pool_manager
-    import urllib3
-
-    pool.connection_pool_kw["timeout"] = urllib3.Timeout(connect=REQUEST_TIMEOUT[0], read=REQUEST_TIMEOUT[1])
+    # kfp.Client passes no timeout to its requests, and urllib3 then waits forever: a proxy that accepts
+    # and never answers would hang yolokf. All of the client's services share this one ApiClient.
+    api_client = client._run_api.api_client
+    api_client.rest_client = _rest_client_class()(api_client.configuration)
+    client._yolokf_ready = True
     return client
+
+
+@functools.cache
+def _rest_client_class() -> type:
+    from kfp_server_api.rest import RESTClientObject
+
+    class TimeoutRESTClient(RESTClientObject):
+        def request(self, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+            return super().request(*args, _request_timeout=_request_timeout or REQUEST_TIMEOUT, **kwargs)
+
+    return TimeoutRESTClient
 
 
 def connect(
@@ -290,7 +304,7 @@ def connect(
     healthz = cluster.call(f"Connecting to {host}", cluster.client.get_kfp_healthz)
     cluster.multi_user = bool(getattr(healthz, "multi_user", False))
     if cluster.multi_user and not cluster.namespace:
-        cluster.namespace = cluster.client.get_user_namespace() or _in_cluster_namespace()
+        cluster.namespace = _in_cluster_namespace()  # in a pod, as kfp.Client does
         if not cluster.namespace:
             raise UsageError(
                 f"{host} is a multi-user Kubeflow: pass --namespace (your profile namespace, for example "
@@ -696,10 +710,18 @@ def _create_run(
 ) -> Any:
     client = cluster.client
 
+    def runs_named() -> list[Any]:
+        found = client.list_runs(
+            experiment_id=experiment_id, filter=_name_filter(run_name), sort_by="created_at desc", page_size=50
+        )
+        return list(found.runs or [])
+
+    # A create whose answer is lost may still have reached the server: before sending it again, look for a
+    # run with this name that was not there before (names may repeat, e.g. a nightly --run-name).
+    existing = {run.run_id for run in cluster.call(f"Looking up runs named {run_name!r}", runs_named)}
+
     def find_run() -> Any:
-        # The create may have reached the server before the connection broke: never submit twice.
-        found = client.list_runs(experiment_id=experiment_id, filter=_name_filter(run_name), page_size=2)
-        return found.runs[0] if found.runs else None
+        return next((run for run in runs_named() if run.run_id not in existing), None)
 
     source: dict[str, Any] = (
         {"pipeline_id": pipeline_id, "version_id": version_id}
@@ -857,7 +879,15 @@ def wait(
     try:
         with _Display(console) as display:
             while True:
-                current = report(cluster, cluster.call(f"Reading run {run_id}", cluster.client.get_run, run_id))
+                try:
+                    run = cluster.call(f"Reading run {run_id}", cluster.client.get_run, run_id)
+                except ClusterError as exc:
+                    if current is None:
+                        raise
+                    raise ClusterError(
+                        f"{exc} yolokf stopped following; the run itself is not affected: yolokf status {run_id}"
+                    ) from None
+                current = report(cluster, run)
                 display.update(current)
                 if current.state in TERMINAL_STATES:
                     break
