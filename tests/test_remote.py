@@ -130,7 +130,7 @@ def test_run_host_submits_the_compiled_pipeline_with_the_cli_values(kfp):
     assert result.exit_code == 0, result.output
     run_id = run_id_of(result)
     assert f"Details: {kfp.url}/#/runs/details/{run_id}" in result.stdout
-    assert "Submitted run pets-try-1" in result.stdout
+    assert "Submitted run pets-try-1 to experiment pets (created)" in result.stdout
 
     (experiment,) = kfp.experiments.values()
     assert experiment["display_name"] == "pets"
@@ -223,8 +223,10 @@ def test_set_caching_reaches_sub_dag_tasks_that_kfp_override_misses(tmp_path):
 def test_upload_registers_the_pipeline_then_a_new_version(kfp):
     first = cli(run_args(kfp, "--upload", "--no-cache", "--run-name", "first"))
     assert first.exit_code == 0, first.output
+    assert re.search(r"^Pipeline: yolov8-train, version yolov8-train \(\S+\)$", first.stdout, re.M), first.stdout
     second = cli(run_args(kfp, "--upload", "--run-name", "second"))
     assert second.exit_code == 0, second.output
+    assert re.search(r"^Pipeline: yolov8-train, version second \(\S+\)$", second.stdout, re.M), second.stdout
 
     (pipeline,) = kfp.pipelines.values()
     assert pipeline["name"] == "yolov8-train"
@@ -240,6 +242,25 @@ def test_upload_registers_the_pipeline_then_a_new_version(kfp):
     # --no-cache was compiled into the uploaded spec, since the run only references it.
     first_tasks = versions[0]["pipeline_spec"]["root"]["dag"]["tasks"]
     assert all(t["cachingOptions"].get("enableCache", False) is False for t in first_tasks.values())
+
+
+def test_dry_run_prints_what_would_be_submitted_and_contacts_nothing():
+    url = f"http://127.0.0.1:{closed_port()}"
+    result = cli(["run", "--host", url, "--dry-run", "--epochs", "3", "--no-cache", "--upload", "--run-name", "r1"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"Would submit run r1 to {url}",
+        "Would register pipeline yolov8-train, or a new version of it when it exists",
+        "  experiment: yolokf (created when missing)",
+        f"  image: {IMAGE}",
+        '  parameters: {"batch": 16, "data": "coco128.yaml", "device": "", "epochs": 3, "imgsz": 640, '
+        '"model": "yolov8n.pt", "seed": 0, "train_args": {}, "workers": 8}',
+        "  pipeline root: the cluster default",
+        "  service account: the cluster default",
+        "  caching: off, for every task",
+    ]
+    local = cli(["run", "--dry-run"])
+    assert local.exit_code == 2 and "--dry-run shows what a --host run would submit" in local.stderr
 
 
 # -- following runs ------------------------------------------------------------------------------

@@ -429,6 +429,12 @@ def run(
     timeout: Timeout = None,
     terminate_on_interrupt: TerminateOnInterrupt = False,
     poll_interval: PollInterval = 5.0,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="With --host: print what would be submitted, contact nothing.", rich_help_panel=_KFP
+        ),
+    ] = False,
 ) -> None:
     """Train: locally through kfp.local, or on a cluster with --host.
 
@@ -440,9 +446,6 @@ def run(
     config = _config(model, data, epochs, imgsz, batch, device, workers, seed, set_)
     if host:
         from yolokf.image import resolve_image
-        from yolokf.remote import Submission, submit
-
-        cluster = _connect(host, namespace, ca_bundle, insecure_skip_tls_verify, token_file, cookie_file)
     config, step = _cluster(
         config,
         resolve_image(image) if host else "local",
@@ -467,13 +470,21 @@ def run(
         run_key,
     )
     if host:
+        from yolokf.remote import Submission, describe_submission, submit
+
         options = Submission(experiment, run_name, pipeline_root, service_account, cache, upload)
+        if dry_run:
+            lines = describe_submission(host, namespace, config, step, options)
+            console.print("\n".join(lines), markup=False, highlight=False)
+            return
+        cluster = _connect(host, namespace, ca_bundle, insecure_skip_tls_verify, token_file, cookie_file)
         submitted = submit(cluster, config, step, options)
-        console.print(f"Submitted run {submitted.run_name} ({submitted.run_id}) to experiment {experiment}")
-        console.print(f"Run id: {submitted.run_id}\nDetails: {submitted.url}", markup=False, highlight=False)
+        console.print("\n".join(submitted.summary()), markup=False, highlight=False)
         if wait:
             _follow(cluster, submitted.run_id, timeout, terminate_on_interrupt, poll_interval)
         return
+    if dry_run:
+        raise UsageError("--dry-run shows what a --host run would submit; add --host URL (or set KFP_HOST).")
     result = run_local(config, Path(pipeline_root or "yolokf-runs"), step)
     _print_local_run(result)
 

@@ -511,6 +511,36 @@ class Submitted:
     version_id: str | None = None
     version_name: str | None = None
 
+    def summary(self) -> list[str]:
+        """What `yolokf run --host` prints after submitting."""
+        created = " (created)" if self.created_experiment else ""
+        lines = [f"Submitted run {self.run_name} to experiment {self.experiment}{created}"]
+        if self.version_id:
+            lines.append(f"Pipeline: yolov8-train, version {self.version_name} ({self.version_id})")
+        return lines + [f"Run id: {self.run_id}", f"Details: {self.url}"]
+
+
+def describe_submission(
+    host: str, namespace: str | None, config: TrainConfig, step: StepOptions, options: Submission
+) -> list[str]:
+    """The lines `run --host --dry-run` prints. Compiles the pipeline, contacts nothing."""
+    host = normalize_host(host)
+    with tempfile.TemporaryDirectory(prefix="yolokf-dry-run-") as tmp:
+        write_package(config, step, options.cache, Path(tmp))
+    where = f"{host} (namespace {namespace})" if namespace else host
+    cache = {True: "on", False: "off", None: "as compiled (on)"}[options.cache]
+    lines = [f"Would submit run {options.run_name or default_run_name(config)} to {where}"]
+    if options.upload:
+        lines.append("Would register pipeline yolov8-train, or a new version of it when it exists")
+    return lines + [
+        f"  experiment: {options.experiment} (created when missing)",
+        f"  image: {step.image}",
+        f"  parameters: {json.dumps(pipeline_arguments(config), sort_keys=True)}",
+        f"  pipeline root: {options.pipeline_root or 'the cluster default'}",
+        f"  service account: {options.service_account or 'the cluster default'}",
+        f"  caching: {cache}, for every task",
+    ]
+
 
 def default_run_name(config: TrainConfig, now: datetime.datetime | None = None) -> str:
     """`yolov8n-coco128-20240131-142501`: model and dataset stems and the local time."""
