@@ -7,7 +7,8 @@ Registered as a pytest plugin from tests/conftest.py (`pytest_plugins`). Nothing
   which takes minutes to build, is built once and then reused across test runs and CI runs. A lock
   file keeps two test sessions from sharing one data root. Set `YOLOKF_TEST_DOCKER_HOST` to use an
   engine that is already running instead.
-- `registry` starts Debian's `docker-registry` on a free loopback port with htpasswd (bcrypt) auth.
+- `registry` starts Debian's `docker-registry` on loopback port 5055 (or a free one) with htpasswd (bcrypt)
+  auth, its storage next to the engine's data root, so pushes after the first skip the base's layers.
 - `stand_in_base` is a Debian bookworm minbase (debootstrap + `docker import`) with python3, pip, the
   host's CA bundle (TLS is intercepted here) and torch/torchvision from PyPI: what NVIDIA's PyTorch
   image is to a real cluster, including an NGC-style `PIP_CONSTRAINT` file.
@@ -41,6 +42,8 @@ from pathlib import Path
 import pytest
 
 DATA_ROOT = Path(os.environ.get("YOLOKF_TEST_DOCKER_ROOT", "/var/cache/yolokf-test-docker"))
+REGISTRY_ROOT = Path(os.environ.get("YOLOKF_TEST_REGISTRY_ROOT", str(DATA_ROOT) + "-registry"))
+REGISTRY_PORT = int(os.environ.get("YOLOKF_TEST_REGISTRY_PORT", "5055"))  # a busy port falls back to a free one
 HOST_CA_BUNDLE = Path(os.environ.get("YOLOKF_TEST_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
 DEBIAN_MIRROR = os.environ.get("YOLOKF_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # The stand-in base holds the same torch as the host's CPU test environment.
@@ -202,23 +205,36 @@ class Registry:
             return str(response.headers["Docker-Content-Digest"])
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @contextlib.contextmanager
-def running_registry(workdir: Path) -> Iterator[Registry]:
-    """Debian's docker-registry on a free loopback port, with htpasswd (bcrypt) auth."""
+def running_registry(workdir: Path, storage: Path = REGISTRY_ROOT) -> Iterator[Registry]:
+    """Debian's docker-registry on a loopback port, with htpasswd (bcrypt) auth.
+
+    Its storage and port stay the same across runs (like the engine's data root): the engine then finds
+    the stand-in base's 4 GB of torch layers already in the registry and pushes only yolokf's layers.
+    """
     import bcrypt
 
     username, password = "yolokf-ci", "pw-" + secrets.token_hex(12)
     workdir.mkdir(parents=True, exist_ok=True)
     htpasswd = workdir / "htpasswd"
     htpasswd.write_text(f"{username}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()}\n")
-    port = free_port()
+    port = REGISTRY_PORT if _port_is_free(REGISTRY_PORT) else free_port()
     config = workdir / "config.yml"
     config.write_text(
         json.dumps(  # JSON is YAML
             {
                 "version": 0.1,
                 "log": {"level": "warn"},
-                "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}, "delete": {"enabled": True}},
+                "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
                 "http": {"addr": f"127.0.0.1:{port}"},
                 "auth": {"htpasswd": {"realm": "yolokf-test", "path": str(htpasswd)}},
             }

@@ -118,6 +118,7 @@ class BuildSpec:
         return args
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _REFERENCE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]{1,2}[a-z0-9]+)*)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -325,7 +326,7 @@ def _git_source(root: Path) -> str:
         return "local source tree (no git remote)"
     parts = urlsplit(url)
     if parts.scheme and (parts.username or parts.password):  # never put a token into a label
-        parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
+        parts = parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else ""))
         url = urlunsplit(parts)
     return url
 
@@ -340,6 +341,7 @@ class Step:
     instruction: str
     cached: bool = False
     seconds: float = 0.0
+    base: bool = False  # ARG before FROM, and FROM: they pick the base and are never "cached"
 
 
 @dataclass
@@ -375,7 +377,7 @@ class Reporter:
 
     def step_done(self, step: Step) -> None:
         self._stop_status()
-        how = "cached" if step.cached else f"{step.seconds:.1f} s"
+        how = "base" if step.base else "cached" if step.cached else f"{step.seconds:.1f} s"
         self.print(f"  [{step.number}/{step.total}] {_short(step.instruction)}  ({how})")
 
     def failed(self, step: Step | None, tail: Iterable[str]) -> None:
@@ -464,6 +466,7 @@ def _follow_build(stream: Iterable[dict[str, Any]], reporter: Reporter) -> tuple
     steps: list[Step] = []
     tail: deque[str] = deque(maxlen=LOG_TAIL)
     current: Step | None = None
+    seen_from = False
     step_started = time.perf_counter()
     image_id = ""
     partial = ""
@@ -497,7 +500,7 @@ def _follow_build(stream: Iterable[dict[str, Any]], reporter: Reporter) -> tuple
             lines = text.split("\n")
             partial = lines.pop()
             for line in lines:
-                line = line.rstrip("\r")
+                line = _ANSI.sub("", line).rstrip("\r")
                 match = re.match(r"^Step (\d+)/(\d+) : (.*)$", line)
                 if match:
                     finish()
@@ -505,6 +508,8 @@ def _follow_build(stream: Iterable[dict[str, Any]], reporter: Reporter) -> tuple
                         pull_ctx.__exit__(None, None, None)
                         pull_ctx = None
                     current = Step(int(match[1]), int(match[2]), match[3])
+                    current.base = not seen_from and current.instruction.split()[0].upper() in ("ARG", "FROM")
+                    seen_from = seen_from or current.instruction.split()[0].upper() == "FROM"
                     step_started = time.perf_counter()
                     tail.clear()
                     reporter.step_started(current)

@@ -1,0 +1,161 @@
+"""Benchmarks for `yolokf build-image` (issue 3), on the Debian + torch stand-in base of the tests.
+
+    sudo python bench/bench_image.py [--out bench-image.json]
+
+Starts its own dockerd with the tests' cached data root (tests/conftest_docker.py) and measures:
+
+1. size: what yolokf's layers add on top of the base, against one bare
+   `pip install --no-cache-dir ultralytics-opencv-headless kfp` layer on the same base (goal <= 1.10x);
+2. rebuild after a source-only change: seconds, and which steps came from the cache (goal: only the last);
+3. container start -> first training batch: the yolokf image, against the hand-made approach that
+   pip-installs ultralytics and kfp when the container starts (same base, same snippet, same dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from conftest_docker import ensure_stand_in_base, running_engine  # noqa: E402
+
+from yolokf import image as images  # noqa: E402
+
+BARE_DOCKERFILE = """\
+FROM {base}
+RUN pip install --break-system-packages --no-cache-dir --progress-bar off ultralytics-opencv-headless kfp
+"""
+# Same in both containers: train yolov8n from scratch on the shapes dataset, stop at the first batch.
+FIRST_BATCH = """\
+import os, sys
+from ultralytics import YOLO
+model = YOLO("yolov8n.yaml")
+def first(trainer):
+    print("FIRST_BATCH", flush=True)
+    os._exit(0)
+model.add_callback("on_train_batch_end", first)
+model.train(data="/data/data.yaml", epochs=1, imgsz=64, batch=8, workers=0, plots=False, val=False,
+            project="/tmp/runs", name="bench", exist_ok=True, verbose=False)
+"""
+HAND_MADE = "pip install --break-system-packages --no-cache-dir --progress-bar off -q ultralytics-opencv-headless kfp"
+
+
+def added_size(client, reference: str, base: str) -> int:  # type: ignore[no-untyped-def]
+    """Bytes of the layers `reference` has on top of `base`."""
+    above = client.images.get(reference).history()
+    below = client.images.get(base).history()
+    return sum(entry["Size"] for entry in above[: len(above) - len(below)])
+
+
+def build_bare(client, base: str) -> str:  # type: ignore[no-untyped-def]
+    buffer = io.BytesIO()
+    data = BARE_DOCKERFILE.format(base=base).encode()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    tag = "yolokf-bench/bare-pip:1"
+    for chunk in client.api.build(
+        fileobj=buffer, custom_context=True, tag=tag, rm=True, network_mode="host", decode=True
+    ):
+        if "error" in chunk:
+            raise RuntimeError(chunk["error"])
+    return tag
+
+
+def first_batch_seconds(client, image: str, command: list[str], data: Path) -> float:  # type: ignore[no-untyped-def]
+    container = client.containers.create(
+        image,
+        command,
+        entrypoint=[],
+        network_mode="host",
+        volumes={str(data): {"bind": "/data", "mode": "rw"}},
+        environment={"YOLO_OFFLINE": "true"},
+    )
+    try:
+        started = time.perf_counter()
+        container.start()
+        for line in container.logs(stream=True, follow=True):
+            if b"FIRST_BATCH" in line:
+                return time.perf_counter() - started
+        raise RuntimeError(f"{image}: no training batch: {container.logs(tail=20).decode(errors='replace')}")
+    finally:
+        container.remove(force=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="write the numbers as JSON here too")
+    args = parser.parse_args()
+
+    from yolokf.datasets import shapes_dataset
+
+    results: dict[str, object] = {}
+    with running_engine() as engine, tempfile.TemporaryDirectory(prefix="yolokf-bench-") as tmp:
+        client = engine.client()
+        base = ensure_stand_in_base(client)
+        results["base"] = base
+
+        # 1. size
+        spec = images.BuildSpec(base_image=base, repository="yolokf-bench/yolokf")
+        built = images.build_image(images.plan_build(spec), client=client)
+        ours = added_size(client, built.plan.reference, base)
+        bare = added_size(client, build_bare(client, base), base)
+        results["size"] = {"yolokf_mb": ours / 1e6, "bare_pip_mb": bare / 1e6, "ratio": ours / bare}
+
+        # 2. rebuild after a source-only change, on a copy of the tree
+        tree = Path(tmp) / "src"
+        shutil.copytree(REPO / "yolokf", tree / "yolokf", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO / "dockerfiles", tree / "dockerfiles")
+        shutil.copy(REPO / "pyproject.toml", tree / "pyproject.toml")
+        spec = images.BuildSpec(base_image=base, repository="yolokf-bench/rebuild", source=tree)
+        images.build_image(images.plan_build(spec), client=client)
+        train_py = tree / "yolokf" / "train.py"
+        train_py.write_text(train_py.read_text() + f"\n# bench {time.time()}\n")
+        started = time.perf_counter()
+        rebuilt = images.build_image(images.plan_build(spec), client=client)
+        results["rebuild"] = {
+            "seconds": time.perf_counter() - started,
+            "steps": [
+                {"step": s.instruction, "state": "base" if s.base else "cached" if s.cached else "rebuilt"}
+                for s in rebuilt.steps
+            ],
+        }
+
+        # 3. container start -> first training batch
+        data = Path(tmp) / "shapes"
+        shutil.copytree(shapes_dataset(), data)
+        for cache in data.rglob("*.cache"):
+            cache.unlink()
+        snippet = ["python3", "-c", FIRST_BATCH]
+        ours_s = [first_batch_seconds(client, built.plan.reference, snippet, data) for _ in range(3)]
+        hand = ["sh", "-c", f"{HAND_MADE} && python3 -c '{FIRST_BATCH}'"]
+        hand_s = [first_batch_seconds(client, base, hand, data) for _ in range(2)]
+        results["first_batch"] = {"yolokf_s": ours_s, "hand_made_s": hand_s}
+
+    size = results["size"]
+    print(f"size added on top of the base: yolokf {size['yolokf_mb']:.0f} MB, "  # type: ignore[index]
+          f"bare pip layer {size['bare_pip_mb']:.0f} MB, ratio {size['ratio']:.3f}")  # type: ignore[index]  # fmt: skip
+    rebuild = results["rebuild"]
+    print(f"rebuild after a source-only change: {rebuild['seconds']:.1f} s")  # type: ignore[index]
+    for step in rebuild["steps"]:  # type: ignore[index]
+        print(f"  {step['state']:>8}  {step['step']}")
+    fb = results["first_batch"]
+    print(f"start -> first batch: yolokf {min(fb['yolokf_s']):.1f} s (runs {fb['yolokf_s']}), "  # type: ignore[index]
+          f"hand-made {min(fb['hand_made_s']):.1f} s (runs {fb['hand_made_s']})")  # type: ignore[index]  # fmt: skip
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
