@@ -187,7 +187,13 @@ def test_local_run_ignores_cluster_flags(tmp_path):
         run_key="k",
     )
     local = step.for_local()
-    assert local == StepOptions(image="x", shm_size=None, checkpoint_dir=str(Path("ckpt").resolve()), run_key="k")
+    assert local == StepOptions(
+        image="x",
+        shm_size=None,
+        data_secret="-",  # local credentials: this machine's environment
+        checkpoint_dir=str(Path("ckpt").resolve()),
+        run_key="k",
+    )
 
 
 @pytest.mark.parametrize(

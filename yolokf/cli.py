@@ -217,55 +217,57 @@ def _duration(seconds):  # noqa: ANN001, ANN202
     return format_seconds(seconds)
 
 
-def _cluster(
-    config,
-    image,
-    gpus,
-    accelerator_type,
-    shm_size,
-    cpu,
-    memory,
-    node_selector,
-    toleration,
-    image_pull_secret,  # noqa: ANN001, ANN202, PLR0913
-    image_pull_policy,
-    pod_label,
-    pod_annotation,
-    step_timeout,
-    retries,
-    data_pvc,
-    data_secret,
-    s3_endpoint_url,
-    checkpoint_pvc,
-    checkpoint_dir,
-    run_key,
-):
-    """The StepOptions of the cluster flags, and the config with --data-pvc folded into --data (pvc://)."""
+CLUSTER_FLAGS = (
+    "gpus",
+    "accelerator_type",
+    "shm_size",
+    "cpu",
+    "memory",
+    "node_selector",
+    "toleration",
+    "image_pull_secret",
+    "image_pull_policy",
+    "pod_label",
+    "pod_annotation",
+    "step_timeout",
+    "retries",
+    "data_pvc",
+    "data_secret",
+    "s3_endpoint_url",
+    "checkpoint_pvc",
+    "checkpoint_dir",
+    "run_key",
+)
+
+
+def _cluster(config, image: str, flags: dict):  # noqa: ANN001, ANN202
+    """StepOptions from the cluster flags (a command's locals()), and the config with --data-pvc folded into --data."""
     from yolokf.cluster import StepOptions, parse_duration, parse_pairs, parse_toleration
     from yolokf.fetch import pvc_uri
 
+    f = {name: flags[name] for name in CLUSTER_FLAGS}
     step = StepOptions(
         image=image,
-        gpus=gpus,
-        accelerator_type=accelerator_type,
-        shm_size=None if shm_size in ("", "0") else shm_size,
-        cpu=cpu,
-        memory=memory,
-        node_selector=parse_pairs(node_selector, "--node-selector"),
-        tolerations=tuple(parse_toleration(t) for t in toleration or []),
-        image_pull_secrets=tuple(image_pull_secret or []),
-        image_pull_policy=image_pull_policy,
-        pod_labels=parse_pairs(pod_label, "--pod-label"),
-        pod_annotations=parse_pairs(pod_annotation, "--pod-annotation"),
-        step_timeout=parse_duration(step_timeout),
-        retries=retries,
-        data_secret=data_secret,
-        s3_endpoint_url=s3_endpoint_url,
-        checkpoint_pvc=checkpoint_pvc,
-        checkpoint_dir=checkpoint_dir,
-        run_key=run_key,
+        gpus=f["gpus"],
+        accelerator_type=f["accelerator_type"],
+        shm_size=None if f["shm_size"] in ("", "0") else f["shm_size"],
+        cpu=f["cpu"],
+        memory=f["memory"],
+        node_selector=parse_pairs(f["node_selector"], "--node-selector"),
+        tolerations=tuple(parse_toleration(t) for t in f["toleration"] or []),
+        image_pull_secrets=tuple(f["image_pull_secret"] or []),
+        image_pull_policy=f["image_pull_policy"],
+        pod_labels=parse_pairs(f["pod_label"], "--pod-label"),
+        pod_annotations=parse_pairs(f["pod_annotation"], "--pod-annotation"),
+        step_timeout=parse_duration(f["step_timeout"]),
+        retries=f["retries"],
+        data_secret=f["data_secret"],
+        s3_endpoint_url=f["s3_endpoint_url"],
+        checkpoint_pvc=f["checkpoint_pvc"],
+        checkpoint_dir=f["checkpoint_dir"],
+        run_key=f["run_key"],
     )
-    return config.with_overrides(data=pvc_uri(config.data, data_pvc)), step
+    return config.with_overrides(data=pvc_uri(config.data, f["data_pvc"])), step
 
 
 def _config(model, data, epochs, imgsz, batch, device, workers, seed, set_):  # noqa: ANN001, ANN202
@@ -337,29 +339,7 @@ def compile_(
     from yolokf.pipeline import compile_pipeline
 
     config = _config(model, data, epochs, imgsz, batch, device, workers, seed, set_)
-    config, step = _cluster(
-        config,
-        resolve_image(image),
-        gpus,
-        accelerator_type,
-        shm_size,
-        cpu,
-        memory,
-        node_selector,
-        toleration,
-        image_pull_secret,
-        image_pull_policy,
-        pod_label,
-        pod_annotation,
-        step_timeout,
-        retries,
-        data_pvc,
-        data_secret,
-        s3_endpoint_url,
-        checkpoint_pvc,
-        checkpoint_dir,
-        run_key,
-    )
+    config, step = _cluster(config, resolve_image(image), locals())
     path = compile_pipeline(config, step, out)
     console.print(f"Wrote {path}")
 
@@ -446,29 +426,7 @@ def run(
     config = _config(model, data, epochs, imgsz, batch, device, workers, seed, set_)
     if host:
         from yolokf.image import resolve_image
-    config, step = _cluster(
-        config,
-        resolve_image(image) if host else "local",
-        gpus,
-        accelerator_type,
-        shm_size,
-        cpu,
-        memory,
-        node_selector,
-        toleration,
-        image_pull_secret,
-        image_pull_policy,
-        pod_label,
-        pod_annotation,
-        step_timeout,
-        retries,
-        data_pvc,
-        data_secret,
-        s3_endpoint_url,
-        checkpoint_pvc,
-        checkpoint_dir,
-        run_key,
-    )
+    config, step = _cluster(config, resolve_image(image) if host else "local", locals())
     if host:
         from yolokf.remote import Submission, describe_submission, submit
 
