@@ -20,7 +20,7 @@ from yolokf.errors import UsageError
 from yolokf.settings import TrainConfig
 
 PIPELINE_NAME = "yolov8-train"
-# Replaced per task with set_container_image (the image build-image made, or --image).
+# Replaced per task by cluster.apply_step_options (the image build-image made, or --image).
 PLACEHOLDER_IMAGE = f"yolokf:{__version__}"
 
 
