@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 
@@ -562,11 +563,12 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         err.print("Aborted.")
         sys.exit(130)
-    except typer.TyperException as exc:  # usage errors from typer's bundled click
+    except click.ClickException as exc:  # usage errors
         ctx = getattr(exc, "ctx", None)
         hint = f" See '{ctx.command_path} --help'." if ctx else ""
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        err.print(f"Error: {message.rstrip('.')}.{hint}", markup=False, highlight=False, soft_wrap=True)
+        message = exc.format_message()
+        message = message if message.endswith((".", "?")) else message + "."
+        err.print(f"Error: {message}{hint}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(getattr(exc, "exit_code", 2))
     except YolokfError as exc:
         if os.getenv("YOLOKF_DEBUG"):
