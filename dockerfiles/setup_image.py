@@ -29,6 +29,7 @@ MPL_DIR = Path(os.environ.get("MPLCONFIGDIR", CONFIG_DIR / "matplotlib"))
 WEIGHTS_DIR = HOME / "weights"
 SITE_DIR = HOME / "site"
 PINS = HOME / "base-pins.txt"
+NGC_CONSTRAINTS = "/etc/pip/constraint.txt"
 # What the base image owns: never reinstalled or upgraded by the layers above it.
 KEEP = re.compile(r"^(torch|torchvision|torchaudio|triton|pytorch-triton|nvidia-.*|cuda-.*)$")
 OPENCV = re.compile(r"^opencv-(python|contrib-python)(-headless)?$")
@@ -69,8 +70,11 @@ def base_pins() -> dict[str, str]:
 
 def pip_env(pins_file: Path) -> dict[str, str]:
     env = dict(os.environ)
-    # Keep the base's constraints (NGC: /etc/pip/constraint.txt) and add ours; pip splits on whitespace.
+    # Keep the base's constraints (NGC: PIP_CONSTRAINT=/etc/pip/constraint.txt) and add ours; pip splits the
+    # variable on whitespace. The NGC file counts even where the variable was unset.
     constraints = [c for c in env.get("PIP_CONSTRAINT", "").split() if Path(c).is_file()]
+    if Path(NGC_CONSTRAINTS).is_file() and NGC_CONSTRAINTS not in constraints:
+        constraints.append(NGC_CONSTRAINTS)
     if constraints:
         log(f"keeping the base image's pip constraints: {' '.join(constraints)}")
     env["PIP_CONSTRAINT"] = " ".join([*constraints, str(pins_file)])

@@ -160,12 +160,32 @@ def running_engine(data_root: Path = DATA_ROOT) -> Iterator[Engine]:
                 raise RuntimeError(f"dockerd did not answer within 60 s: {_tail(run_dir / 'dockerd.log')}")
             time.sleep(0.2)
         yield engine
+        with contextlib.suppress(Exception):
+            tidy(engine.client())
     finally:
         _stop(proc)
         log.close()
         shutil.rmtree(run_dir, ignore_errors=True)
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+def tidy(client, keep_days: float = 3) -> None:  # type: ignore[no-untyped-def]
+    """Keep the fixed data root from growing: drop stopped containers, test images not built in the last
+    `keep_days` (recent ones hold the layer cache the next run reuses) and dangling images."""
+    from datetime import datetime, timedelta, timezone
+
+    client.containers.prune()
+    cutoff = datetime.now(timezone.utc) - timedelta(days=keep_days)
+    for image in client.images.list():
+        if {MINBASE_IMAGE, BASE_IMAGE} & set(image.tags):
+            continue
+        created = datetime.fromisoformat(image.attrs["Created"][:19]).replace(tzinfo=timezone.utc)
+        if created < cutoff:
+            for tag in image.tags:
+                with contextlib.suppress(Exception):
+                    client.images.remove(tag)
+    client.images.prune(filters={"dangling": True})
 
 
 def _tail(path: Path, lines: int = 15) -> str:

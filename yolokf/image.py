@@ -44,6 +44,8 @@ DEFAULT_BASE_IMAGE = "nvcr.io/nvidia/pytorch:26.09-py3"
 DEFAULT_REPOSITORY = "yolokf"
 # Distributions pinned in the image to this machine's versions, so the step runs the kfp that compiled it.
 PINNED_FROM_HOST = ("kfp", "kfp-kubernetes", "ultralytics-opencv-headless")
+# yolokf dependencies a pod never uses: the Docker SDK drives build-image on the laptop (no engine in a pod).
+IMAGE_EXCLUDES = ("docker",)
 USERNAME_ENV = "YOLOKF_REGISTRY_USERNAME"
 PASSWORD_ENV = "YOLOKF_REGISTRY_PASSWORD"  # noqa: S105 - the variable's name, not a secret
 SOURCE_DATE = 315532800  # 1980-01-01: fixed mtimes keep the context tar, and so the tag, reproducible
@@ -164,33 +166,47 @@ def source_tree(source: Path | None = None) -> tuple[Path, Path]:
 
 
 def requirements(root: Path) -> list[str]:
-    """yolokf's dependencies plus the `train` extra, with kfp and ultralytics pinned to this machine's versions."""
+    """What the step needs: yolokf's dependencies and `train` extra, less the laptop-only ones, with kfp
+    and ultralytics pinned to the versions on this machine (the step then runs the kfp that compiled it)."""
     import importlib.metadata as md
 
-    specs: list[str] = []
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        project = tomllib.loads(pyproject.read_text())["project"]
-        specs = [*project.get("dependencies", []), *project.get("optional-dependencies", {}).get("train", [])]
-    else:
+    specs = _project_requirements(root / "pyproject.toml")
+    if specs is None:  # an installed yolokf without its pyproject.toml
+        specs = []
         with contextlib.suppress(md.PackageNotFoundError):
-            specs = [r.split(";")[0].strip() for r in md.requires("yolokf") or [] if "extra ==" not in r]
+            for req in md.requires("yolokf") or []:
+                spec, _, marker = req.partition(";")
+                if not marker.strip() or re.search(r"extra\s*==\s*['\"]train['\"]", marker):
+                    specs.append(spec.strip())
     out = []
     for spec in specs:
-        name = re.split(r"[\s\[<>=!~;]", spec, maxsplit=1)[0]
-        canonical = re.sub(r"[-_.]+", "-", name).lower()
-        if canonical in PINNED_FROM_HOST:
+        name = _dist_name(spec)
+        if name in IMAGE_EXCLUDES:
+            continue
+        if name in PINNED_FROM_HOST:
             with contextlib.suppress(md.PackageNotFoundError):
-                spec = f"{canonical}=={md.version(canonical)}"
+                spec = f"{name}=={md.version(name)}"
         out.append(spec)
-    for name in PINNED_FROM_HOST:
-        if not any(re.split(r"[\s\[<>=!~;]", s, maxsplit=1)[0].lower() == name for s in out):
-            out.append(name)
+    out += [name for name in PINNED_FROM_HOST if name not in {_dist_name(s) for s in out}]
     return out
+
+
+def _project_requirements(pyproject: Path) -> list[str] | None:
+    if not pyproject.is_file():
+        return None
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            return None
+    project = tomllib.loads(pyproject.read_text()).get("project", {})
+    return [*project.get("dependencies", []), *project.get("optional-dependencies", {}).get("train", [])]
+
+
+def _dist_name(spec: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.split(r"[\s\[<>=!~;@]", spec.strip(), maxsplit=1)[0]).lower()
 
 
 def assemble_context(spec: BuildSpec) -> Context:
@@ -427,7 +443,7 @@ def build_image(plan: Plan, reporter: Reporter | None = None, client: Any = None
     started = time.perf_counter()
     reporter.print(f"Building {plan.reference} on {plan.spec.base_image}")
     image_id, steps = _run_build(client, plan, reporter)
-    labels = {**plan.labels, **version_labels(client, image_id)}
+    labels = {**plan.labels, **_base_digest_label(client, plan.spec.base_image), **version_labels(client, image_id)}
     image_id = _label(client, image_id, labels, plan, reporter)
     result = BuildResult(plan, image_id, steps, labels, time.perf_counter() - started)
     reporter.print(f"Built {plan.reference} ({image_id[7:19]}) in {result.seconds:.0f} s")
@@ -559,6 +575,14 @@ def _layer_event(progress: Any, tasks: dict[str, Any], chunk: dict[str, Any]) ->
         )
     else:
         progress.update(tasks[layer], description=f"{layer[:12]} {status}")
+
+
+def _base_digest_label(client: Any, base: str) -> dict[str, str]:
+    """org.opencontainers.image.base.digest, when the engine knows the base's registry digest."""
+    with contextlib.suppress(Exception):
+        for repo_digest in client.images.get(base).attrs.get("RepoDigests") or []:
+            return {"org.opencontainers.image.base.digest": repo_digest.split("@", 1)[1]}
+    return {}
 
 
 def version_labels(client: Any, image_id: str) -> dict[str, str]:
