@@ -165,6 +165,7 @@ def running_engine(data_root: Path = DATA_ROOT) -> Iterator[Engine]:
     finally:
         _stop(proc)
         log.close()
+        _unmount_under(run_dir)  # dockerd leaves its default netns bind-mounted in the exec root
         shutil.rmtree(run_dir, ignore_errors=True)
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
@@ -186,6 +187,14 @@ def tidy(client, keep_days: float = 3) -> None:  # type: ignore[no-untyped-def]
                 with contextlib.suppress(Exception):
                     client.images.remove(tag)
     client.images.prune(filters={"dangling": True})
+
+
+def _unmount_under(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            target = line.split()[1]
+            if target.startswith(f"{folder}/"):
+                subprocess.run(["umount", "-l", target], check=False, capture_output=True)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
