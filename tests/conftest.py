@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from yolokf.cli import main
 
+pytest_plugins = ["tests.conftest_docker"]  # the Docker engine and registry fixtures
+
 # Make every test deterministic about the network: this machine has none, CI neither.
 os.environ.setdefault("YOLOKF_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "true")

@@ -39,9 +39,10 @@ def is_online(host: str = "github.com", timeout: float = 3.0) -> bool:
 
 def ultralytics_settings() -> dict:
     """ultralytics' settings.json (weights_dir, datasets_dir), read without importing ultralytics."""
-    config_dir = os.getenv("YOLO_CONFIG_DIR") or str(Path.home() / ".config" / "Ultralytics")
+    # ultralytics.utils.get_user_config_dir: $YOLO_CONFIG_DIR/Ultralytics, else $XDG_CONFIG_HOME/Ultralytics
+    base = os.getenv("YOLO_CONFIG_DIR") or os.getenv("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     try:
-        return json.loads((Path(config_dir) / "settings.json").read_text())
+        return json.loads((Path(base) / "Ultralytics" / "settings.json").read_text())
     except (OSError, ValueError):
         return {}
 
