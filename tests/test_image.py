@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def test_same_inputs_give_the_same_tag_and_a_change_gives_a_new_one(tmp_path: Pa
     assert other_base.tag != first.tag
     assert other_base.context.source_hash == first.context.source_hash  # same code: compile/run still match
 
-    (tree / "yolokf" / "train.py").write_text((tree / "yolokf" / "train.py").read_text() + "\n# changed\n")
+    # A change never built before: the engine's cache persists between runs.
+    change = f"\n# changed {uuid.uuid4()}\n"
+    (tree / "yolokf" / "train.py").write_text((tree / "yolokf" / "train.py").read_text() + change)
     changed = images.plan_build(images.BuildSpec(source=tree))
     assert changed.tag != first.tag
     assert changed.context.source_hash != first.context.source_hash
@@ -305,7 +308,9 @@ def test_source_only_change_rebuilds_only_the_last_layer(pushed, tmp_path: Path)
     tree = copy_tree(tmp_path / "src")
     spec = images.BuildSpec(base_image=pushed.base, repository="yolokf-test/rebuild", source=tree)
     first = images.build_image(images.plan_build(spec), client=client)
-    (tree / "yolokf" / "train.py").write_text((tree / "yolokf" / "train.py").read_text() + "\n# changed\n")
+    # A change never built before: the engine's cache persists between runs.
+    change = f"\n# changed {uuid.uuid4()}\n"
+    (tree / "yolokf" / "train.py").write_text((tree / "yolokf" / "train.py").read_text() + change)
     second = images.build_image(images.plan_build(spec), client=client)
     assert second.plan.tag != first.plan.tag
     rebuilt = [step.instruction for step in second.steps if not step.cached and not step.base]
