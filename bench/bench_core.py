@@ -2,7 +2,8 @@
 
     python bench/bench_core.py [--repeat 5] [--epochs 15]
 
-1. `yolokf compile` vs a bare kfp script compiling the same one-step pipeline (goal <= 1.15x)
+1. `yolokf compile` vs a bare kfp script compiling the same one-step pipeline, /dev/shm mount included
+   (goal <= 1.15x)
 2. `yolokf --help` wall time (goal < 0.3 s), next to bare `python -c pass`
 3. local `yolokf run` vs `yolo train` with the same arguments on the shapes data (goal <= 1.10x)
 4. final metrics of both with the same seed (goal: equal)
@@ -24,7 +25,7 @@ from pathlib import Path
 BARE_KFP = textwrap.dedent(
     """
     import sys
-    from kfp import compiler, dsl
+    from kfp import compiler, dsl, kubernetes
     from kfp.dsl import HTML, Artifact, Metrics, Model, Output
 
     @dsl.component(base_image="yolokf:bench", install_kfp_package=False)
@@ -37,8 +38,11 @@ BARE_KFP = textwrap.dedent(
     @dsl.pipeline(name="yolov8-train")
     def yolov8_train(model: str = "yolov8n.pt", data: str = "coco128.yaml", epochs: int = 100, imgsz: int = 640,
                      batch: int = 16, device: str = "", workers: int = 8, seed: int = 0, train_args: dict = {}):
-        yolo_train(model=model, data=data, epochs=epochs, imgsz=imgsz, batch=batch, device=device,
-                   workers=workers, seed=seed, train_args=train_args)
+        task = yolo_train(model=model, data=data, epochs=epochs, imgsz=imgsz, batch=batch, device=device,
+                          workers=workers, seed=seed, train_args=train_args)
+        task.set_display_name("train")
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit="8Gi")
 
     compiler.Compiler().compile(yolov8_train, package_path=sys.argv[1])
     """

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
-from rich.console import Console
 
 from yolokf import __version__
 from yolokf.errors import UsageError, YolokfError
@@ -20,8 +19,25 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals can hold tokens
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+
+
+class _LazyConsole:
+    """A rich Console made on first use: importing rich.console costs 50 ms that `compile` and `--help` skip."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(soft_wrap=True, **self._options)
+        return getattr(self._console, name)
+
+
+console: Any = _LazyConsole()
+err: Any = _LazyConsole(stderr=True)
 
 # Training flags: ultralytics' names and defaults.
 Model = Annotated[str, typer.Option(help="Weights (.pt) or model YAML (yolov8n.yaml trains from scratch).")]
@@ -342,7 +358,7 @@ def compile_(
     config = _config(model, data, epochs, imgsz, batch, device, workers, seed, set_)
     config, step = _cluster(config, resolve_image(image), locals())
     path = compile_pipeline(config, step, out)
-    console.print(f"Wrote {path}")
+    typer.echo(f"Wrote {path}")
 
 
 @app.command()

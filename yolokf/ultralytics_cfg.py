@@ -60,7 +60,8 @@ def installed_package_dir() -> Path | None:
 
 
 def read_installed(package_dir: Path) -> UltralyticsCfg:
-    defaults = yaml.safe_load((package_dir / "cfg" / "default.yaml").read_text())
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    defaults = yaml.load((package_dir / "cfg" / "default.yaml").read_text(), Loader=loader)  # noqa: S506
     tree = ast.parse((package_dir / "cfg" / "__init__.py").read_text())
     found: dict[str, Any] = {}
     for node in tree.body:
