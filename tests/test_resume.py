@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -15,19 +16,22 @@ import pytest
 EPOCHS = 5
 # What the pipeline's training component runs, with the artifacts kfp would hand it.
 STEP = """
+import json
 import sys
 from pathlib import Path
 from kfp.dsl import HTML, Artifact, Metrics, Model
 from yolokf.train import train_step
 
 out = Path(sys.argv[1])
+weights = Model(uri=str(out / "weights"))
 train_step(
     model="yolov8n.yaml", data="shapes", epochs={epochs}, imgsz=64, batch=16, device="cpu", workers=0, seed=0,
     train_args={{"plots": False}},
-    weights=Model(uri=str(out / "weights")), metrics=Metrics(uri=str(out / "metrics")),
+    weights=weights, metrics=Metrics(uri=str(out / "metrics")),
     report=HTML(uri=str(out / "report.html")), run_dir=Artifact(uri=str(out / "run_dir")),
     checkpoint_dir=sys.argv[2], run_key="",
 )
+(out / "weights.json").write_text(json.dumps(weights.metadata))
 """
 
 
@@ -90,6 +94,7 @@ def test_killed_step_resumes_from_its_last_epoch(tmp_path, shapes_yaml):
     assert len(epochs) - len(set(epochs)) <= 1, f"lost more than one epoch of work: {epochs}"
     assert {p.name for p in (tmp_path / "out2" / "weights").iterdir()} == {"best.pt", "last.pt"}
     assert "yolokf-metrics" in log
+    assert json.loads((tmp_path / "out2" / "weights.json").read_text())["resumed_from_epoch"] == resumed_after
 
     # Started once more with the same inputs, the step finds the finished run and reports it without training.
     third = start_step(tmp_path / "out3", checkpoints, tmp_path / "third.log")
@@ -98,6 +103,7 @@ def test_killed_step_resumes_from_its_last_epoch(tmp_path, shapes_yaml):
     assert "already holds a finished training; reporting it." in log
     assert epochs_in(run / "results.csv") == epochs
     assert {p.name for p in (tmp_path / "out3" / "weights").iterdir()} == {"best.pt", "last.pt"}
+    assert json.loads((tmp_path / "out3" / "weights.json").read_text())["already_finished"] is True
 
 
 def test_run_key_follows_the_training_arguments():

@@ -172,6 +172,8 @@ def write_outputs(
             "ultralytics_version": result.ultralytics_version,
             "metrics": result.metrics,
             "files": sorted(p.name for p in weights_dir.iterdir()),
+            **({"resumed_from_epoch": result.resumed_from_epoch} if result.resumed_from_epoch else {}),
+            **result.extra,
         }
     )
     for name, value in result.metrics.items():
