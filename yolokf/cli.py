@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
 
 from yolokf import __version__
 from yolokf.errors import UsageError, YolokfError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     help="Train Ultralytics YOLO models on Kubeflow Pipelines: build the image, compile, run.",
@@ -21,23 +25,21 @@ app = typer.Typer(
 )
 
 
-class _LazyConsole:
-    """A rich Console made on first use: importing rich.console costs 50 ms that `compile` and `--help` skip."""
+@functools.cache
+def out() -> Console:
+    """stdout. Made on first use: importing rich.console costs 50 ms that `compile` and `--help` skip."""
+    from rich.console import Console
 
-    def __init__(self, **options: Any) -> None:
-        self._options = options
-        self._console: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(soft_wrap=True, **self._options)
-        return getattr(self._console, name)
+    return Console(soft_wrap=True)
 
 
-console: Any = _LazyConsole()
-err: Any = _LazyConsole(stderr=True)
+@functools.cache
+def errs() -> Console:
+    """stderr: progress and errors."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
 
 # Training flags: ultralytics' names and defaults.
 Model = Annotated[str, typer.Option(help="Weights (.pt) or model YAML (yolov8n.yaml trains from scratch).")]
@@ -205,7 +207,7 @@ def _connect(host, namespace, ca_bundle, insecure_skip_tls_verify, token_file, c
         insecure_skip_verify=insecure_skip_tls_verify,
         token_file=token_file,
         cookie_file=cookie_file,
-        console=err,
+        console=errs(),
     )
 
 
@@ -219,13 +221,11 @@ def _follow(cluster, run_id: str, timeout, terminate_on_interrupt: bool, poll_in
         timeout=parse_duration(timeout, "--timeout"),
         poll_interval=poll_interval,
         on_interrupt="terminate" if terminate_on_interrupt else "ask",
-        console=console,
+        console=out(),
     )
     if followed.outcome != "succeeded":
         raise typer.Exit(130)
-    console.print(
-        f"Run {followed.report.name} SUCCEEDED in {_duration(followed.report.seconds)}: {followed.report.url}"
-    )
+    out().print(f"Run {followed.report.name} SUCCEEDED in {_duration(followed.report.seconds)}: {followed.report.url}")
 
 
 def _duration(seconds):  # noqa: ANN001, ANN202
@@ -305,7 +305,7 @@ def _config(model, data, epochs, imgsz, batch, device, workers, seed, set_):  # 
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"yolokf {__version__}")
+        out().print(f"yolokf {__version__}")
         raise typer.Exit()
 
 
@@ -450,11 +450,11 @@ def run(
         options = Submission(experiment, run_name, pipeline_root, service_account, cache, upload)
         if dry_run:
             lines = describe_submission(host, namespace, config, step, options)
-            console.print("\n".join(lines), markup=False, highlight=False)
+            out().print("\n".join(lines), markup=False, highlight=False)
             return
         cluster = _connect(host, namespace, ca_bundle, insecure_skip_tls_verify, token_file, cookie_file)
         submitted = submit(cluster, config, step, options)
-        console.print("\n".join(submitted.summary()), markup=False, highlight=False)
+        out().print("\n".join(submitted.summary()), markup=False, highlight=False)
         if wait:
             _follow(cluster, submitted.run_id, timeout, terminate_on_interrupt, poll_interval)
         return
@@ -492,19 +492,17 @@ def _print_report(run) -> None:  # noqa: ANN001
 
     from yolokf.remote import format_seconds
 
-    console.print(f"Run {run.name} ({run.run_id}): {run.state}, {format_seconds(run.seconds)}", markup=False)
+    out().print(f"Run {run.name} ({run.run_id}): {run.state}, {format_seconds(run.seconds)}", markup=False)
     if run.error:
-        console.print(f"Error: {run.error}", markup=False, highlight=False)
+        out().print(f"Error: {run.error}", markup=False, highlight=False)
     table = Table("task", "state", "time", "outputs (artifact ids)")
     for task in (t for t in run.tasks if t.is_step):
         outputs = ", ".join(f"{k}: {' '.join(v)}" for k, v in sorted(task.outputs.items()))
         table.add_row(task.name, task.state, format_seconds(task.seconds), outputs or "-")
-    console.print(table)
+    out().print(table)
     if run.state == "SUCCEEDED":
-        console.print(
-            "Metrics, report and weights: open the run's artifacts in the UI (KFP's API does not serve them)."
-        )
-    console.print(f"Details: {run.url}", markup=False, highlight=False)
+        out().print("Metrics, report and weights: open the run's artifacts in the UI (KFP's API does not serve them).")
+    out().print(f"Details: {run.url}", markup=False, highlight=False)
 
 
 @app.command("build-image")
@@ -539,10 +537,10 @@ def build_image(
     spec = images.BuildSpec(base_image, repository, tag, platform, pip_index_url, pip_extra_index_url, weights)
     plan = images.plan_build(spec, push=push)
     if dry_run:
-        console.print("\n".join(images.describe(plan)), markup=False, highlight=False)
+        out().print("\n".join(images.describe(plan)), markup=False, highlight=False)
         return
-    result = images.build_image(plan, images.Reporter(err))
-    console.print(result.digest_reference or plan.reference, markup=False, highlight=False)
+    result = images.build_image(plan, images.Reporter(errs()))
+    out().print(result.digest_reference or plan.reference, markup=False, highlight=False)
 
 
 @app.command()
@@ -554,7 +552,7 @@ def shapes(
 
     if folder.exists():
         raise YolokfError(f"{folder} already exists; choose a new folder.")
-    console.print(f"Wrote {write_shapes(folder)}")
+    out().print(f"Wrote {write_shapes(folder)}")
 
 
 def _print_local_run(result) -> None:  # noqa: ANN001
@@ -565,10 +563,10 @@ def _print_local_run(result) -> None:  # noqa: ANN001
     table.add_column("value", justify="right")
     for name, value in result.metrics.items():
         table.add_row(name, f"{value:.4f}")
-    console.print(table)
+    out().print(table)
     for name, path in result.artifacts.items():
-        console.print(f"{name:>8}: {path}")
-    console.print(f"Trained in {result.seconds:.0f} s; outputs under {result.pipeline_root}")
+        out().print(f"{name:>8}: {path}")
+    out().print(f"Trained in {result.seconds:.0f} s; outputs under {result.pipeline_root}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -577,18 +575,18 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = command.main(args=argv, prog_name="yolokf", standalone_mode=False)
     except typer.Abort:
-        err.print("Aborted.")
+        errs().print("Aborted.")
         sys.exit(130)
     except click.ClickException as exc:  # usage errors
         ctx = getattr(exc, "ctx", None)
         hint = f" See '{ctx.command_path} --help'." if ctx else ""
         message = exc.format_message()
         message = message if message.endswith((".", "?")) else message + "."
-        err.print(f"Error: {message}{hint}", markup=False, highlight=False, soft_wrap=True)
+        errs().print(f"Error: {message}{hint}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(getattr(exc, "exit_code", 2))
     except YolokfError as exc:
         if os.getenv("YOLOKF_DEBUG"):
             raise
-        err.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        errs().print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
