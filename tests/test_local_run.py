@@ -31,6 +31,8 @@ def test_local_run_learns_the_shapes(trained):
     assert "Final validation metrics" in result.stdout
     map50 = float(re.search(r"│ mAP50\s+│\s+([0-9.]+)", result.stdout).group(1))
     assert map50 >= 0.5, result.stdout
+    rows = re.findall(r"^│ (\S+)\s+│", result.stdout, re.M)
+    assert rows == ["precision", "recall", "mAP50", "mAP50-95", "fitness"], rows
 
 
 @pytest.mark.slow
@@ -60,6 +62,8 @@ def test_local_run_leaves_every_artifact_under_the_pipeline_root(trained):
         assert name in report
     for path in (step / "weights", step / "report", step / "run_dir"):
         assert str(path) in result.stdout, f"{path} printed for the user"
+    listed = re.findall(r"^\s*(\w+): /", result.stdout, re.M)
+    assert sorted(listed) == ["report", "run_dir", "weights"], "Metrics are metadata under kfp.local: no file"
 
 
 def test_readable_metric_names_for_every_task():

@@ -19,6 +19,7 @@ from yolokf.offline import check_model
 from yolokf.settings import TrainConfig
 
 DEFAULT_PIPELINE_ROOT = Path("yolokf-runs")
+METRIC_ORDER = ("precision", "recall", "mAP50", "mAP50-95", "fitness")
 
 
 @dataclass
@@ -70,6 +71,9 @@ def run_local(
     except RuntimeError as exc:
         raise TrainingError(f"The local training step failed: {exc}. See the step log above.") from None
     outputs: dict[str, Any] = task.outputs
-    metrics = {name: float(value) for name, value in outputs["metrics"].metadata.items()}
-    artifacts = {name: Path(artifact.path) for name, artifact in outputs.items()}
+    logged = outputs["metrics"].metadata
+    first = [name for name in METRIC_ORDER if name in logged]
+    metrics = {name: float(logged[name]) for name in first + sorted(set(logged) - set(first))}
+    # Output[Metrics] is metadata only under kfp.local: list the artifacts that are files or folders.
+    artifacts = {name: Path(a.path) for name, a in outputs.items() if Path(a.path).exists()}
     return LocalRun(pipeline_root, metrics, artifacts, time.perf_counter() - started)
