@@ -213,7 +213,7 @@ def _connect(host, namespace, ca_bundle, insecure_skip_tls_verify, token_file, c
 
 def _follow(cluster, run_id: str, timeout, terminate_on_interrupt: bool, poll_interval: float) -> None:  # noqa: ANN001
     from yolokf.cluster import parse_duration
-    from yolokf.remote import wait
+    from yolokf.remote import format_seconds, wait
 
     followed = wait(
         cluster,
@@ -225,13 +225,8 @@ def _follow(cluster, run_id: str, timeout, terminate_on_interrupt: bool, poll_in
     )
     if followed.outcome != "succeeded":
         raise typer.Exit(130)
-    out().print(f"Run {followed.report.name} SUCCEEDED in {_duration(followed.report.seconds)}: {followed.report.url}")
-
-
-def _duration(seconds):  # noqa: ANN001, ANN202
-    from yolokf.remote import format_seconds
-
-    return format_seconds(seconds)
+    report = followed.report
+    out().print(f"Run {report.name} SUCCEEDED in {format_seconds(report.seconds)}: {report.url}")
 
 
 CLUSTER_FLAGS = (
