@@ -1,0 +1,417 @@
+"""The loopback KFP server answers like the KFP 2.17 API server, seen only through the real kfp.Client.
+
+What the server should do comes from kubeflow/pipelines 2.17.0: backend/src/apiserver/list/list.go
+(sort_by, paging), filter/filter.go and server/list_request_util.go (filter), model/*.go (the fields
+each list accepts), server/api_converter.go (what a run and its tasks look like).
+"""
+
+# No `from __future__ import annotations`: kfp.dsl reads the components' annotations as types.
+import datetime
+import json
+
+import pytest
+from kfp import compiler, dsl
+from kfp.client import Client
+from kfp_server_api.exceptions import ApiException
+
+from tests.kfp_server import EPOCH, KfpServer, Outcome, Poll
+
+pytestmark = pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline")
+
+T0 = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+
+
+@dsl.component(base_image="python:3.11")
+def fetch_dataset(uri: str, dataset: dsl.Output[dsl.Dataset]):
+    pass
+
+
+@dsl.component(base_image="python:3.11")
+def train(dataset: dsl.Input[dsl.Dataset], weights: dsl.Output[dsl.Model]):
+    pass
+
+
+@dsl.pipeline(name="two-steps")
+def two_steps(uri: str = "s3://bucket/pets.yaml"):
+    train(dataset=fetch_dataset(uri=uri).outputs["dataset"])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime.datetime:
+        return self.now
+
+    def at(self, seconds: int) -> None:
+        self.now = T0 + datetime.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def server():
+    server = KfpServer().start()
+    server.clock = Clock()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(server):
+    return Client(host=server.url)
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipeline") / "two-steps.yaml"
+    compiler.Compiler().compile(two_steps, str(path))
+    return str(path)
+
+
+@pytest.fixture
+def experiment(server, client):
+    return client.create_experiment("pets")
+
+
+@pytest.fixture
+def three_runs(server, client, experiment, package):
+    """b-run, A-run and c-run, a minute apart."""
+    for offset, name in [(0, "b-run"), (60, "A-run"), (120, "c-run")]:
+        server.clock.at(offset)
+        client.run_pipeline(experiment.experiment_id, name, pipeline_package_path=package)
+    return experiment.experiment_id
+
+
+def names(items) -> list[str]:
+    return [item.display_name for item in items or []]
+
+
+def predicate(operation, key: str, **value) -> str:
+    return json.dumps({"predicates": [{"operation": operation, "key": key, **value}]})
+
+
+def stamp(seconds: int) -> str:
+    return (T0 + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_of(raised: pytest.ExceptionInfo[ApiException]) -> tuple[str, str]:
+    """The Status message and its google.rpc.Status detail of a 400 answer."""
+    assert raised.value.status == 400
+    body = json.loads(raised.value.body)
+    assert body["code"] == 3 and len(body["details"]) == 1, body
+    return body["message"], body["details"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("sort_by", "expected"),
+    [
+        ("", ["b-run", "A-run", "c-run"]),  # created_at, the default
+        ("created_at", ["b-run", "A-run", "c-run"]),
+        ("created_at desc", ["c-run", "A-run", "b-run"]),
+        ("CREATED_AT DESC", ["c-run", "A-run", "b-run"]),  # the server lowercases sort_by
+        ("display_name", ["A-run", "b-run", "c-run"]),  # MySQL utf8_general_ci: case does not count
+        ("name asc", ["A-run", "b-run", "c-run"]),
+        ("display_name desc", ["c-run", "b-run", "A-run"]),
+    ],
+)
+def test_list_runs_sorts_both_ways(client, three_runs, sort_by, expected):
+    runs = client.list_runs(experiment_id=three_runs, sort_by=sort_by).runs
+    assert len(runs) == 3
+    assert names(runs) == expected
+
+
+def test_runs_created_in_the_same_second_sort_by_id_in_the_same_direction(server, client, experiment, package):
+    # created_at is kept in whole seconds; list.go then orders by the UUID key, ASC or DESC like the field.
+    ids = [client.run_pipeline(experiment.experiment_id, "nightly", package).run_id for _ in range(3)]
+    newest_first = client.list_runs(experiment_id=experiment.experiment_id, sort_by="created_at desc").runs
+    oldest_first = client.list_runs(experiment_id=experiment.experiment_id, sort_by="created_at").runs
+    assert len(newest_first) == 3 and len(oldest_first) == 3
+    assert [r.run_id for r in newest_first] == ids[::-1]
+    assert [r.run_id for r in oldest_first] == ids
+
+
+def test_list_experiments_and_pipelines_sort_both_ways(server, client, package):
+    for offset, name in [(0, "Beta"), (60, "alpha"), (120, "gamma")]:
+        server.clock.at(offset)
+        client.create_experiment(name)
+        client.upload_pipeline(package, pipeline_name=f"{name}-pipeline")
+    by_name = client.list_experiments(sort_by="display_name").experiments
+    by_name_desc = client.list_experiments(sort_by="display_name desc").experiments
+    assert len(by_name) == 3 and len(by_name_desc) == 3
+    assert names(by_name) == ["alpha", "Beta", "gamma"]
+    assert names(by_name_desc) == ["gamma", "Beta", "alpha"]
+    newest = client.list_pipelines(sort_by="created_at desc").pipelines
+    oldest = client.list_pipelines(sort_by="created_at").pipelines
+    assert len(newest) == 3 and len(oldest) == 3
+    assert names(newest) == ["gamma-pipeline", "alpha-pipeline", "Beta-pipeline"]
+    assert names(oldest) == ["Beta-pipeline", "alpha-pipeline", "gamma-pipeline"]
+
+
+def test_list_pipeline_versions_sorts_and_filters(server, client, package):
+    pipeline = client.upload_pipeline(package, pipeline_name="pets")
+    for offset, version in [(60, "v2"), (120, "v10")]:
+        server.clock.at(offset)
+        client.upload_pipeline_version(package, pipeline_version_name=version, pipeline_id=pipeline.pipeline_id)
+    versions = client.list_pipeline_versions(pipeline.pipeline_id, sort_by="created_at desc").pipeline_versions
+    assert len(versions) == 3
+    assert names(versions) == ["v10", "v2", "pets"]
+    found = client.list_pipeline_versions(
+        pipeline.pipeline_id, filter=predicate("EQUALS", "display_name", string_value="V2")
+    ).pipeline_versions
+    assert len(found) == 1
+    assert names(found) == ["v2"]
+
+
+@pytest.mark.parametrize(
+    ("filter_", "expected"),
+    [
+        (predicate("EQUALS", "display_name", string_value="B-RUN"), ["b-run"]),  # case-insensitive collation
+        (predicate(1, "name", stringValue="c-run"), ["c-run"]),  # kfp.Client's own form: a number, JSON names
+        (predicate("NOT_EQUALS", "display_name", string_value="b-run"), ["A-run", "c-run"]),
+        (predicate("GREATER_THAN", "created_at", timestamp_value=stamp(60)), ["c-run"]),
+        (predicate("GREATER_THAN_EQUALS", "created_at", timestamp_value=stamp(60)), ["A-run", "c-run"]),
+        (predicate("LESS_THAN", "created_at", long_value=str(int(T0.timestamp()) + 60)), ["b-run"]),
+        (predicate("LESS_THAN_EQUALS", "created_at", int_value=int(T0.timestamp()) + 60), ["b-run", "A-run"]),
+        (predicate("IN", "display_name", string_values={"values": ["c-run", "b-run", "z"]}), ["b-run", "c-run"]),
+        (predicate("IS_SUBSTRING", "display_name", string_value="-RUN"), ["b-run", "A-run", "c-run"]),
+        (predicate("IS_SUBSTRING", "display_name", string_value="a_r"), ["A-run"]),  # LIKE: _ is a wildcard
+    ],
+)
+def test_filter_operations(client, three_runs, filter_, expected):
+    runs = client.list_runs(experiment_id=three_runs, filter=filter_).runs
+    assert len(runs or []) == len(expected)
+    assert names(runs) == expected
+
+
+def test_filter_predicates_are_anded_and_total_size_counts_matches(client, three_runs):
+    both = json.dumps(
+        {
+            "predicates": [
+                {"operation": "IS_SUBSTRING", "key": "display_name", "string_value": "run"},
+                {"operation": "LESS_THAN", "key": "created_at", "timestamp_value": stamp(120)},
+            ]
+        }
+    )
+    found = client.list_runs(experiment_id=three_runs, filter=both)
+    assert len(found.runs) == 2
+    assert names(found.runs) == ["b-run", "A-run"] and found.total_size == 2
+
+
+def test_filter_value_is_url_decoded_once_more(client, experiment, package):
+    # list_request_util.go parseAPIFilter runs url.QueryUnescape on the decoded query value: "+" is a space.
+    for name in ("a+b", "a b"):
+        client.run_pipeline(experiment.experiment_id, name, package)
+    runs = client.list_runs(
+        experiment_id=experiment.experiment_id, filter=predicate("EQUALS", "display_name", string_value="a+b")
+    ).runs
+    assert len(runs) == 1
+    assert names(runs) == ["a b"]
+
+
+def test_kfp_clients_own_name_lookups_go_through_the_filter(client, package):
+    pipeline = client.upload_pipeline(package, pipeline_name="pets")
+    client.upload_pipeline(package, pipeline_name="pets-2")
+    client.create_experiment("Pets")
+    assert client.get_pipeline_id("pets") == pipeline.pipeline_id
+    assert client.get_pipeline_id("nope") is None
+    assert client.get_experiment(experiment_name="pets").display_name == "Pets"
+
+
+RUN_FILTER_ERRORS = [
+    pytest.param(
+        predicate("STARTS_WITH", "display_name", string_value="b"),
+        "Invalid input error: failed to parse valid filter from {raw}: "
+        'proto: invalid value for enum field operation: "STARTS_WITH"',
+        id="unknown-operation-name",
+    ),
+    pytest.param(
+        predicate(4, "display_name", string_value="b"),
+        "UnknownApiVersionError: Error using Filter.Predicate.Operation with go_client.Predicate_Operation",
+        id="unknown-operation-number",
+    ),
+    pytest.param(
+        predicate("EQUALS", "size", int_value=3),
+        'Invalid input error: no support for filtering on unrecognized field "size"',
+        id="unknown-key",
+    ),
+    pytest.param(
+        '{"predicates": [',
+        "Invalid input error: failed to parse valid filter from {raw}: proto: syntax error",
+        id="malformed-json",
+    ),
+    pytest.param(
+        json.dumps({"predicates": [{"op": "EQUALS", "key": "display_name", "string_value": "b"}]}),
+        'Invalid input error: failed to parse valid filter from {raw}: proto: unknown field "op"',
+        id="unknown-predicate-field",
+    ),
+    pytest.param(
+        predicate("IN", "display_name", string_value="b"),
+        "Invalid input error: cannot use IN operator with scalar type string",
+        id="in-with-a-scalar",
+    ),
+    pytest.param(
+        predicate("EQUALS", "display_name", string_values={"values": ["b"]}),
+        "Invalid input error: cannot use scalar operator EQUALS on array type []string",
+        id="equals-with-a-list",
+    ),
+    pytest.param(
+        predicate("EQUALS", "display_name"),
+        "UnknownApiVersionError: Error using Filter.Predicate.Value with <nil>",
+        id="no-value",
+    ),
+    pytest.param(
+        predicate("EQUALS", "", string_value="b"),
+        "Invalid input error: Predicate key cannot be empty for operation EQUALS and value b",
+        id="empty-key",
+    ),
+]
+
+
+@pytest.mark.parametrize(("filter_", "error"), RUN_FILTER_ERRORS)
+def test_bad_filter_is_answered_400_with_the_servers_message(client, three_runs, filter_, error):
+    with pytest.raises(ApiException, match=r"^\(400\)") as raised:
+        client.list_runs(experiment_id=three_runs, filter=filter_)
+    message, _ = status_of(raised)
+    raw = json.dumps(filter_)  # Go's %q of the filter
+    assert message.startswith("Failed to create list options: " + error.format(raw=raw)), message
+
+
+def test_unknown_sort_field_is_answered_400_on_every_list(client, three_runs, package):
+    with pytest.raises(ApiException, match=r"Invalid sorting field") as raised:
+        client.list_runs(experiment_id=three_runs, sort_by="size desc")
+    assert status_of(raised) == (
+        'Failed to create list options: Invalid input error: Invalid sorting field: "size" on listable type Run',
+        'Invalid sorting field: "size" on listable type Run',
+    )
+    with pytest.raises(ApiException, match=r"Invalid sorting field") as raised:
+        client.list_experiments(sort_by="size")
+    assert status_of(raised)[1] == 'Invalid sorting field: "size" on listable type Experiment'
+    with pytest.raises(ApiException, match=r"Invalid sorting field") as raised:
+        client.list_pipelines(sort_by="size")
+    assert status_of(raised) == (
+        "Failed to list pipelines due invalid list options: pageToken: , pageSize: 10, sortBy: size, filter: : "
+        'Invalid input error: Invalid sorting field: "size" on listable type Pipeline',
+        'Invalid sorting field: "size" on listable type Pipeline',
+    )
+
+
+def test_sort_by_with_a_third_word_is_answered_400(client, three_runs):
+    with pytest.raises(ApiException, match=r"invalid sort by format") as raised:
+        client.list_runs(experiment_id=three_runs, sort_by="created_at sideways")
+    assert status_of(raised)[1] == (
+        'Received invalid sort by format "created_at sideways". '
+        'Supported format: "field_name", "field_name desc", or "field_name asc"'
+    )
+
+
+def test_a_page_token_keeps_the_sort_and_filter_of_the_first_page(client, three_runs):
+    first = client.list_runs(experiment_id=three_runs, sort_by="created_at desc", page_size=2)
+    assert len(first.runs) == 2
+    assert names(first.runs) == ["c-run", "A-run"] and first.total_size == 3 and first.next_page_token
+    rest = client.list_runs(experiment_id=three_runs, page_token=first.next_page_token, page_size=2)
+    assert len(rest.runs) == 1
+    assert names(rest.runs) == ["b-run"] and not rest.next_page_token
+    with pytest.raises(ApiException, match=r"page token does not match") as raised:
+        client.list_runs(experiment_id=three_runs, page_token=first.next_page_token, sort_by="display_name")
+    assert status_of(raised)[1].startswith("page token does not match the supplied sort by and/or filtering criteria")
+
+
+def test_tasks_in_different_states_at_once(server, client, experiment, package):
+    server.outcome = Outcome(
+        schedule=[
+            Poll("RUNNING", tasks={"fetch-dataset": "RUNNING"}),
+            Poll("RUNNING", tasks={"fetch-dataset": "SUCCEEDED", "train": "RUNNING"}),
+            Poll("SUCCEEDED", tasks={"fetch-dataset": "SUCCEEDED", "train": "SUCCEEDED"}),
+        ]
+    )
+    run_id = client.run_pipeline(experiment.experiment_id, "r", package).run_id
+
+    server.clock.at(10)
+    first = client.get_run(run_id)
+    steps = [t for t in first.run_details.task_details if t.parent_task_id]
+    assert len(steps) == 1  # train has no pod yet, so it is not listed
+    assert (steps[0].display_name, steps[0].state) == ("fetch-dataset", "RUNNING")
+
+    server.clock.at(70)
+    second = client.get_run(run_id)
+    assert second.state == "RUNNING"
+    assert second.finished_at == datetime.datetime.fromisoformat(EPOCH)  # not finished: time.Unix(0, 0)
+    steps = {t.display_name: t for t in second.run_details.task_details if t.parent_task_id}
+    assert len(steps) == 2
+    fetched, training = steps["fetch-dataset"], steps["train"]
+    assert fetched.state == "SUCCEEDED" and training.state == "RUNNING"
+    assert (fetched.start_time, fetched.end_time) == (
+        T0 + datetime.timedelta(seconds=10),
+        T0 + datetime.timedelta(seconds=70),
+    )
+    assert len(fetched.outputs) == 2
+    assert sorted(fetched.outputs) == ["metrics", "weights"]
+    assert training.end_time == datetime.datetime.fromisoformat(EPOCH) and not training.outputs
+    assert len(fetched.state_history) == 2
+    assert [s.state for s in fetched.state_history] == ["RUNNING", "SUCCEEDED"]
+    (root,) = [t for t in second.run_details.task_details if not t.parent_task_id]
+    assert len(root.child_tasks) == 2 and root.state == "RUNNING"
+
+    third = client.get_run(run_id)
+    assert third.state == "SUCCEEDED" and third.finished_at != datetime.datetime.fromisoformat(EPOCH)
+    assert len(third.run_details.task_details) == 3
+    assert [t.state for t in third.run_details.task_details] == ["SUCCEEDED"] * 3
+
+
+def test_paused_run_is_served_then_goes_on(server, client, experiment, package):
+    server.outcome = Outcome(schedule=[Poll("RUNNING"), Poll("PAUSED"), Poll("PAUSED"), Poll("SUCCEEDED")])
+    run_id = client.run_pipeline(experiment.experiment_id, "r", package).run_id
+    states = [client.get_run(run_id).state for _ in range(5)]
+    assert len(states) == 5
+    assert states == ["RUNNING", "PAUSED", "PAUSED", "SUCCEEDED", "SUCCEEDED"]
+    run = client.get_run(run_id)
+    assert len(run.state_history) == 4
+    assert [s.state for s in run.state_history] == ["PENDING", "RUNNING", "PAUSED", "SUCCEEDED"]
+
+
+def test_paused_outcome_stays_paused_until_terminated(server, client, experiment, package):
+    server.outcome = Outcome("PAUSED", polls=1)
+    run_id = client.run_pipeline(experiment.experiment_id, "r", package).run_id
+    assert [client.get_run(run_id).state for _ in range(3)] == ["PAUSED"] * 3
+    tasks = client.get_run(run_id).run_details.task_details
+    assert len(tasks) == 3
+    assert {t.state for t in tasks} == {"PAUSED"}
+    client.terminate_run(run_id)
+    assert [client.get_run(run_id).state for _ in range(2)] == ["CANCELING", "CANCELED"]
+
+
+def test_unspecified_state_is_left_out_as_protojson_does(server, client, experiment, package):
+    server.outcome = Outcome("RUNTIME_STATE_UNSPECIFIED", polls=1)
+    run_id = client.run_pipeline(experiment.experiment_id, "r", package).run_id
+    run = client.get_run(run_id)
+    assert run.state is None  # enum 0 is not emitted (EmitUnpopulated: false)
+    assert len(run.run_details.task_details) == 3
+    assert all(t.state is None for t in run.run_details.task_details)
+
+
+def test_a_schedule_naming_a_task_the_pipeline_lacks_fails_the_create(server, client, experiment, package):
+    server.outcome = Outcome(schedule=[Poll("RUNNING", tasks={"trian": "RUNNING"})])
+    with pytest.raises(ApiException, match=r"the outcome names tasks \['trian'\]"):
+        client.run_pipeline(experiment.experiment_id, "r", package)
+    with pytest.raises(ValueError, match=r"'PAUSD' is not a RuntimeState"):
+        Poll("PAUSD")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"display_name": "x", "colour": "red"}, 'proto: unknown field "colour"'),
+        ({"display_name": 5}, "proto: invalid value for string field display_name: 5"),
+        ({"displayName": "x", "storage_state": "GONE"}, 'proto: invalid value for enum field storage_state: "GONE"'),
+    ],
+)
+def test_request_bodies_are_parsed_strictly(client, body, message):
+    with pytest.raises(ApiException, match=r"^\(400\)") as raised:
+        client._experiment_api.experiment_service_create_experiment(body)
+    assert json.loads(raised.value.body)["message"] == message
+
+
+def test_request_body_json_names_are_accepted(server, client):
+    created = client._experiment_api.experiment_service_create_experiment({"displayName": "camel"})
+    assert created.display_name == "camel"
+    assert created.description is None  # "" is not emitted
+    assert created.last_run_created_at == datetime.datetime.fromisoformat(EPOCH)
