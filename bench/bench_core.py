@@ -32,7 +32,7 @@ BARE_KFP = textwrap.dedent(
     def yolo_train(model: str, data: str, epochs: int, imgsz: int, batch: int, device: str, workers: int,
                    seed: int, train_args: dict, weights: Output[Model], metrics: Output[Metrics],
                    report: Output[HTML], run_dir: Output[Artifact]):
-        from yolokf.train import train_step
+        from yolokf.steps.train import train_step
         train_step(**locals())
 
     @dsl.pipeline(name="yolov8-train")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ pytest_plugins = ["tests.conftest_docker"]  # the Docker engine and registry fix
 # Make every test deterministic about the network: this machine has none, CI neither.
 os.environ.setdefault("YOLOKF_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "true")
+# Generated datasets and image records of this test run only, never a user's ~/.cache/yolokf (subprocesses too).
+os.environ["YOLOKF_CACHE_DIR"] = tempfile.mkdtemp(prefix="yolokf-test-cache-")
 
 
 @dataclass
@@ -53,3 +56,15 @@ def shapes_yaml() -> Path:
     from yolokf.datasets import shapes_dataset
 
     return shapes_dataset()
+
+
+# The quickstart's training, shared by every test that needs a trained model (one real training per test run).
+TRAINED_ARGS = ["--model", "yolov8n.yaml", "--data", "shapes", "--epochs", "15", "--imgsz", "128", "--batch", "16"]
+TRAINED_ARGS += ["--set", "nbs=16"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> tuple[CliResult, Path]:
+    """`yolokf run TRAINED_ARGS` through kfp.local: its result and pipeline root."""
+    root = tmp_path_factory.mktemp("runs")
+    return invoke(["run", *TRAINED_ARGS, "--pipeline-root", root]), root

@@ -11,7 +11,10 @@ Registered as a pytest plugin from tests/conftest.py (`pytest_plugins`). Nothing
   auth, its storage next to the engine's data root, so pushes after the first skip the base's layers.
 - `stand_in_base` is a Debian bookworm minbase (debootstrap + `docker import`) with python3, pip, the
   host's CA bundle (TLS is intercepted here) and torch/torchvision from PyPI: what NVIDIA's PyTorch
-  image is to a real cluster, including an NGC-style `PIP_CONSTRAINT` file.
+  image is to a real cluster, including an NGC-style `PIP_CONSTRAINT` file. Both images' tags end in a
+  hash of their recipe, so editing the recipe builds them again instead of reusing a stale cached one.
+
+Without the tools these tests skip, naming what is missing; with CI set they fail instead.
 
 Every process is stopped by its pid. `python tests/conftest_docker.py warm` builds the cached images
 ahead of a test run (CI does this in .ci/run so the test timings stay readable).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -49,8 +53,14 @@ DEBIAN_MIRROR = os.environ.get("YOLOKF_TEST_DEBIAN_MIRROR", "http://deb.debian.o
 # The stand-in base holds the same torch as the host's CPU test environment.
 TORCH_VERSION = "2.14.1"
 TORCHVISION_VERSION = "0.29.1"
-MINBASE_IMAGE = "yolokf-test/bookworm-minbase:1"
-BASE_IMAGE = f"yolokf-test/base:bookworm-torch{TORCH_VERSION}-2"
+DEBOOTSTRAP_ARGS = ("--variant=minbase", "bookworm")  # the minbase's recipe (the mirror does not change it)
+
+
+def recipe_hash(recipe: str) -> str:
+    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+
+MINBASE_IMAGE = f"yolokf-test/bookworm-minbase:{recipe_hash(' '.join(DEBOOTSTRAP_ARGS))}"
 
 # What `docker build` sees for the stand-in: python3 + pip + torch, NGC-like pip constraints.
 BASE_DOCKERFILE = f"""\
@@ -71,6 +81,9 @@ RUN mkdir -p /etc/pip && pip freeze --all --exclude pip --exclude setuptools --e
       > /etc/pip/constraint.txt
 ENV PIP_CONSTRAINT=/etc/pip/constraint.txt
 """
+# The recipe's hash is in the tag (MINBASE_IMAGE, and so the minbase's, is in the text too). The host's CA
+# bundle is not: it only lets pip through this machine's TLS interception and does not change what is built.
+BASE_IMAGE = f"yolokf-test/base:bookworm-torch{TORCH_VERSION}-{recipe_hash(BASE_DOCKERFILE)}"
 
 
 def free_port() -> int:
@@ -117,7 +130,7 @@ def running_engine(data_root: Path = DATA_ROOT) -> Iterator[Engine]:
         yield Engine(given, None)
         return
     data_root.mkdir(parents=True, exist_ok=True)
-    lock = open(data_root.with_name(data_root.name + ".lock"), "w")  # noqa: SIM115
+    lock = open(data_root.with_name(data_root.name + ".lock"), "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -129,7 +142,7 @@ def running_engine(data_root: Path = DATA_ROOT) -> Iterator[Engine]:
     # exec-root and socket under a short path: containerd's socket paths are length-limited.
     run_dir = Path(tempfile.mkdtemp(prefix="ykd-", dir="/tmp"))
     sock = run_dir / "docker.sock"
-    log = open(run_dir / "dockerd.log", "wb")  # noqa: SIM115
+    log = open(run_dir / "dockerd.log", "wb")
     proc = subprocess.Popen(
         [
             "dockerd",
@@ -213,11 +226,20 @@ class Registry:
 
     def manifest_digest(self, name: str, reference: str) -> str:
         """The digest the registry itself reports for name:reference (Docker-Content-Digest)."""
+        with urllib.request.urlopen(self._manifest_request(name, reference, "HEAD"), timeout=10) as response:
+            return str(response.headers["Docker-Content-Digest"])
+
+    def manifest(self, name: str, reference: str) -> dict:  # type: ignore[type-arg]
+        """The image manifest the registry holds for name:reference (its `layers` are what a push sends)."""
+        with urllib.request.urlopen(self._manifest_request(name, reference, "GET"), timeout=10) as response:
+            return dict(json.load(response))
+
+    def _manifest_request(self, name: str, reference: str, method: str) -> urllib.request.Request:
         import base64
 
-        request = urllib.request.Request(
+        return urllib.request.Request(
             f"http://{self.address}/v2/{name}/manifests/{reference}",
-            method="HEAD",
+            method=method,
             headers={
                 "Accept": ", ".join(
                     [
@@ -230,8 +252,6 @@ class Registry:
                 "Authorization": "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode(),
             },
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return str(response.headers["Docker-Content-Digest"])
 
 
 def _port_is_free(port: int) -> bool:
@@ -269,7 +289,7 @@ def running_registry(workdir: Path, storage: Path = REGISTRY_ROOT) -> Iterator[R
             }
         )
     )
-    log = open(workdir / "registry.log", "wb")  # noqa: SIM115
+    log = open(workdir / "registry.log", "wb")
     proc = subprocess.Popen(
         ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -311,9 +331,9 @@ def ensure_minbase(client, log=print) -> str:  # type: ignore[no-untyped-def]
         return MINBASE_IMAGE
     with tempfile.TemporaryDirectory(prefix="yolokf-debootstrap-") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        log(f"debootstrap --variant=minbase bookworm ({DEBIAN_MIRROR}) ...")
+        log(f"debootstrap {' '.join(DEBOOTSTRAP_ARGS)} ({DEBIAN_MIRROR}) ...")
         subprocess.run(
-            ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBIAN_MIRROR],
+            ["debootstrap", *DEBOOTSTRAP_ARGS, str(rootfs), DEBIAN_MIRROR],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -351,14 +371,15 @@ def ensure_stand_in_base(client, log=print) -> str:  # type: ignore[no-untyped-d
     return BASE_IMAGE
 
 
-# ---- pytest fixtures ------------------------------------------------------------------------------------
-
-
 def _require_tools() -> None:
+    """Skip when the host lacks what the engine needs, naming it; fail instead in CI, where nothing may skip."""
     if os.environ.get("YOLOKF_TEST_DOCKER_HOST"):
         return
     if missing := missing_tools():
-        pytest.skip(f"docker tests need {', '.join(missing)}: run scripts/ci-docker-deps.sh as root")
+        message = f"docker tests need {', '.join(missing)}: run scripts/ci-docker-deps.sh as root"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -370,7 +391,7 @@ def docker_engine() -> Iterator[Engine]:
 
 @pytest.fixture(scope="session")
 def docker_host(docker_engine: Engine) -> Iterator[str]:
-    """DOCKER_HOST pointed at the test engine for the whole session (yolokf.image.docker_client reads it)."""
+    """DOCKER_HOST pointed at the test engine for the whole session (yolokf.image.engine.docker_client reads it)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DOCKER_HOST", docker_engine.host)
         yield docker_engine.host

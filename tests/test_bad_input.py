@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from yolokf.errors import UsageError
+
 TRAIN = ["--model", "yolov8n.yaml", "--data", "shapes"]
 
 
@@ -32,6 +34,7 @@ def assert_one_clear_line(result, code: int, text: str) -> None:
         (["--set", "lr00=0.1"], "--set lr00=... is not an ultralytics train argument. Did you mean lr0?"),
         (["--set", "lr0"], "--set 'lr0' is not KEY=VALUE"),
         (["--set", "mosaic=2"], "--set mosaic=2: must be between 0.0 and 1.0"),
+        (["--set", "optimizer=Adagrad"], "--set optimizer=Adagrad: must be one of Adam, AdamW, Adamax,"),
     ],
 )
 def test_bad_training_arguments(cli, tmp_path, command, args, text):
@@ -108,3 +111,84 @@ def test_out_is_a_folder(cli, tmp_path):
 def test_unknown_command_and_option(cli):
     assert_one_clear_line(cli(["trian"]), 2, "No such command 'trian'")
     assert_one_clear_line(cli(["run", "--epoch", "3"]), 2, "No such option '--epoch'. Did you mean '--epochs'?")
+
+
+@pytest.fixture
+def online_check(monkeypatch):
+    """The real connectivity probe, pointed at a loopback address instead of github.com."""
+    import socket
+
+    from yolokf import offline
+
+    monkeypatch.delenv("YOLOKF_OFFLINE", raising=False)
+    monkeypatch.delenv("YOLO_OFFLINE", raising=False)
+    offline._answers.cache_clear()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    yield {"open": f"127.0.0.1:{listener.getsockname()[1]}", "closed": f"127.0.0.1:{closed.getsockname()[1]}"}
+    listener.close()
+    closed.close()
+    offline._answers.cache_clear()
+
+
+def test_offline_probe_for_real_refused_port_fails_fast_open_port_is_online(cli, tmp_path, monkeypatch, online_check):
+    from yolokf import offline
+
+    monkeypatch.setenv("YOLOKF_ONLINE_PROBE", online_check["closed"])
+    assert offline.is_online() is False
+    result = cli(["run", "--model", "yolov8s.pt", "--data", "shapes", "--pipeline-root", tmp_path / "r"])
+    assert_one_clear_line(result, 3, "Weights yolov8s.pt are not on disk and cannot be downloaded (no internet).")
+    monkeypatch.setenv("YOLOKF_ONLINE_PROBE", online_check["open"])
+    assert offline.is_online() is True
+    monkeypatch.setenv("YOLOKF_ONLINE_PROBE", "no-port")
+    with pytest.raises(UsageError, match="YOLOKF_ONLINE_PROBE must be HOST:PORT"):
+        offline.is_online()
+
+
+def test_installed_console_script(tmp_path):
+    """The `yolokf` command pip installed: version, a compile, and bad input's exit code."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = shutil.which("yolokf", path=str(Path(sys.executable).parent))
+    assert script is not None, "pip install -e . puts yolokf next to the interpreter"
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("yolokf "), version.stderr
+    out = tmp_path / "p.yaml"
+    done = subprocess.run([script, "compile", "--out", str(out), "--image", "x:1"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == f"Wrote {out}\n", done.stderr
+    bad = subprocess.run([script, "compile", "--epochs", "0"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr == "Error: --epochs must be a whole number of at least 1, got 0.\n"
+    assert list(tmp_path.iterdir()) == [out]
+
+
+@pytest.mark.parametrize("device", ["0", "0,1", "cuda:0"])
+def test_a_gpu_this_machine_lacks_is_refused_before_training(cli, tmp_path, device):
+    import torch
+
+    assert torch.cuda.device_count() == 0, "this test is for a machine without a GPU (CI's)"
+    result = cli(["run", *TRAIN, "--device", device, "--pipeline-root", tmp_path / "runs"])
+    assert_one_clear_line(result, 2, f"--device {device}: this machine has no CUDA GPU that torch can use.")
+    assert not (tmp_path / "runs").exists(), "refused before kfp.local started"
+
+
+def test_a_weights_file_that_is_not_a_model(cli, tmp_path):
+    weights = tmp_path / "best.pt"
+    weights.write_text("<html>404 Not Found</html>")  # what a failed download leaves
+    result = cli(["run", "--model", weights, "--data", "shapes", "--pipeline-root", tmp_path / "runs"])
+    assert_one_clear_line(result, 2, f"--model {weights} is not a PyTorch weights file")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_out_folder_that_takes_no_new_files(cli, tmp_path):
+    """/proc refuses new files even to root: mode bits cannot show it."""
+    result = cli(["compile", "--out", "/proc/yolov8_train.yaml"])
+    assert result.exit_code == 2, result.output
+    assert_one_clear_line(result, 2, "Cannot write /proc/yolov8_train.yaml: ")
+    assert not os.path.exists("/proc/yolov8_train.yaml")

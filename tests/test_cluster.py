@@ -165,7 +165,7 @@ def test_pvc_dataset_is_mounted_not_downloaded(cli, tmp_path):
         assert pvc.pvc_name_parameter.runtime_value.constant.string_value == "datasets"
         assert pvc.mount_path == "/mnt/yolokf/data"
         data = spec.root.input_definitions.parameters["data"].default_value.string_value
-        assert data == "pvc://datasets/coco/data.yaml"
+        assert data == "/mnt/yolokf/data/coco/data.yaml", "the step receives the path where the PVC is mounted"
 
 
 def test_ambient_credentials_map_no_secret(cli, tmp_path):
@@ -175,7 +175,7 @@ def test_ambient_credentials_map_no_secret(cli, tmp_path):
 
 
 def test_local_run_ignores_cluster_flags(tmp_path):
-    from yolokf.cluster import StepOptions, parse_toleration
+    from yolokf.step_options import StepOptions, parse_toleration
 
     step = StepOptions(
         image="x",
@@ -188,7 +188,7 @@ def test_local_run_ignores_cluster_flags(tmp_path):
     )
     local = step.for_local()
     assert local == StepOptions(
-        image="x",
+        image="local",
         shm_size=None,
         data_secret="-",  # local credentials: this machine's environment
         checkpoint_dir=str(Path("ckpt").resolve()),
@@ -223,8 +223,11 @@ def test_local_run_ignores_cluster_flags(tmp_path):
         (["--data", "s3:///pets", "--data-secret", "s"], "--data s3:///pets is not a s3:// URI"),
         (["--data", "ftp://host/pets.zip"], "unsupported scheme ftp://"),
         (["--data", "https:///pets.zip"], "--data https:///pets.zip has no host"),
-        (["--data", "pvc://datasets/coco"], "--data pvc://datasets/coco does not name a dataset YAML"),
-        (["--data", "pvc://datasets"], "--data pvc://datasets is not pvc://PVC_NAME/path/to/data.yaml."),
+        (["--data", "pvc://datasets/coco"], "pvc://datasets/coco does not name a dataset YAML"),
+        (
+            ["--data", "pvc://datasets"],
+            "pvc://datasets is not a dataset in a PVC; use pvc://PVC_NAME/path/to/data.yaml.",
+        ),
         (["--data-pvc", "ds", "--data", "s3://b/x"], "--data-pvc ds takes a path inside the PVC as --data"),
         (["--data", "https://h/p.zip", "--s3-endpoint-url", "http://m:9000"], "--s3-endpoint-url applies to s3://"),
         (["--s3-endpoint-url", "minio:9000"], "--s3-endpoint-url 'minio:9000' is not an http(s) URL"),
@@ -249,8 +252,8 @@ def test_bad_cluster_input_fails_run_before_training(cli, tmp_path):
 
 def test_accelerator_counts_kfp_rejects_are_rejected_first():
     """kubeflow/pipelines#12865: kfp 2.17 takes any whole count; negative or fractional ones never reach it."""
-    from yolokf.cluster import StepOptions
     from yolokf.errors import UsageError
+    from yolokf.step_options import StepOptions
 
     for gpus in (3, 5, 32):
         assert StepOptions(image="x", gpus=gpus).gpus == gpus

@@ -52,7 +52,7 @@ def test_compile_writes_a_pipeline_kfp_can_load(cli, tmp_path):
     assert train["image"] == "reg/yolokf:t1"
     command = " ".join(train["command"])
     assert "pip install" not in command, "the step must not install anything at start"
-    assert "from yolokf.train import train_step" in command
+    assert "from yolokf.steps.train import train_step" in command
 
 
 def test_compile_failure_leaves_no_file(cli, tmp_path):

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
-from yolokf.datasets import resolve_data
+from yolokf.datasets import prepare_dataset, resolve_data
 from yolokf.errors import DataError
-from yolokf.fetch import fetch, fetch_step, prepare_dataset, s3_client
+from yolokf.steps.fetch import fetch, fetch_step, s3_client
 
 
 def free_port() -> int:
@@ -236,7 +236,7 @@ def test_archives_cannot_write_outside_the_dataset_folder(s3, tmp_path):
         info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tf.addfile(info)
     s3.put_object(Bucket="datasets", Key="evil.tar", Body=buffer.getvalue())
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"evil\.tar: .*link"):
         fetch("s3://datasets/evil.tar", tmp_path / "e")
 
 

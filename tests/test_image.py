@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from yolokf import __version__
-from yolokf import image as images
 from yolokf.errors import UsageError
+from yolokf.image.context import BuildSpec, plan_build
+from yolokf.image.engine import PASSWORD_ENV, USERNAME_ENV, BuildResult, QuietEvents, build_image, docker_client
+from yolokf.image.records import record, resolve_image
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = re.compile(rf"^{re.escape(__version__)}-[0-9a-f]{{12}}$")
@@ -41,25 +43,43 @@ def copy_tree(dest: Path) -> Path:
     return dest
 
 
-# ---- without Docker ------------------------------------------------------------------------------------
+def change_source(tree: Path) -> None:
+    """A change to yolokf's code never built before: the engine's cache persists between runs."""
+    init = tree / "yolokf" / "__init__.py"
+    init.write_text(init.read_text() + f"\n# changed {uuid.uuid4()}\n")
+
+
+class Messages(QuietEvents):
+    """The lines build_image and push_image tell the user."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def pushed_counts(text: str) -> tuple[int, int]:
+    """(pushed, already in the registry) from the push's summary line."""
+    found = re.findall(r"^Pushed (\d+) layers \((\d+) already in the registry\)$", text, re.M)
+    assert len(found) == 1, text
+    return int(found[0][0]), int(found[0][1])
 
 
 def test_same_inputs_give_the_same_tag_and_a_change_gives_a_new_one(tmp_path: Path) -> None:
     tree = copy_tree(tmp_path / "src")
-    first = images.plan_build(images.BuildSpec(source=tree))
-    again = images.plan_build(images.BuildSpec(source=tree))
+    first = plan_build(BuildSpec(source=tree))
+    again = plan_build(BuildSpec(source=tree))
     assert first.reference == again.reference
     assert first.context.tar == again.context.tar
     assert TAG.match(first.tag), first.tag
 
-    other_base = images.plan_build(images.BuildSpec(source=tree, base_image="nvcr.io/nvidia/pytorch:26.08-py3"))
+    other_base = plan_build(BuildSpec(source=tree, base_image="nvcr.io/nvidia/pytorch:26.08-py3"))
     assert other_base.tag != first.tag
     assert other_base.context.source_hash == first.context.source_hash  # same code: compile/run still match
 
-    # A change never built before: the engine's cache persists between runs.
-    change = f"\n# changed {uuid.uuid4()}\n"
-    (tree / "yolokf" / "train.py").write_text((tree / "yolokf" / "train.py").read_text() + change)
-    changed = images.plan_build(images.BuildSpec(source=tree))
+    change_source(tree)
+    changed = plan_build(BuildSpec(source=tree))
     assert changed.tag != first.tag
     assert changed.context.source_hash != first.context.source_hash
 
@@ -67,7 +87,7 @@ def test_same_inputs_give_the_same_tag_and_a_change_gives_a_new_one(tmp_path: Pa
 def test_context_holds_yolokf_as_a_site_folder_and_pins_kfp(tmp_path: Path) -> None:
     weights = tmp_path / "yolov8n.pt"
     weights.write_bytes(b"not really weights")
-    plan = images.plan_build(images.BuildSpec(weights=weights))
+    plan = plan_build(BuildSpec(weights=weights))
     assert "yolokf-site/yolokf/__init__.py" in plan.context.files
     assert f"yolokf-site/yolokf-{__version__}.dist-info/METADATA" in plan.context.files
     assert "weights/yolov8n.pt" in plan.context.files
@@ -111,21 +131,21 @@ def test_bad_options_give_one_line_and_exit_2(cli, args: list[str], message: str
 
 
 def test_resolve_image_rule(record_dir: Path) -> None:
-    assert images.resolve_image("registry.example.com/ml/yolokf@sha256:" + "a" * 64).endswith("a" * 64)
+    assert resolve_image("registry.example.com/ml/yolokf@sha256:" + "a" * 64).endswith("a" * 64)
     with pytest.raises(UsageError, match="--image is empty"):
-        images.resolve_image("  ")
+        resolve_image("  ")
 
-    fallback = images.resolve_image(None)  # nothing built: the tag build-image would give this tree
-    assert fallback == images.plan_build(images.BuildSpec()).reference
+    fallback = resolve_image(None)  # nothing built: the tag build-image would give this tree
+    assert fallback == plan_build(BuildSpec()).reference
 
-    plan = images.plan_build(images.BuildSpec(repository="registry.example.com/ml/yolokf"))
-    built = images.BuildResult(plan, "sha256:" + "1" * 64, [], {}, 1.0)
-    images.record(built)
-    assert images.resolve_image(None) == plan.reference  # built, not pushed: the local tag
+    plan = plan_build(BuildSpec(repository="registry.example.com/ml/yolokf"))
+    built = BuildResult(plan, "sha256:" + "1" * 64, [], {}, 1.0)
+    record(built)
+    assert resolve_image(None) == plan.reference  # built, not pushed: the local tag
     built.digest_reference = "registry.example.com/ml/yolokf@sha256:" + "2" * 64
-    images.record(built)
-    assert images.resolve_image(None) == built.digest_reference  # pushed: by digest
-    assert images.resolve_image("my/own:tag") == "my/own:tag"  # --image always wins
+    record(built)
+    assert resolve_image(None) == built.digest_reference  # pushed: by digest
+    assert resolve_image("my/own:tag") == "my/own:tag"  # --image always wins
     assert json.loads((record_dir / "images.json").read_text())["images"][plan.context.content_hash]
 
 
@@ -136,7 +156,7 @@ def test_compile_pins_the_resolved_image(cli, record_dir: Path, tmp_path: Path) 
     result = cli(["compile", "--out", out, "--model", "yolov8n.yaml", "--data", "shapes"])
     assert result.exit_code == 0, result.output
     images_in_yaml = re.findall(r"image: (\S+)", out.read_text())
-    assert images_in_yaml == [images.resolve_image(None)], images_in_yaml
+    assert images_in_yaml == [resolve_image(None)], images_in_yaml
     assert yaml.safe_load_all(out.read_text())
 
 
@@ -146,9 +166,6 @@ def test_no_engine_is_a_clear_error(cli, monkeypatch: pytest.MonkeyPatch) -> Non
     assert result.exit_code == 1, result.output
     assert "Cannot reach the Docker engine at unix:///nonexistent/docker.sock" in result.stderr
     assert "DOCKER_HOST" in result.stderr
-
-
-# ---- a real engine and registry ------------------------------------------------------------------------
 
 
 def yolokf_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -191,10 +208,6 @@ def pushed(docker_host: str, registry, stand_in_base: str, tmp_path_factory: pyt
     return Pushed(result, env, repository, stand_in_base, cache)
 
 
-def _engine():
-    return images.docker_client()
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 def test_push_prints_the_digest_the_registry_holds(pushed, registry) -> None:
@@ -205,23 +218,26 @@ def test_push_prints_the_digest_the_registry_holds(pushed, registry) -> None:
     assert TAG.match(tag), tag
     assert digest == registry.manifest_digest("ml/yolokf", tag)
     assert digest == registry.manifest_digest("ml/yolokf", digest)
-    record = json.loads((pushed.cache / "images.json").read_text())["images"]
-    assert [entry["digest_reference"] for entry in record.values()] == [out]
+    recorded = json.loads((pushed.cache / "images.json").read_text())["images"]
+    assert [entry["digest_reference"] for entry in recorded.values()] == [out]
     progress = pushed.result.stderr
-    assert "[9/9] COPY yolokf-site/" in progress and "Pushed " in progress
+    assert "[9/9] COPY yolokf-site/" in progress
+    # Every layer of the manifest was either sent or found in the registry (whose storage outlives a run).
+    sent, found = pushed_counts(progress)
+    assert sent + found == len(registry.manifest("ml/yolokf", tag)["layers"]) > 0, progress
     assert '{"' not in progress  # readable progress, not the engine's JSON
 
 
 def _local_tag(pushed) -> str:
     prefix = pushed.repository + ":"
-    tags = _engine().images.get(pushed.reference).tags
+    tags = docker_client().images.get(pushed.reference).tags
     return next(t[len(prefix) :] for t in tags if t.startswith(prefix))
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 def test_base_torch_is_unchanged_and_labels_say_what_is_inside(pushed) -> None:
-    client = _engine()
+    client = docker_client()
     probe = (
         "import importlib.metadata as m, json; "
         "print(json.dumps({d: m.version(d) for d in ['torch', 'torchvision', 'nvidia-cudnn-cu13']}))"
@@ -271,7 +287,7 @@ def test_no_credential_in_output_history_or_labels(pushed, registry) -> None:
     secret = registry.password
     result = pushed.result
     assert secret not in result.stdout and secret not in result.stderr
-    image = _engine().images.get(result.stdout.strip().splitlines()[-1])
+    image = docker_client().images.get(result.stdout.strip().splitlines()[-1])
     history = json.dumps(image.history())  # `docker history --no-trunc`
     assert secret not in history
     assert secret not in json.dumps(image.labels)
@@ -285,14 +301,15 @@ def test_the_image_runs_the_training_step(pushed, tmp_path: Path) -> None:
     """The pipeline's one component in the built image, through kfp.local's DockerRunner."""
     from kfp import local
 
-    from yolokf.cluster import StepOptions
+    from yolokf.job import plan_job
     from yolokf.pipeline import build_pipeline
     from yolokf.settings import TrainConfig
+    from yolokf.step_options import StepOptions
 
     reference = pushed.reference
     local.init(runner=local.DockerRunner(), pipeline_root=str(tmp_path))
     config = TrainConfig(model="yolov8n.yaml", data="shapes", epochs=1, imgsz=64, batch=8, workers=0)
-    task = build_pipeline(config, StepOptions(image=reference))()
+    task = build_pipeline(plan_job(config, StepOptions(), image=reference))()
     # kubeflow/pipelines#13332: DockerRunner can report a failed container as success; check the outputs.
     weights = Path(task.outputs["weights"].path)
     assert (weights / "best.pt").stat().st_size > 1_000_000, sorted(weights.iterdir())
@@ -303,20 +320,35 @@ def test_the_image_runs_the_training_step(pushed, tmp_path: Path) -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_source_only_change_rebuilds_only_the_last_layer(pushed, tmp_path: Path) -> None:
-    client = _engine()
+def test_source_only_change_rebuilds_only_the_last_layer(pushed, record_dir: Path, tmp_path: Path) -> None:
+    client = docker_client()
     tree = copy_tree(tmp_path / "src")
-    spec = images.BuildSpec(base_image=pushed.base, repository="yolokf-test/rebuild", source=tree)
-    first = images.build_image(images.plan_build(spec), client=client)
-    # A change never built before: the engine's cache persists between runs.
-    change = f"\n# changed {uuid.uuid4()}\n"
-    (tree / "yolokf" / "train.py").write_text((tree / "yolokf" / "train.py").read_text() + change)
-    second = images.build_image(images.plan_build(spec), client=client)
+    spec = BuildSpec(base_image=pushed.base, repository="yolokf-test/rebuild", source=tree)
+    first = build_image(plan_build(spec), client=client)
+    change_source(tree)
+    second = build_image(plan_build(spec), client=client)
     assert second.plan.tag != first.plan.tag
     rebuilt = [step.instruction for step in second.steps if not step.cached and not step.base]
     assert rebuilt == ["COPY yolokf-site/ /opt/yolokf/site/"], rebuilt
-    same = images.build_image(images.plan_build(spec), client=client)
+    same = build_image(plan_build(spec), client=client)
     assert same.plan.reference == second.plan.reference and all(s.cached or s.base for s in same.steps)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_pushing_a_source_change_sends_only_the_last_layer(
+    pushed, registry, record_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(USERNAME_ENV, registry.username)
+    monkeypatch.setenv(PASSWORD_ENV, registry.password)
+    tree = copy_tree(tmp_path / "src")
+    change_source(tree)
+    spec = BuildSpec(base_image=pushed.base, repository=pushed.repository, source=tree)
+    messages = Messages()
+    result = build_image(plan_build(spec, push=True), messages, client=docker_client())
+    layers = registry.manifest("ml/yolokf", result.plan.tag)["layers"]
+    assert pushed_counts("\n".join(messages.lines)) == (1, len(layers) - 1), messages.lines
+    assert result.digest_reference == f"{pushed.repository}@{registry.manifest_digest('ml/yolokf', result.plan.tag)}"
 
 
 @pytest.mark.docker
@@ -363,9 +395,10 @@ def test_baked_weights_train_offline(pushed, tmp_path: Path) -> None:
     from kfp import local
     from ultralytics import YOLO
 
-    from yolokf.cluster import StepOptions
+    from yolokf.job import plan_job
     from yolokf.pipeline import build_pipeline
     from yolokf.settings import TrainConfig
+    from yolokf.step_options import StepOptions
 
     weights = tmp_path / "yolov8n.pt"
     YOLO("yolov8n.yaml").save(weights)  # a real checkpoint, made here: nothing can be downloaded
@@ -376,5 +409,5 @@ def test_baked_weights_train_offline(pushed, tmp_path: Path) -> None:
 
     local.init(runner=local.DockerRunner(), pipeline_root=str(tmp_path / "root"))
     config = TrainConfig(model="yolov8n.pt", data="shapes", epochs=1, imgsz=64, batch=8, workers=0)
-    task = build_pipeline(config, StepOptions(image=reference))()
+    task = build_pipeline(plan_job(config, StepOptions(), image=reference))()
     assert (Path(task.outputs["weights"].path) / "best.pt").is_file()

@@ -10,18 +10,7 @@ import torch
 import yaml
 
 from yolokf.datasets import SHAPES_CLASSES, write_shapes
-from yolokf.train import readable_metrics
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One real local training, the quickstart's: yolov8n.yaml from scratch on the shapes set, 15 epochs."""
-    from tests.conftest import invoke
-
-    root = tmp_path_factory.mktemp("runs")
-    args = ["run", "--model", "yolov8n.yaml", "--data", "shapes", "--epochs", "15", "--imgsz", "128"]
-    result = invoke([*args, "--batch", "16", "--set", "nbs=16", "--pipeline-root", root])
-    return result, root
+from yolokf.steps.train import readable_metrics
 
 
 @pytest.mark.slow
@@ -30,7 +19,8 @@ def test_local_run_learns_the_shapes(trained):
     assert result.exit_code == 0, result.output
     assert "Final validation metrics" in result.stdout
     map50 = float(re.search(r"│ mAP50\s+│\s+([0-9.]+)", result.stdout).group(1))
-    assert map50 >= 0.5, result.stdout
+    # Measured: 0.94 (seed 0, 2 CPUs, 150 s); the default nbs=64 reaches about 0.5, so this floor needs --set nbs=16.
+    assert map50 >= 0.85, result.stdout
     rows = re.findall(r"^│ (\S+)\s+│", result.stdout, re.M)
     assert rows == ["precision", "recall", "mAP50", "mAP50-95", "fitness"], rows
 
@@ -47,10 +37,12 @@ def test_local_run_leaves_every_artifact_under_the_pipeline_root(trained):
     checkpoint = torch.load(weights / "best.pt", map_location="cpu", weights_only=False)
     assert checkpoint["train_args"]["epochs"] == 15
     assert checkpoint["train_args"]["imgsz"] == 128
+    assert checkpoint["train_args"]["nbs"] == 16, "--set nbs=16 reached ultralytics"
 
     results_csv = (step / "run_dir" / "results.csv").read_text().splitlines()
     assert len(results_csv) == 1 + 15, "one row per epoch"
-    assert yaml.safe_load((step / "run_dir" / "args.yaml").read_text())["model"] == "yolov8n.yaml"
+    args = yaml.safe_load((step / "run_dir" / "args.yaml").read_text())
+    assert (args["model"], args["nbs"], args["batch"]) == ("yolov8n.yaml", 16, 16)
 
     report = (step / "report").read_text()
     assert report.startswith("<!doctype html>")
@@ -91,8 +83,12 @@ def test_shapes_dataset_is_deterministic_yolo_layout(tmp_path):
     assert len(files_a) == 2 * (6 + 2)
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
-    label = (tmp_path / "a" / "labels" / "train" / "train_0000.txt").read_text().split()
-    assert int(label[0]) in range(3) and all(0 < float(v) <= 1 for v in label[1:5])
+    labels = [
+        line.split() for line in (tmp_path / "a" / "labels" / "train" / "train_0000.txt").read_text().splitlines()
+    ]
+    assert len(labels) >= 1
+    for label in labels:
+        assert len(label) == 5 and int(label[0]) in range(3) and all(0 < float(v) <= 1 for v in label[1:])
     assert second.parent.name == "b"
 
 
@@ -102,4 +98,45 @@ def test_shapes_command_writes_the_dataset(cli, tmp_path):
     assert (tmp_path / "ds" / "data.yaml").exists()
     assert len(list((tmp_path / "ds" / "images" / "train").iterdir())) == 128
     again = cli(["shapes", tmp_path / "ds"])
-    assert again.exit_code == 1 and "already exists" in again.stderr
+    assert again.exit_code == 2, again.output
+    assert again.stderr == f"Error: {tmp_path / 'ds'} already exists; choose a new folder.\n"
+
+
+@pytest.mark.slow
+def test_local_console_shows_the_training_not_kfp_internals(trained):
+    result, root = trained
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(
+        f"Training locally through kfp.local: outputs go to {root}, the full log to {root}/logs/"
+    )
+    epochs = [line for line in lines if re.match(r"\s+15/15\s", line)]
+    assert len(epochs) >= 1, "ultralytics' own epoch progress is shown"
+    for internal in ("executor_input", "Looking for component", "ephemeral_component", "Model(", "Metrics(", "INFO -"):
+        assert internal not in result.stdout, internal
+    (log,) = list((root / "logs").iterdir())
+    assert f"     log: {log}" in result.stdout
+    text = log.read_text()
+    assert "Got executor_input:" in text and "15/15" in text, "the full log keeps everything"
+
+
+def test_failed_local_step_ends_with_its_own_error_and_keeps_the_log(cli, tmp_path, shapes_yaml):
+    """Images that do not decode: only ultralytics, inside the step, can tell."""
+    import shutil
+
+    data = shutil.copytree(shapes_yaml.parent, tmp_path / "broken")
+    spec = yaml.safe_load((data / "data.yaml").read_text())
+    (data / "data.yaml").write_text(yaml.safe_dump({**spec, "path": str(data)}))
+    for image in (data / "images" / "train").iterdir():
+        image.write_bytes(b"not a png")
+    root = tmp_path / "runs"
+    args = ["--model", "yolov8n.yaml", "--data", data / "data.yaml", "--epochs", "1", "--imgsz", "64"]
+    result = cli(["run", *args, "--workers", "0", "--pipeline-root", root])
+    assert result.exit_code == 1, result.output
+    (log,) = list((root / "logs").iterdir())
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1, result.stderr
+    assert error[0].startswith("Error: The local training step failed: "), error[0]
+    assert "No valid images found" in error[0] and error[0].endswith(f"(full log: {log})"), error[0]
+    assert "Traceback" not in result.output, "the step's traceback stays in the log"
+    assert "Traceback (most recent call last)" in log.read_text()

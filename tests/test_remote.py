@@ -4,8 +4,9 @@ The real kfp.Client talks to tests/kfp_server.py over real sockets (http and htt
 kfp is patched. Only yolokf's own retry pacing is shortened.
 """
 
+import datetime
 import io
-import json
+import itertools
 import logging
 import os
 import re
@@ -22,12 +23,15 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.conftest import CliResult
-from tests.kfp_server import KfpServer, Outcome, check_pipeline_spec, self_signed_cert
-from yolokf import remote
+from tests.kfp_server import KfpServer, Outcome, Poll, check_pipeline_spec, self_signed_cert
+from yolokf import follow, kfp_api, submit
 from yolokf.cli import main
-from yolokf.cluster import StepOptions
+from yolokf.console import RunDisplay
 from yolokf.errors import ClusterError, RunFailedError, UsageError
+from yolokf.job import Job, plan_job
+from yolokf.kfp_api import Connection
 from yolokf.settings import TrainConfig
+from yolokf.step_options import StepOptions
 
 TOKEN = "kfp-secret-token-3f9a1c"
 IMAGE = "registry.example.com/ml/yolokf:0.1.0-abc"
@@ -56,7 +60,7 @@ def _hermetic(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("YOLOKF_POLL_INTERVAL", "0.01")
     monkeypatch.setenv("YOLOKF_IMAGE", IMAGE)
-    monkeypatch.setattr(remote, "RETRY", remote.RetryPolicy(attempts=3, first_delay=0.01))
+    monkeypatch.setattr(kfp_api, "RETRY", kfp_api.RetryPolicy(attempts=3, first_delay=0.01))
 
 
 @pytest.fixture
@@ -118,9 +122,6 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-# -- submission ----------------------------------------------------------------------------------
-
-
 def test_run_host_submits_the_compiled_pipeline_with_the_cli_values(kfp):
     result = cli(
         run_args(kfp, "--model", "yolov8s.pt", "--set", "lr0=0.005", "--experiment", "pets")
@@ -159,6 +160,7 @@ def test_experiment_is_reused_and_run_name_defaults_to_model_data_time(kfp):
         assert result.exit_code == 0, result.output
     assert [e["display_name"] for e in kfp.experiments.values()] == ["yolokf"]
     names = [r.json()["display_name"] for r in kfp.calls("POST", r"/runs$")]
+    assert len(names) == 2, names
     assert all(re.fullmatch(r"yolov8n-coco128-\d{8}-\d{6}", n) for n in names), names
 
 
@@ -180,7 +182,8 @@ def test_cache_flag_is_set_on_every_task_of_the_submitted_spec(kfp, flag, expect
     result = cli(run_args(kfp, flag))
     assert result.exit_code == 0, result.output
     tasks = spec_of(kfp.calls("POST", r"/runs$")[0])["root"]["dag"]["tasks"]
-    assert tasks and all(t["cachingOptions"].get("enableCache", False) is expected for t in tasks.values())
+    assert sorted(tasks) == ["yolo-train"], tasks
+    assert all(t["cachingOptions"].get("enableCache", False) is expected for t in tasks.values())
 
 
 def _pipeline_with_sub_dag():
@@ -211,7 +214,7 @@ def test_set_caching_reaches_sub_dag_tasks_that_kfp_override_misses(tmp_path):
     nested_tasks = [t for c in proto.components.values() if c.HasField("dag") for t in c.dag.tasks.values()]
     assert nested_tasks and any(t.caching_options.enable_cache for t in nested_tasks)
 
-    assert remote.set_caching(spec_dict, False) == len(proto.root.dag.tasks) + len(nested_tasks)
+    assert submit.set_caching(spec_dict, False) == len(proto.root.dag.tasks) + len(nested_tasks)
     proto = json_format.ParseDict(spec_dict, pipeline_spec_pb2.PipelineSpec())
     every = list(proto.root.dag.tasks.values()) + [
         t for c in proto.components.values() if c.HasField("dag") for t in c.dag.tasks.values()
@@ -238,9 +241,11 @@ def test_upload_registers_the_pipeline_then_a_new_version(kfp):
     assert [r["pipeline_version_reference"]["pipeline_version_id"] for r in runs] == [
         v["pipeline_version_id"] for v in versions
     ]
+    assert len(runs) == 2
     assert all("pipeline_spec" not in r for r in runs)  # the run uses the registered version
     # --no-cache was compiled into the uploaded spec, since the run only references it.
     first_tasks = versions[0]["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert sorted(first_tasks) == ["yolo-train"], first_tasks
     assert all(t["cachingOptions"].get("enableCache", False) is False for t in first_tasks.values())
 
 
@@ -261,9 +266,6 @@ def test_dry_run_prints_what_would_be_submitted_and_contacts_nothing():
     ]
     local = cli(["run", "--dry-run"])
     assert local.exit_code == 2 and "--dry-run shows what a --host run would submit" in local.stderr
-
-
-# -- following runs ------------------------------------------------------------------------------
 
 
 def test_wait_succeeded_exits_0_and_shows_state_and_task(kfp):
@@ -302,6 +304,47 @@ def test_wait_timeout_exits_4_and_leaves_the_run_running(kfp):
     assert not kfp.calls("POST", r":terminate$")
 
 
+def test_wait_stops_on_a_paused_run_with_exit_4_and_says_how_to_follow_again(kfp):
+    kfp.outcome = Outcome("PAUSED", polls=2)
+    result = cli(run_args(kfp, "--wait", "--run-name", "r1"))
+    assert result.exit_code == 4, result.output
+    run_id = run_id_of(result)
+    assert re.search(
+        rf"Error: Run r1 \({run_id}\) is PAUSED on the cluster after \d+s; it goes on only when resumed", result.stderr
+    )
+    assert f"yolokf status {run_id} --wait" in result.stderr
+    assert not kfp.calls("POST", r":terminate$"), "a paused run is left as it is"
+
+
+def test_wait_gives_up_on_a_run_that_never_gets_a_state(kfp):
+    kfp.outcome = Outcome("RUNTIME_STATE_UNSPECIFIED", polls=1)
+    cluster = kfp_api.connect(Connection(kfp.url))
+    submitted = submit.submit(cluster, job(epochs=1), submit.Submission(run_name="r1"))
+    with pytest.raises(RunFailedError, match=r"Run r1 \(\S+\) has had no state for \d+s: the cluster has not sched"):
+        follow.wait(cluster, submitted.run_id, poll_interval=0.01, unspecified_limit=0.2)
+    assert len(kfp.calls("GET", rf"/runs/{submitted.run_id}$")) >= 3, "followed a while first"
+
+
+def test_wait_shows_the_running_task_while_an_earlier_one_has_finished(kfp):
+    ticks = itertools.count()
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    kfp.clock = lambda: start + datetime.timedelta(seconds=next(ticks))  # each answer a second later, as on a cluster
+    kfp.outcome = Outcome(
+        schedule=[
+            Poll("RUNNING", tasks={"fetch-dataset": "RUNNING"}),
+            Poll("RUNNING", tasks={"fetch-dataset": "SUCCEEDED", "train": "RUNNING"}),
+            Poll("SUCCEEDED", tasks={"fetch-dataset": "SUCCEEDED", "train": "SUCCEEDED"}),
+        ]
+    )
+    result = cli(run_args(kfp, "--wait", "--run-name", "r1", "--data", "s3://datasets/pets.zip", "--data-secret", "s3"))
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("RUNNING", "SUCCEEDED"))]
+    assert len(lines) == 3, result.stdout
+    assert lines[0].endswith("task fetch-dataset: RUNNING")
+    assert lines[1].endswith("task train: RUNNING"), "the running task, not the finished download"
+    assert lines[2].endswith("task train: SUCCEEDED")
+
+
 def _interrupt_after(kfp: KfpServer, polls: int) -> None:
     def hook(run_id, seen):
         if seen == polls:
@@ -327,9 +370,13 @@ def test_ctrl_c_terminates_or_detaches(kfp, args, answer, terminated):
     run_id = run_id_of(result)
     assert len(kfp.calls("POST", rf"/runs/{run_id}:terminate$")) == int(terminated)
     if terminated:
-        assert f"Asked the cluster to terminate run {run_id}" in result.stdout
+        assert result.stderr.endswith(
+            f"Asked the cluster to terminate run {run_id}. Check it with: yolokf status {run_id}\n"
+        )
     else:
-        assert f"Stopped following run {run_id}; it keeps running" in result.stdout
+        assert result.stderr.endswith(
+            f"Stopped following run {run_id}; it keeps running. Check it with: yolokf status {run_id}\n"
+        )
     if not args:
         assert f"Terminate run {run_id} on the cluster?" in result.stdout
 
@@ -346,8 +393,21 @@ def test_status_shows_state_tasks_and_outputs_and_can_follow(kfp):
     done = cli(["status", run_id], env={"KFP_HOST": kfp.url})
     assert done.exit_code == 0, done.output
     assert f"Run r1 ({run_id}): SUCCEEDED" in done.stdout
+    assert '"epochs": 7' in done.stdout and '"imgsz": 320' in done.stdout, "the run's parameters"
     assert re.search(r"train\s+│\s+SUCCEEDED\s+│.*│\s+metrics: 101, weights: 102", done.stdout), done.stdout
     assert f"Details: {kfp.url}/#/runs/details/{run_id}" in done.stdout
+
+
+def test_status_of_a_running_run_gives_unfinished_tasks_no_time(kfp):
+    """The API server sends 1970-01-01 as the end time of what has not ended."""
+    kfp.outcome = Outcome(hang=True)
+    run_id = run_id_of(cli(run_args(kfp, "--run-name", "r1")))
+    states = [cli(["status", run_id, "--host", kfp.url]) for _ in range(3)]
+    running = states[-1]
+    assert running.exit_code == 0, running.output
+    assert re.search(rf"Run r1 \({run_id}\): RUNNING, \d+s", running.stdout), running.stdout
+    assert re.search(r"train\s+│\s+RUNNING\s+│\s+-\s+│", running.stdout), running.stdout
+    assert not re.search(r"-\d+h", running.stdout), "no negative durations"
 
 
 def test_status_of_a_failed_run_shows_the_error(kfp):
@@ -373,9 +433,6 @@ def test_status_needs_a_host():
     result = cli(["status", "abc"])
     assert result.exit_code == 2, result.output
     assert "Error: No cluster given: pass --host URL (or set KFP_HOST)" in result.stderr
-
-
-# -- failures: one line, non-zero, no generated-client traceback --------------------------------
 
 
 def test_unreachable_host_is_retried_then_one_line():
@@ -473,10 +530,10 @@ def test_token_from_env_file_and_service_account_path(secured, tmp_path):
 def test_token_file_is_read_again_for_each_request(secured, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
-    cluster = remote.connect(secured.url, token_file=token_file)
+    cluster = kfp_api.connect(Connection(secured.url, token_file=token_file))
     token_file.write_text("rotated-by-kubelet")
     with pytest.raises(ClusterError, match="401 Unauthorized"):
-        remote.get_report(cluster, "any")
+        follow.get_report(cluster, "any")
     assert secured.requests[-1].headers["authorization"] == "Bearer rotated-by-kubelet"
 
 
@@ -581,7 +638,7 @@ def test_reused_run_name_is_not_mistaken_for_the_lost_create(kfp):
 
 
 def test_stalled_answer_times_out_and_is_retried(kfp, monkeypatch):
-    monkeypatch.setattr(remote, "REQUEST_TIMEOUT", (5.0, 0.3))
+    monkeypatch.setattr(kfp_api, "REQUEST_TIMEOUT", (5.0, 0.3))
     kfp.fail(200, times=1, method="GET", path=r"/experiments$", delay=1.0)
     result = cli(run_args(kfp))
     assert result.exit_code == 0, result.output
@@ -628,12 +685,12 @@ def test_spec_rejected_after_upload_says_what_stays(kfp):
 
 def test_server_rejects_an_invalid_spec_like_the_real_one(kfp, tmp_path):
     package = tmp_path / "broken.yaml"
-    remote.write_package(TrainConfig(), StepOptions(image=IMAGE), None, tmp_path)
+    submit.write_package(job(), None, tmp_path)
     spec, *platform = yaml.safe_load_all((tmp_path / "pipeline.yaml").read_text())
     spec["deploymentSpec"]["executors"] = {}
     package.write_text(yaml.safe_dump_all([spec, *platform]))
-    cluster = remote.connect(kfp.url)
-    with pytest.raises(ClusterError) as error:
+    cluster = kfp_api.connect(Connection(kfp.url))
+    with pytest.raises(ClusterError, match="rejected the request with 400") as error:
         cluster.call("Creating run 'x'", cluster.client.run_pipeline, "", "x", pipeline_package_path=str(package))
     assert "rejected the request with 400 (Invalid input error: invalid pipeline spec: component comp-" in str(
         error.value
@@ -641,9 +698,6 @@ def test_server_rejects_an_invalid_spec_like_the_real_one(kfp, tmp_path):
     spec["bogusField"] = 1
     with pytest.raises(Exception, match="bogusField"):
         check_pipeline_spec(spec)
-
-
-# -- secrets -------------------------------------------------------------------------------------
 
 
 def test_token_never_appears_in_output_logs_or_yaml(secured, caplog, tmp_path, monkeypatch):
@@ -669,19 +723,19 @@ def test_token_never_appears_in_output_logs_or_yaml(secured, caplog, tmp_path, m
     assert cli(["compile", "--out", compiled], env=env).exit_code == 0
 
     # With YOLOKF_DEBUG the error propagates with its traceback: that must be clean too.
-    with pytest.raises(ClusterError) as raised:
+    with pytest.raises(ClusterError, match="Reading run x failed: ") as raised:
         cli(["status", "x", "--host", secured.url], env={**env, "YOLOKF_DEBUG": "1"})
     outputs.append("".join(traceback.format_exception(raised.value)))
 
     # The core, with the token read from a file.
-    cluster = remote.connect(secured.url, token_file=_write(tmp_path / "token", TOKEN))
+    cluster = kfp_api.connect(Connection(secured.url, token_file=_write(tmp_path / "token", TOKEN)))
     secured.faults.clear()
     secured.outcome = Outcome("SUCCEEDED", polls=1)
-    options = remote.Submission(upload=True, run_name="debug-logged")
-    submitted = remote.submit(cluster, TrainConfig(epochs=1), StepOptions(image=IMAGE), options)
-    remote.wait(cluster, submitted.run_id, poll_interval=0.01, console=Console(file=io.StringIO()))
-    with pytest.raises(ClusterError) as raised:
-        remote.get_report(cluster, "missing")
+    options = submit.Submission(upload=True, run_name="debug-logged")
+    submitted = submit.submit(cluster, job(epochs=1), options)
+    follow.wait(cluster, submitted.run_id, poll_interval=0.01)
+    with pytest.raises(ClusterError, match="Reading run missing failed: 404 Not Found") as raised:
+        follow.get_report(cluster, "missing")
     outputs.append(str(raised.value))
 
     uploaded = [r.body.decode() for r in secured.calls("POST", r"/pipelines/upload")]
@@ -700,24 +754,22 @@ def _write(path, text):
 
 
 def test_credentials_repr_hides_secrets():
-    creds = remote.resolve_credentials(environ={"KFP_TOKEN": TOKEN, "KFP_COOKIE": "session=abc123"})
+    creds = kfp_api.resolve_credentials(environ={"KFP_TOKEN": TOKEN, "KFP_COOKIE": "session=abc123"})
     assert TOKEN not in repr(creds) and "abc123" not in repr(creds)
     assert creds.source == "token from $KFP_TOKEN and session cookie from $KFP_COOKIE"
 
 
-# -- core ----------------------------------------------------------------------------------------
-
-
 def test_wait_core_returns_report_and_raises_run_failed(kfp):
-    cluster = remote.connect(kfp.url)
-    submitted = remote.submit(cluster, TrainConfig(epochs=1), StepOptions(image=IMAGE), remote.Submission())
-    followed = remote.wait(cluster, submitted.run_id, poll_interval=0.01)
-    assert followed.outcome == "succeeded" and followed.report.state == "SUCCEEDED"
-    assert followed.report.current_task.name == "train"
+    cluster = kfp_api.connect(Connection(kfp.url))
+    submitted = submit.submit(cluster, job(epochs=1), submit.Submission())
+    seen: list[str] = []
+    report = follow.wait(cluster, submitted.run_id, poll_interval=0.01, on_update=lambda r: seen.append(r.state))
+    assert report.state == "SUCCEEDED" and report.current_task.name == "train"
+    assert len(seen) >= 2 and seen[-1] == "SUCCEEDED"
     kfp.outcome = Outcome("FAILED", error="oom")
-    submitted = remote.submit(cluster, TrainConfig(epochs=1), StepOptions(image=IMAGE), remote.Submission())
+    submitted = submit.submit(cluster, job(epochs=1), submit.Submission())
     with pytest.raises(RunFailedError, match=r"FAILED after \d+s: oom\. Details and logs: "):
-        remote.wait(cluster, submitted.run_id, poll_interval=0.01)
+        follow.wait(cluster, submitted.run_id, poll_interval=0.01)
 
 
 def test_default_run_name_is_kubernetes_friendly():
@@ -725,23 +777,29 @@ def test_default_run_name_is_kubernetes_friendly():
 
     when = datetime.datetime(2024, 1, 31, 14, 25, 1)
     config = TrainConfig(model="runs/best weights.pt", data="s3://bucket/pets/data.yaml")
-    assert remote.default_run_name(config, when) == "best-weights-data-20240131-142501"
+    planned = plan_job(config, StepOptions(data_secret="-"), image=IMAGE)
+    assert submit.default_run_name(planned, when) == "best-weights-data-20240131-142501"
 
 
 def test_usage_error_for_a_bad_namespace_value_is_not_needed_single_user(kfp):
     # Single-user KFP ignores the namespace; passing one must not break.
-    cluster = remote.connect(kfp.url, namespace="anything")
+    cluster = kfp_api.connect(Connection(kfp.url, namespace="anything"))
     assert cluster.multi_user is False
-    assert json.loads(kfp.requests[0].body or b"{}") == {}
-    with pytest.raises(UsageError):
-        remote.connect("ftp://x")
+    submitted = submit.submit(cluster, job(epochs=1), submit.Submission())
+    assert list(kfp.runs) == [submitted.run_id]
+    with pytest.raises(UsageError, match=r"--host 'ftp://x' is not an http\(s\) URL"):
+        kfp_api.connect(Connection("ftp://x"))
 
 
 def test_wait_on_a_terminal_shows_a_live_status(kfp):
-    cluster = remote.connect(kfp.url)
-    submitted = remote.submit(cluster, TrainConfig(epochs=1), StepOptions(image=IMAGE), remote.Submission())
+    cluster = kfp_api.connect(Connection(kfp.url))
+    submitted = submit.submit(cluster, job(epochs=1), submit.Submission())
     screen = io.StringIO()
-    console = Console(file=screen, force_terminal=True, width=100)
-    followed = remote.wait(cluster, submitted.run_id, poll_interval=0.01, console=console)
-    assert followed.outcome == "succeeded"
+    with RunDisplay(Console(file=screen, force_terminal=True, width=100)) as display:
+        report = follow.wait(cluster, submitted.run_id, poll_interval=0.01, on_update=display.update)
+    assert report.state == "SUCCEEDED"
     assert "SUCCEEDED" in screen.getvalue() and "task train: SUCCEEDED" in screen.getvalue()
+
+
+def job(**fields) -> Job:
+    return plan_job(TrainConfig(**fields), StepOptions(), image=IMAGE)

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 from kfp.dsl import HTML, Artifact, Metrics, Model
-from yolokf.train import train_step
+from yolokf.steps.train import train_step
 
 out = Path(sys.argv[1])
 weights = Model(uri=str(out / "weights"))
@@ -107,19 +107,19 @@ def test_killed_step_resumes_from_its_last_epoch(tmp_path, shapes_yaml):
 
 
 def test_run_key_follows_the_training_arguments():
-    from yolokf.checkpoint import default_run_key
     from yolokf.settings import TrainConfig
+    from yolokf.steps.checkpoint import default_run_key
 
     base = TrainConfig(model="yolov8n.yaml", data="s3://b/pets", epochs=50)
     key = default_run_key(base)
     assert key.startswith("yolov8n-") and len(key) == len("yolov8n-") + 12
     assert default_run_key(base.with_overrides(device="0,1", workers=2)) == key, "a retry on other GPUs resumes"
     assert default_run_key(base.with_overrides(epochs=60)) != key
-    assert default_run_key(base.with_overrides(extra={"lr0": 0.001})) != key
+    assert default_run_key(base.with_overrides(train_args={"lr0": 0.001})) != key
 
 
 def test_unreadable_checkpoint_starts_over(tmp_path):
-    from yolokf.checkpoint import find_checkpoint
+    from yolokf.steps.checkpoint import find_checkpoint
 
     weights = tmp_path / "run" / "weights"
     weights.mkdir(parents=True)

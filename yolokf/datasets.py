@@ -1,7 +1,10 @@
-"""Datasets: the built-in synthetic `shapes` set, and checks on what `--data` points at.
+"""Datasets on disk: the built-in synthetic `shapes` set, and finding and checking a YOLO dataset in a folder.
 
 `shapes` is generated, not downloaded, so demos, docs and tests train offline: three classes of
 simple shapes on noisy backgrounds in the standard YOLO layout, byte-for-byte the same every time.
+`find_dataset` and `dataset_root` are the one resolver of a dataset folder and its YAML's `path:`, used
+for local data, data a step downloaded, and data on a mounted PVC alike. A broken dataset is a DataError
+wherever it is found.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from typing import Any
 import yaml
 
 from yolokf import offline, ultralytics_cfg
-from yolokf.errors import DataError, OfflineError, UsageError
+from yolokf.data_sources import YAML_SUFFIXES, is_remote
+from yolokf.errors import DataError, OfflineError
 
 SHAPES = "shapes"
 SHAPES_VERSION = 4
 SHAPES_CLASSES = ("circle", "square", "triangle")
-REMOTE_SCHEMES = ("s3://", "gs://", "http://", "https://", "pvc://")
 
 
 def cache_dir() -> Path:
@@ -108,46 +111,60 @@ def shapes_dataset() -> Path:
     return write_shapes(cache_dir() / "datasets" / f"{SHAPES}-v{SHAPES_VERSION}")
 
 
-def is_remote(data: str) -> bool:
-    return data.startswith(REMOTE_SCHEMES)
-
-
 def resolve_data(data: str) -> str:
     """What to hand ultralytics as `data`: a local data YAML or classification folder.
 
-    Raises a UsageError for a missing or malformed dataset, an OfflineError for one that would need
-    a download this machine cannot make.
+    Raises a DataError for a missing or malformed dataset, an OfflineError for one that would need a
+    download this machine cannot make.
     """
     if data in (SHAPES, f"{SHAPES}.yaml"):
         return str(shapes_dataset())
     if is_remote(data):
-        raise UsageError(f"{data} is a remote dataset: the pipeline's download step fetches it.")
+        raise DataError(f"{data} is a remote dataset: the pipeline's download step fetches it.")
     path = Path(data).expanduser()
     if path.is_dir():
-        return str(_dataset_in_folder(path))
+        found = find_dataset(path)
+        if found.is_file():
+            check_data_yaml(found)
+        return str(found)
     if path.is_file():
         check_data_yaml(path)
         return str(path)
     builtin = _builtin_dataset_yaml(data)
     if builtin is not None:
         return _builtin_dataset(data, builtin)
-    raise UsageError(
+    raise DataError(
         f"Dataset not found: {data}. Give a dataset YAML, a YOLO dataset folder, or --data shapes (built in)."
     )
 
 
-def _dataset_in_folder(folder: Path) -> Path:
-    if (folder / "data.yaml").is_file():
-        check_data_yaml(folder / "data.yaml")
-        return folder / "data.yaml"
-    yamls = sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml"))
-    if len(yamls) == 1:
-        check_data_yaml(yamls[0])
-        return yamls[0]
-    if (folder / "train").is_dir():  # classification layout: train/<class>/*.jpg
-        return folder
-    raise UsageError(
-        f"{folder} holds no dataset YAML (data.yaml) and no train/ folder; point --data at the dataset's YAML file."
+def find_dataset(root: Path) -> Path:
+    """The dataset YAML (or classification folder) in a folder: local, downloaded or mounted.
+
+    Looks for data.yaml, then a single YAML, then a train/ folder (classification layout), then descends
+    into a single top folder (archives often wrap one).
+    """
+    if root.is_file():
+        return root
+    folder = root
+    for _ in range(3):
+        if (folder / "data.yaml").is_file():
+            return folder / "data.yaml"
+        yamls = sorted(p for p in folder.iterdir() if p.suffix in YAML_SUFFIXES and p.is_file())
+        if len(yamls) == 1:
+            return yamls[0]
+        if len(yamls) > 1:
+            names = ", ".join(p.name for p in yamls)
+            raise DataError(f"{folder} holds several YAML files ({names}); point --data at the dataset's YAML.")
+        if (folder / "train").is_dir():
+            return folder  # classification layout: train/<class>/*.jpg
+        subdirs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+        if len(subdirs) != 1:
+            break
+        folder = subdirs[0]
+    raise DataError(
+        f"No dataset YAML (data.yaml) or train/ folder in {root}; put data.yaml at the top of the folder or "
+        "archive, or point --data at the dataset's YAML."
     )
 
 
@@ -155,23 +172,30 @@ def load_data_yaml(path: Path) -> dict[str, Any]:
     try:
         spec = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"Cannot read dataset YAML {path}: {exc}") from None
+        raise DataError(f"Cannot read dataset YAML {path}: {exc}") from None
     if not isinstance(spec, dict):
-        raise UsageError(f"Dataset YAML {path} is not a mapping with 'train', 'val' and 'names'.")
+        raise DataError(f"Dataset YAML {path} is not a mapping with 'train', 'val' and 'names'.")
+    for key in ("names", "train"):
+        if key not in spec:
+            raise DataError(f"Dataset YAML {path} has no '{key}:' entry; see https://docs.ultralytics.com/datasets/")
     return spec
 
 
+def _train_entries(spec: dict[str, Any], split: str = "train") -> list[str]:
+    entries = spec.get(split) or []
+    return [str(t) for t in (entries if isinstance(entries, list) else [entries])]
+
+
 def check_data_yaml(path: Path) -> dict[str, Any]:
-    """Raise unless `path` is a usable YOLO dataset YAML (has `names` and `train`, data present)."""
+    """Raise unless `path` is a usable YOLO dataset YAML on this machine (has `names` and `train`, data present).
+
+    `path:` means what ultralytics makes of it: relative to the YAML, or to ultralytics' datasets_dir.
+    """
     spec = load_data_yaml(path)
-    for key in ("names", "train"):
-        if key not in spec:
-            raise UsageError(f"Dataset YAML {path} has no '{key}:' entry; see https://docs.ultralytics.com/datasets/")
     base = Path(spec.get("path") or path.parent)
     if not base.is_absolute():
         base = (path.parent / base).resolve()
-    train = spec["train"] if isinstance(spec["train"], list) else [spec["train"]]
-    missing = [t for t in train if not (base / str(t)).exists()]
+    missing = [(split, t) for split in ("train", "val") for t in _train_entries(spec, split) if not (base / t).exists()]
     if missing and spec.get("download"):
         if not offline.is_online():
             raise OfflineError(
@@ -179,8 +203,52 @@ def check_data_yaml(path: Path) -> dict[str, Any]:
                 "Use --data shapes (built in), a local dataset folder or YAML, or an s3:// / PVC dataset."
             )
     elif missing:
-        raise DataError(f"Dataset {path}: training images not found at {base / str(missing[0])}.")
+        split, where = missing[0]
+        kind = "training" if split == "train" else "validation"
+        raise DataError(f"Dataset {path}: {kind} images ({split}: {where}) not found at {base / where}.")
     return spec
+
+
+def dataset_root(data_yaml: Path) -> Path:
+    """The folder a dataset YAML's images are under, wherever the dataset was moved (downloaded, mounted).
+
+    A relative `path:` in ultralytics means "under ultralytics' datasets_dir", and an absolute one names the
+    machine the YAML was written on; neither is where a fetched or mounted dataset lives, so the YAML's own
+    folder is tried too.
+    """
+    spec = load_data_yaml(data_yaml)
+    train = _train_entries(spec)
+    given = str(spec.get("path") or "")
+    here = data_yaml.parent
+    candidates = [here / given] if given and not Path(given).is_absolute() else []
+    if given and Path(given).is_absolute():
+        candidates.append(Path(given))
+    candidates += [here, here / Path(given).name] if given else [here]
+    for base in candidates:
+        if all((base / t).exists() for t in train):
+            return base.resolve()
+    raise DataError(
+        f"Dataset YAML {data_yaml}: training images {train[0]!r} not found under {here}; "
+        "keep data.yaml at the dataset root, or set path: relative to the YAML."
+    )
+
+
+def prepare_dataset(root: Path, workdir: Path) -> str:
+    """What a step hands ultralytics for a downloaded or mounted dataset at `root`.
+
+    A YAML is copied into `workdir` with `path:` set to where the images are, and without `download:`,
+    so ultralytics never fetches the data again.
+    """
+    found = find_dataset(Path(root))
+    if found.is_dir():
+        return str(found)
+    spec = load_data_yaml(found)
+    spec["path"] = str(dataset_root(found))
+    spec.pop("download", None)
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / found.name
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(out)
 
 
 def _builtin_dataset_yaml(name: str) -> Path | None:

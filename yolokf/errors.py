@@ -1,7 +1,7 @@
 """The errors yolokf raises. Each message says what is wrong and what to do next.
 
-The CLI turns them into one line on stderr and the exit code below; no traceback
-unless YOLOKF_DEBUG=1.
+The CLI turns them into one line on stderr and the exit code below (1 unless said otherwise: 2 bad input,
+3 offline, 4 the run failed, 130 Ctrl-C); no traceback unless YOLOKF_DEBUG=1.
 """
 
 from __future__ import annotations
@@ -48,4 +48,12 @@ class RunFailedError(ClusterError):
 
 
 class DataError(YolokfError):
-    """A dataset could not be fetched or does not look like a YOLO dataset."""
+    """A dataset could not be fetched or does not look like a YOLO dataset (bad input: exit 2), wherever found."""
+
+    exit_code = 2
+
+
+class Interrupted(YolokfError):
+    """The user pressed Ctrl-C (exit 130, as a shell reports SIGINT)."""
+
+    exit_code = 130

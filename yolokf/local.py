@@ -2,21 +2,27 @@
 
 kfp.local's SubprocessRunner executes the step in this Python environment (`use_venv=False`, so
 nothing is installed), and writes outputs under the pipeline root, where they stay after the run.
+What kfp.local prints about itself (executor input, component loading, artifact reprs) goes to the run's
+log file only, unless `verbose`; the step's own output (ultralytics' progress) is handed to `echo`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import time
 import warnings
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from yolokf.cluster import StepOptions
-from yolokf.datasets import is_remote, resolve_data
+from yolokf.datasets import resolve_data
 from yolokf.errors import TrainingError, UsageError
+from yolokf.job import Job
 from yolokf.offline import check_model
-from yolokf.settings import TrainConfig
 
 DEFAULT_PIPELINE_ROOT = Path("yolokf-runs")
 METRIC_ORDER = ("precision", "recall", "mAP50", "mAP50-95", "fitness")
@@ -30,50 +36,137 @@ class LocalRun:
     metrics: dict[str, float]
     artifacts: dict[str, Path]
     seconds: float
+    log: Path
 
 
-def preflight(config: TrainConfig) -> None:
-    """Fail before starting kfp.local when the model or dataset cannot work here."""
-    check_model(config.model)
-    if config.data.startswith("pvc://"):
+# kfp.local's own log records (kfp/local/logging_utils.py: '%(asctime)s - %(levelname)s - %(message)s', one write
+# per record), and the executor's inside the step ('[KFP Executor %(asctime)s %(levelname)s]: ...').
+_KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - [A-Z]+ - ")
+_EXECUTOR_RECORD = "[KFP Executor "
+_STEP_INDENT = "    "  # kfp.local indents the step's lines (logging_utils.indented_print)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+
+
+class _StepOutput(io.TextIOBase):
+    """kfp.local's stdout during a run: everything into the log file, the step's own lines to `echo`."""
+
+    def __init__(self, log: TextIO, echo: Callable[[str], None], verbose: bool):
+        self.log, self.echo, self.verbose = log, echo, verbose
+        self.pending = ""
+        self.in_executor_input = False
+        self.failing = False
+        self.tail: deque[str] = deque(maxlen=5000)  # an exception can list every bad file after it
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.log.flush()
+        if self.verbose:
+            self.echo(text)
+        if _KFP_RECORD.match(text):
+            return len(text)
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            self._line(line.removeprefix(_STEP_INDENT))
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        if self.in_executor_input:  # the executor logs its whole input as indented JSON
+            self.in_executor_input = line.rstrip() != "}"
+            return
+        if line.startswith(_EXECUTOR_RECORD):
+            self.in_executor_input = line.rstrip().endswith("Got executor_input:")
+            return
+        if not line.strip() or set(line.strip()) == {"-"}:  # blank, or kfp.local's separator rules
+            return
+        self.tail.append(line)
+        if line.startswith("Traceback (most recent call last)"):
+            self.failing = True  # the step is dying: its traceback goes to the log, its last line to the error
+        if not self.verbose and not self.failing:
+            self.echo(line + "\n")
+
+    def failure(self) -> str:
+        """The step's own error: the exception line after its last traceback, else its last lines."""
+        lines = [_ANSI.sub("", line) for line in self.tail]
+        starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+        after = lines[starts[-1] + 1 :] if starts else []
+        found = next((line for line in after if _EXCEPTION_LINE.match(line)), None)
+        return found.strip() if found else " | ".join(line.strip() for line in lines[-3:]) or "no output"
+
+
+def preflight(job: Job) -> None:
+    """Fail before starting kfp.local when the model, device or dataset cannot work here."""
+    check_model(job.config.model)
+    check_device(job.config.device)
+    if job.source is None:  # s3://, gs://, https:// go through the pipeline's download step
+        resolve_data(job.config.data)
+
+
+def check_device(device: str) -> None:
+    """Refuse a CUDA device this machine lacks (`0`, `0,1`, `cuda:1`); other backends are left to ultralytics."""
+    wanted = device.strip().lower().replace(" ", "")
+    if re.fullmatch(r"cuda|-1", wanted):
+        indexes = [0]
+    elif match := re.fullmatch(r"(?:cuda:)?(\d+(?:,\d+)*)", wanted):
+        indexes = [int(i) for i in match[1].split(",")]
+    else:
+        return  # '', cpu, mps, npu:0, xpu:0 ...
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
         raise UsageError(
-            f"{config.data} is on a cluster volume; locally, pass the dataset's folder or YAML, or run with --host."
+            f"--device {device}: this machine has no CUDA GPU that torch can use. Leave --device out or use "
+            "--device cpu here, or train on a cluster with --host URL --gpus N."
         )
-    if not is_remote(config.data):  # s3://, gs://, https:// go through the pipeline's download step
-        resolve_data(config.data)
+    if max(indexes) >= count:
+        raise UsageError(f"--device {device}: this machine has {count} CUDA GPU(s), numbered 0 to {count - 1}.")
 
 
 def run_local(
-    config: TrainConfig, pipeline_root: Path = DEFAULT_PIPELINE_ROOT, step: StepOptions | None = None
+    job: Job,
+    pipeline_root: Path = DEFAULT_PIPELINE_ROOT,
+    *,
+    echo: Callable[[str], None] = print,
+    verbose: bool = False,
 ) -> LocalRun:
-    """Train `config` through kfp.local and return the outputs' locations and final metrics.
+    """Run `job` (from `plan_local_job`) through kfp.local and return the outputs' locations and final metrics.
 
-    Of `step` only the checkpoint folder and run key apply here (cluster settings mean nothing locally).
+    `echo` receives the lines for the user: where outputs go, then the step's own output (all of kfp.local's
+    output with `verbose`). The whole log is kept in `<pipeline root>/logs/`.
     """
     from kfp import local
 
     from yolokf.pipeline import build_pipeline
 
-    preflight(config)
+    preflight(job)
     pipeline_root = Path(pipeline_root).resolve()
+    log_path = pipeline_root / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
     try:
-        pipeline_root.mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"Cannot create --pipeline-root {pipeline_root}: {exc.strerror}.") from None
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    pipeline = build_pipeline(config, (step or StepOptions(image="local")).for_local())
+    pipeline = build_pipeline(job)
+    echo(f"Training locally through kfp.local: outputs go to {pipeline_root}, the full log to {log_path}\n")
     started = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            # kfp.local says, rightly, that cluster settings and the image do not apply here.
-            warnings.filterwarnings("ignore", message=r".*(have no effect|non-Python base image)", category=Warning)
-            task = pipeline()
-    except RuntimeError as exc:
-        raise TrainingError(f"The local training step failed: {exc}. See the step log above.") from None
+    with log_path.open("w") as log:
+        output = _StepOutput(log, echo, verbose)
+        try:
+            with contextlib.redirect_stdout(output), warnings.catch_warnings():
+                # kfp.local says, rightly, that cluster settings and the image do not apply here.
+                warnings.filterwarnings("ignore", message=r".*(have no effect|non-Python base image)", category=Warning)
+                task = pipeline()
+        except RuntimeError:
+            raise TrainingError(f"The local training step failed: {output.failure()} (full log: {log_path})") from None
     outputs: dict[str, Any] = task.outputs
     logged = outputs["metrics"].metadata
     first = [name for name in METRIC_ORDER if name in logged]
     metrics = {name: float(logged[name]) for name in first + sorted(set(logged) - set(first))}
     # Output[Metrics] is metadata only under kfp.local: list the artifacts that are files or folders.
     artifacts = {name: Path(a.path) for name, a in outputs.items() if Path(a.path).exists()}
-    return LocalRun(pipeline_root, metrics, artifacts, time.perf_counter() - started)
+    return LocalRun(pipeline_root, metrics, artifacts, time.perf_counter() - started, log_path)

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import zipfile
 from functools import cache
 from pathlib import Path
 
@@ -25,13 +26,27 @@ def _env_true(name: str) -> bool:
     return os.getenv(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-@cache
-def is_online(host: str = "github.com", timeout: float = 3.0) -> bool:
+# Where ultralytics downloads weights, fonts and datasets from (its GitHub releases). YOLOKF_ONLINE_PROBE=HOST:PORT
+# points the check elsewhere, such as a proxy that a cluster's pods must use.
+PROBE_ENV = "YOLOKF_ONLINE_PROBE"
+DEFAULT_PROBE = "github.com:443"
+
+
+def is_online(timeout: float = 3.0) -> bool:
     """Whether the ultralytics asset host answers; False at once under YOLO_OFFLINE/YOLOKF_OFFLINE."""
     if _env_true("YOLO_OFFLINE") or _env_true("YOLOKF_OFFLINE"):
         return False
+    host, _, port = (os.getenv(PROBE_ENV) or DEFAULT_PROBE).rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"{PROBE_ENV} must be HOST:PORT, such as {DEFAULT_PROBE}.")
+    return _answers(host, int(port), timeout)
+
+
+@cache
+def _answers(host: str, port: int, timeout: float) -> bool:
+    """One TCP connect per host and process: a step asks several times, and a dead network costs `timeout` each."""
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError:
         return False
     return True
@@ -51,6 +66,11 @@ def check_model(model: str) -> None:
     """Raise unless `model` is on disk, is one of ultralytics' model YAMLs, or can be downloaded."""
     path = Path(model).expanduser()
     if path.is_file():
+        if path.suffix == ".pt" and not zipfile.is_zipfile(path):  # torch.save writes a zip archive since 1.6
+            raise UsageError(
+                f"--model {model} is not a PyTorch weights file; give ultralytics weights (best.pt, yolov8n.pt) "
+                "or a model YAML (yolov8n.yaml)."
+            )
         return
     if model.endswith((".yaml", ".yml")):
         if builtin_model_yaml(model) or path.is_file():

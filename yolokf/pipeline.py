@@ -1,13 +1,15 @@
-"""The one training component and the pipeline around it.
+"""The one training component, the download component, the `yolov8-train` pipeline, and `compile`.
 
-`compile`, local `run`, remote `run` and the image all use `yolo_train`. It is a lightweight
-component that installs nothing at start (the image holds yolokf, kfp and ultralytics) and hands
-over to `yolokf.train.train_step`.
+`compile`, local `run`, remote `run` and the image all use `yolo_train`: a lightweight component that installs
+nothing at start (the image holds yolokf, kfp and ultralytics) and hands over to
+`yolokf.steps.train.train_step`. Its training inputs, like the pipeline's parameters, are generated from the
+training fields (`yolokf.settings.TrainConfig`), so a field is never listed here.
 """
 
+import inspect
+import linecache
 import os
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -15,26 +17,20 @@ from kfp import compiler, dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from yolokf import __version__
-from yolokf.cluster import StepOptions, apply_fetch_options, apply_step_options, ultralytics_device
 from yolokf.errors import UsageError
-from yolokf.settings import TrainConfig
+from yolokf.job import Job
+from yolokf.settings import training_fields
+from yolokf.step_options import apply_fetch_options, apply_step_options
 
 PIPELINE_NAME = "yolov8-train"
-# Replaced per task by cluster.apply_step_options (the image build-image made, or --image).
+# Replaced per task by step_options.apply_step_options (the image build-image made, or --image).
 PLACEHOLDER_IMAGE = f"yolokf:{__version__}"
 
-
-@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
+# The component's source is what a pod runs (kfp embeds it in the container command), so its signature must be
+# spelled out in text: it is generated from the training fields. Outputs and step inputs follow them.
+_TRAIN_SOURCE = '''\
 def yolo_train(
-    model: str,
-    data: str,
-    epochs: int,
-    imgsz: int,
-    batch: int,
-    device: str,
-    workers: int,
-    seed: int,
-    train_args: dict,
+    {fields}
     weights: Output[Model],
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -44,32 +40,42 @@ def yolo_train(
     run_key: str = "",
 ):
     """Train an Ultralytics YOLO model (yolokf)."""
-    from yolokf.train import train_step
+    inputs = dict(locals())
+    from yolokf.steps.train import train_step
 
-    train_step(
-        model=model,
-        data=data,
-        epochs=epochs,
-        imgsz=imgsz,
-        batch=batch,
-        device=device,
-        workers=workers,
-        seed=seed,
-        train_args=train_args,
-        weights=weights,
-        metrics=metrics,
-        report=report,
-        run_dir=run_dir,
-        dataset=dataset,
-        checkpoint_dir=checkpoint_dir,
-        run_key=run_key,
+    train_step(**inputs)
+'''
+
+
+def _generated_function(name: str, source: str) -> Any:
+    """Define function `name` from `source` so that `inspect.getsource` (kfp's component factory) finds it."""
+    filename = f"<yolokf.pipeline {name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace: dict[str, Any] = {
+        "Output": Output,
+        "Input": Input,
+        "Model": Model,
+        "Metrics": Metrics,
+        "HTML": HTML,
+        "Artifact": Artifact,
+        "Dataset": Dataset,
+    }
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace[name]
+
+
+yolo_train = dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)(
+    _generated_function(
+        "yolo_train",
+        _TRAIN_SOURCE.format(fields="\n    ".join(f"{f.name}: {f.type.__name__}," for f in training_fields())),
     )
+)
 
 
 @dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
 def fetch_dataset(uri: str, dataset: Output[Dataset]):
     """Download a dataset from s3://, gs:// or https:// (yolokf); cached by KFP for the same URI."""
-    from yolokf.fetch import fetch_step
+    from yolokf.steps.fetch import fetch_step
 
     fetch_step(uri=uri, dataset=dataset)
 
@@ -81,50 +87,23 @@ class PipelineOutputs(NamedTuple):
     run_dir: Artifact
 
 
-def build_pipeline(config: TrainConfig, step: StepOptions) -> Any:
-    """The `yolov8-train` pipeline, with `config`'s values as its parameter defaults.
+def build_pipeline(job: Job) -> Any:
+    """The `yolov8-train` pipeline: one parameter per training field, `job.config`'s values as the defaults.
 
-    A remote `config.data` adds a download step (s3://, gs://, https://) or a PVC mount (pvc://).
+    A remote dataset adds a download step (s3://, gs://, https://); a PVC dataset is mounted (step options).
     """
-    from yolokf.fetch import check_data_source
+    fields = training_fields()
+    defaults = job.config.parameters()
 
-    # Any URI, so that ftp://... is refused rather than taken for a folder inside the image.
-    source = check_data_source(config.data, step) if "://" in config.data else None
-    config = config.with_overrides(device=ultralytics_device(step.gpus, config.device))
-    if source is not None and not source.fetched:
-        step = replace(step, data_pvc=source.bucket)
-
-    def yolov8_train(
-        model: str = config.model,
-        data: str = config.data,
-        epochs: int = config.epochs,
-        imgsz: int = config.imgsz,
-        batch: int = config.batch,
-        device: str = config.device,
-        workers: int = config.workers,
-        seed: int = config.seed,
-        train_args: dict = config.extra,  # noqa: B008 - a default the KFP UI shows
-    ) -> PipelineOutputs:
+    def yolov8_train(*values: Any) -> PipelineOutputs:
+        params = dict(zip((f.name for f in fields), values, strict=True))
         inputs: dict[str, Any] = {}
-        if source is not None and source.fetched:
-            fetched = fetch_dataset(uri=data)
-            apply_fetch_options(fetched, step)
+        if job.fetches_data:
+            fetched = fetch_dataset(uri=params["data"])
+            apply_fetch_options(fetched, job.step)
             inputs["dataset"] = fetched.outputs["dataset"]
-        task = yolo_train(
-            model=model,
-            data=data,
-            epochs=epochs,
-            imgsz=imgsz,
-            batch=batch,
-            device=device,
-            workers=workers,
-            seed=seed,
-            train_args=train_args,
-            checkpoint_dir=step.checkpoint_path,
-            run_key=step.run_key or "",
-            **inputs,
-        )
-        apply_step_options(task, step)
+        task = yolo_train(**params, checkpoint_dir=job.step.checkpoint_path, run_key=job.step.run_key or "", **inputs)
+        apply_step_options(task, job.step)
         return PipelineOutputs(
             weights=task.outputs["weights"],
             metrics=task.outputs["metrics"],
@@ -132,13 +111,24 @@ def build_pipeline(config: TrainConfig, step: StepOptions) -> Any:
             run_dir=task.outputs["run_dir"],
         )
 
+    # kfp reads the pipeline's parameters, types and defaults from the function's signature, and calls it with
+    # them in that order.
+    yolov8_train.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[f.name], annotation=f.type
+            )
+            for f in fields
+        ],
+        return_annotation=PipelineOutputs,
+    )
     return dsl.pipeline(
         name=PIPELINE_NAME,
         description=f"Train an Ultralytics YOLO model (yolokf {__version__}).",
     )(yolov8_train)
 
 
-def compile_pipeline(config: TrainConfig, step: StepOptions, out: Path) -> Path:
+def compile_pipeline(job: Job, out: Path) -> Path:
     """Write the pipeline YAML to `out` atomically: on failure no partial file is left."""
     out = Path(out)
     parent = out.parent if str(out.parent) else Path(".")
@@ -148,8 +138,11 @@ def compile_pipeline(config: TrainConfig, step: StepOptions, out: Path) -> Path:
         raise UsageError(f"Cannot write {out}: folder {parent} does not exist. Create it or choose another --out.")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"Cannot write {out}: folder {parent} is not writable. Choose another --out.")
-    pipeline = build_pipeline(config, step)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.yaml", dir=parent)
+    pipeline = build_pipeline(job)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.yaml", dir=parent)
+    except OSError as exc:  # the folder takes no new files (read-only mount, quota, sticky dir of another user)
+        raise UsageError(f"Cannot write {out}: {exc.strerror}. Choose another --out.") from None
     os.close(fd)
     try:
         compiler.Compiler().compile(pipeline, package_path=tmp)

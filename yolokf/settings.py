@@ -1,22 +1,20 @@
-"""What to train: ultralytics' train arguments, checked before anything runs.
+"""What to train: the training fields, defined once, and ultralytics' train arguments checked before anything runs.
 
 Names follow ultralytics (`model`, `data`, `epochs`, `imgsz`, `batch`, ...). Anything else goes
-through `--set KEY=VALUE` and is checked against ultralytics' own config rules.
+through `--set KEY=VALUE` (the `train_args` field) and is checked against ultralytics' own config rules.
 """
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, get_origin, get_type_hints
 
-import yaml
-
-from yolokf import ultralytics_cfg
 from yolokf.errors import UsageError
 
-# Keys with their own flag, and keys yolokf sets itself; --set refuses them with a pointer.
-OWN_FLAGS = ("model", "data", "epochs", "imgsz", "batch", "device", "workers", "seed")
+if TYPE_CHECKING:
+    from yolokf.ultralytics_cfg import UltralyticsCfg
+
 MANAGED = {
     "project": "yolokf writes the run folder into the step's outputs",
     "name": "yolokf writes the run folder into the step's outputs",
@@ -27,53 +25,118 @@ MANAGED = {
 }
 
 
+def _field(default: Any, help: str, *, minimum: int | None = None, flag: str | None = None) -> Any:
+    """A training field: its default, its --help text, its lower bound, and its flag when not `--NAME`."""
+    metadata = {"help": help, "minimum": minimum, "flag": flag}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """The arguments of one `YOLO(model).train(...)` call."""
+    """The training fields: the one definition of what a training run takes.
 
-    model: str = "yolov8n.pt"
-    data: str = "coco128.yaml"
-    epochs: int = 100
-    imgsz: int = 640
-    batch: int = 16
-    device: str = ""
-    workers: int = 8
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    Each field is, under the same name, a CLI flag, a pipeline parameter (its compiled default is the
+    resolved value), a run argument of `run --host`, an input of the training component, and an argument of
+    `YOLO(model).train(...)` (`model` goes to `YOLO()`, `data` is resolved in the step, `train_args` is
+    spread). Names and defaults are ultralytics' own. Adding a field here adds it everywhere.
+    """
+
+    model: str = _field("yolov8n.pt", "Weights (.pt) or model YAML (yolov8n.yaml trains from scratch).")
+    data: str = _field(
+        "coco128.yaml",
+        "Dataset YAML, YOLO dataset folder, 'shapes' (built in, offline), s3:// gs:// https:// folder or archive, "
+        "or pvc://PVC/path/data.yaml.",
+    )
+    epochs: int = _field(100, "Training epochs.", minimum=1)
+    imgsz: int = _field(640, "Image size in pixels.", minimum=1)
+    batch: int = _field(16, "Batch size.", minimum=1)
+    device: str = _field("", "ultralytics device: '' picks, 'cpu', '0', '0,1'.")
+    workers: int = _field(8, "DataLoader workers.", minimum=0)
+    seed: int = _field(0, "Random seed.", minimum=0)
+    train_args: dict[str, Any] = _field(
+        {}, "Any other ultralytics train argument, KEY=VALUE (repeatable).", flag="--set"
+    )
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "imgsz", "batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"--{name} must be a whole number of at least 1, got {value!r}.")
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise UsageError(f"--workers must be a whole number of at least 0, got {self.workers!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UsageError(f"--seed must be a whole number of at least 0, got {self.seed!r}.")
+        for spec in fields(self):
+            value, minimum = getattr(self, spec.name), spec.metadata["minimum"]
+            if minimum is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise UsageError(f"--{spec.name} must be a whole number of at least {minimum}, got {value!r}.")
         if not self.model.strip():
             raise UsageError("--model is empty: give a weights file (yolov8n.pt) or a model YAML (yolov8n.yaml).")
         if not self.data.strip():
             raise UsageError("--data is empty: give a dataset YAML, a dataset folder, or 'shapes'.")
-        object.__setattr__(self, "extra", check_train_args(self.extra))
+        object.__setattr__(self, "train_args", check_train_args(dict(self.train_args or {})))
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any]) -> TrainConfig:
+        """The config a training step received as its inputs (the inverse of `parameters`)."""
+        names = {spec.name for spec in fields(cls)}
+        unknown = sorted(set(parameters) - names)
+        if unknown:
+            raise UsageError(f"Unknown training parameters: {', '.join(unknown)}; known: {', '.join(sorted(names))}.")
+        return cls(**dict(parameters))
+
+    def parameters(self) -> dict[str, Any]:
+        """The pipeline parameters, by name: compiled as defaults, submitted as run arguments, received by the step."""
+        return {spec.name: _copy(getattr(self, spec.name)) for spec in fields(self)}
 
     def train_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `YOLO.train`, without `data` (resolved inside the step)."""
-        return {
-            "epochs": self.epochs,
-            "imgsz": self.imgsz,
-            "batch": self.batch,
-            "device": self.device or None,
-            "workers": self.workers,
-            "seed": self.seed,
-            **self.extra,
-        }
+        """Keyword arguments for `YOLO(self.model).train`, without `data` (resolved inside the step)."""
+        kwargs = {name: value for name, value in self.parameters().items() if name not in ("model", "data")}
+        kwargs["device"] = kwargs["device"] or None  # ultralytics picks on None, not on ''
+        extra = kwargs.pop("train_args")
+        return {**kwargs, **extra}
 
     def with_overrides(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
 
 
+def _copy(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else value
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One training field as the CLI and the pipeline see it."""
+
+    name: str
+    type: type  # str, int or dict: what KFP types a pipeline parameter with
+    default: Any
+    help: str
+    flag: str
+
+
+def training_fields() -> tuple[FieldInfo, ...]:
+    """The training fields in order, with their types, defaults and help (from `TrainConfig`)."""
+    hints = get_type_hints(TrainConfig)
+    infos = []
+    for spec in fields(TrainConfig):
+        hint = hints[spec.name]
+        default = spec.default_factory() if spec.default_factory is not MISSING else spec.default
+        infos.append(
+            FieldInfo(
+                name=spec.name,
+                type=get_origin(hint) or hint,
+                default=default,
+                help=spec.metadata["help"],
+                flag=spec.metadata["flag"] or f"--{spec.name.replace('_', '-')}",
+            )
+        )
+    return tuple(infos)
+
+
+OWN_FLAGS = tuple(spec.name for spec in fields(TrainConfig) if spec.metadata["flag"] is None)
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """Turn repeated `--set KEY=VALUE` into a dict, values parsed as YAML like ultralytics' CLI does."""
+    import yaml  # 25 ms that `--help` and a compile without --set skip
+
     args: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -94,6 +157,10 @@ def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
     """Check extra train arguments against ultralytics' config; return them unchanged when valid."""
     if not args:
         return {}
+    import difflib
+
+    from yolokf import ultralytics_cfg
+
     cfg = ultralytics_cfg.load()  # 60 ms: only when there is something to check
     for key, value in args.items():
         if key in OWN_FLAGS:
@@ -113,7 +180,7 @@ def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
     return dict(args)
 
 
-def _type_problem(cfg: ultralytics_cfg.UltralyticsCfg, key: str, value: Any) -> str | None:
+def _type_problem(cfg: UltralyticsCfg, key: str, value: Any) -> str | None:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if value is None:
         typed = cfg.float_keys | cfg.fraction_keys | cfg.int_keys | cfg.bool_keys | cfg.str_keys
@@ -140,4 +207,7 @@ def _type_problem(cfg: ultralytics_cfg.UltralyticsCfg, key: str, value: Any) -> 
         return "must be true or false"
     if key in cfg.str_keys and not isinstance(value, str):
         return "must be text"
+    choices = cfg.choices.get(key)
+    if choices and str(value).lower() not in {c.lower() for c in choices}:  # ultralytics ignores case
+        return f"must be one of {', '.join(sorted(choices))}"
     return None

@@ -30,12 +30,14 @@ class UltralyticsCfg:
     bool_keys: frozenset[str]
     str_keys: frozenset[str]
     int_min: dict[str, int]
+    choices: dict[str, frozenset[str]]  # text arguments ultralytics accepts only from a fixed set
 
     def to_json(self) -> dict[str, Any]:
         return {
             "defaults": self.defaults,
             **{name: sorted(getattr(self, _field(name))) for name in _SETS},
             "CFG_INT_MIN": self.int_min,
+            "CHOICES": {key: sorted(values) for key, values in self.choices.items()},
         }
 
     @classmethod
@@ -44,6 +46,7 @@ class UltralyticsCfg:
             defaults=data["defaults"],
             **{_field(name): frozenset(data[name]) for name in _SETS},
             int_min=data["CFG_INT_MIN"],
+            choices={key: frozenset(values) for key, values in data["CHOICES"].items()},
         )
 
 
@@ -61,7 +64,7 @@ def installed_package_dir() -> Path | None:
 
 def read_installed(package_dir: Path) -> UltralyticsCfg:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    defaults = yaml.load((package_dir / "cfg" / "default.yaml").read_text(), Loader=loader)  # noqa: S506
+    defaults = yaml.load((package_dir / "cfg" / "default.yaml").read_text(), Loader=loader)
     tree = ast.parse((package_dir / "cfg" / "__init__.py").read_text())
     found: dict[str, Any] = {}
     for node in tree.body:
@@ -76,7 +79,23 @@ def read_installed(package_dir: Path) -> UltralyticsCfg:
         defaults=defaults,
         **{_field(name): frozenset(found.get(name, ())) for name in _SETS},
         int_min=dict(found.get("CFG_INT_MIN", {})),
+        choices={"optimizer": _optimizers(package_dir)},
     )
+
+
+def _optimizers(package_dir: Path) -> frozenset[str]:
+    """The names `BaseTrainer.build_optimizer` accepts: its `optimizers = {...}` set (engine/trainer.py)."""
+    tree = ast.parse((package_dir / "engine" / "trainer.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "build_optimizer":
+            for inner in ast.walk(node):
+                if (
+                    isinstance(inner, ast.Assign)
+                    and [getattr(t, "id", None) for t in inner.targets] == ["optimizers"]
+                    and isinstance(inner.value, ast.Set)
+                ):
+                    return frozenset(ast.literal_eval(inner.value))
+    return frozenset()
 
 
 @cache

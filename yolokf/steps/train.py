@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from yolokf import offline
-from yolokf.datasets import resolve_data
+from yolokf.datasets import prepare_dataset, resolve_data
 from yolokf.errors import TrainingError
-from yolokf.fetch import prepare_dataset, pvc_local_path
 from yolokf.settings import TrainConfig
+from yolokf.step_options import DATA_PVC_PATH
 
 RUN_NAME = "train"
 _KIND_PREFIX = {"B": "", "M": "mask_", "P": "pose_"}
@@ -98,7 +98,7 @@ def train(
     from ultralytics import YOLO
     from ultralytics.utils import USER_CONFIG_DIR
 
-    from yolokf.checkpoint import clear_run, default_run_key, find_checkpoint
+    from yolokf.steps.checkpoint import clear_run, default_run_key, find_checkpoint
 
     offline.place_fonts(Path(USER_CONFIG_DIR))
     project, name = (
@@ -117,7 +117,7 @@ def train(
             # Only what ultralytics lets a resume change: this attempt's dataset path, device and workers.
             kwargs = config.train_kwargs()
             results = model.train(
-                resume=True, data=data_path, device=kwargs["device"], workers=config.workers, save_dir=str(save_dir)
+                resume=True, data=data_path, device=kwargs["device"], workers=kwargs["workers"], save_dir=str(save_dir)
             )
         else:
             if checkpoint_dir:
@@ -154,7 +154,7 @@ def write_outputs(
     result: TrainResult, config: TrainConfig, *, weights: Any, metrics: Any, report: Any, run_dir: Any
 ) -> None:
     """Fill the step's artifacts: weights (Model), metrics (Metrics), report (HTML), run folder (Artifact)."""
-    from yolokf.report import render_report
+    from yolokf.steps.report import render_report
 
     weights_dir = Path(weights.path)
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +169,7 @@ def write_outputs(
             "imgsz": config.imgsz,
             "epochs": result.epochs,
             "model": config.model,
+            "parameters": config.parameters(),  # the training fields this step received
             "ultralytics_version": result.ultralytics_version,
             "metrics": result.metrics,
             "files": sorted(p.name for p in weights_dir.iterdir()),
@@ -186,15 +187,6 @@ def write_outputs(
 
 def train_step(
     *,
-    model: str,
-    data: str,
-    epochs: int,
-    imgsz: int,
-    batch: int,
-    device: str,
-    workers: int,
-    seed: int,
-    train_args: dict,
     weights: Any,
     metrics: Any,
     report: Any,
@@ -202,25 +194,16 @@ def train_step(
     dataset: Any = None,
     checkpoint_dir: str = "",
     run_key: str = "",
+    **parameters: Any,
 ) -> None:
-    """Entry point of the pipeline's training component."""
-    config = TrainConfig(
-        model=model,
-        data=data,
-        epochs=epochs,
-        imgsz=imgsz,
-        batch=batch,
-        device=device,
-        workers=workers,
-        seed=seed,
-        extra=dict(train_args or {}),
-    )
+    """Entry point of the pipeline's training component: `parameters` are its training fields."""
+    config = TrainConfig.from_parameters(parameters)
     with tempfile.TemporaryDirectory(prefix="yolokf-train-") as workdir:
         local_data = None
         if dataset is not None:  # the download step's output
             local_data = prepare_dataset(Path(dataset.path), Path(workdir) / "data")
-        elif data.startswith("pvc://"):  # mounted by the pipeline (yolokf.cluster)
-            local_data = prepare_dataset(pvc_local_path(data), Path(workdir) / "data")
+        elif Path(config.data).is_relative_to(DATA_PVC_PATH):  # a PVC the pipeline mounted (step_options)
+            local_data = prepare_dataset(Path(config.data), Path(workdir) / "data")
         result = train(
             config, Path(workdir), data=local_data, checkpoint_dir=checkpoint_dir or None, run_key=run_key or None
         )

@@ -1,8 +1,8 @@
-"""How the pipeline's steps run on Kubernetes: image, GPUs, /dev/shm, resources, scheduling, data, checkpoints.
+"""How the pipeline's steps run as pods: image, GPUs, /dev/shm, resources, scheduling, data, checkpoints.
 
-All step settings are applied here, in one place, for compile and remote run alike (docs/cluster.md).
-kfp.local ignores them, so local runs are unaffected; only the checkpoint folder and run key reach the
-training code itself.
+All step settings are checked and applied here, in one place, for compile and remote run alike
+(docs/cluster.md). kfp.local ignores them, so local runs are unaffected; only the checkpoint folder and run
+key reach the training code itself.
 """
 
 from __future__ import annotations
@@ -61,12 +61,16 @@ class Toleration:
 
 @dataclass(frozen=True)
 class StepOptions:
-    """Kubernetes-side settings of the pipeline's steps, plus where the training step keeps checkpoints."""
+    """Kubernetes-side settings of the pipeline's steps, plus where the training step keeps checkpoints.
 
-    image: str
+    Field names are the CLI flags' (`--node-selector` -> node_selector); the CLI's parsers hand over typed
+    values (pairs, tolerations, seconds), and `__post_init__` refuses what Kubernetes or kfp would refuse.
+    """
+
+    image: str = ""  # "" until the job is planned: the image build-image made, --image, or "local"
     gpus: int | None = None  # None: no accelerator request, ultralytics picks the device
     accelerator_type: str = DEFAULT_ACCELERATOR
-    shm_size: str | None = DEFAULT_SHM_SIZE
+    shm_size: str | None = DEFAULT_SHM_SIZE  # None: no memory-backed /dev/shm
     cpu: str | None = None
     memory: str | None = None
     node_selector: tuple[tuple[str, str], ...] = ()
@@ -79,12 +83,16 @@ class StepOptions:
     retries: int = 0
     data_secret: str | None = None
     s3_endpoint_url: str | None = None
-    data_pvc: str | None = None  # set from a pvc:// --data
+    data_pvc: str | None = None  # the PVC mounted at DATA_PVC_PATH (--data-pvc, or pvc:// in --data)
     checkpoint_pvc: str | None = None
     checkpoint_dir: str | None = None
     run_key: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("node_selector", "tolerations", "image_pull_secrets", "pod_labels", "pod_annotations"):
+            object.__setattr__(self, name, tuple(getattr(self, name) or ()))  # repeatable flags come as lists
+        if self.shm_size in ("", "0"):
+            object.__setattr__(self, "shm_size", None)
         check_step_options(self)
 
     @property
@@ -96,10 +104,15 @@ class StepOptions:
 
     def for_local(self) -> StepOptions:
         """What a kfp.local run keeps: the checkpoint folder and run key; cluster settings do not apply there."""
+        if self.data_pvc:
+            raise UsageError(
+                f"--data-pvc {self.data_pvc} is a cluster volume; locally, pass the dataset's folder or YAML, "
+                "or run with --host."
+            )
         local_dir = str(Path(self.checkpoint_dir).expanduser().resolve()) if self.checkpoint_dir else None
         # Object-store credentials come from this machine's environment (boto3's usual chain).
         return StepOptions(
-            image=self.image,
+            image="local",
             shm_size=None,
             data_secret=AMBIENT_CREDENTIALS,
             s3_endpoint_url=self.s3_endpoint_url,
@@ -117,15 +130,12 @@ def ultralytics_device(gpus: int | None, device: str) -> str:
     return ",".join(str(i) for i in range(gpus))
 
 
-def parse_pairs(items: list[str] | None, flag: str) -> tuple[tuple[str, str], ...]:
-    """`KEY=VALUE` items (repeatable flags) as pairs; Kubernetes label syntax is checked by StepOptions."""
-    pairs: list[tuple[str, str]] = []
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{flag} {item!r} is not KEY=VALUE; for example {flag} cloud.google.com/gke-spot=true")
-        pairs.append((key.strip(), value.strip()))
-    return tuple(pairs)
+def parse_pair(item: str, flag: str) -> tuple[str, str]:
+    """One `KEY=VALUE` item of a repeatable flag; Kubernetes label syntax is checked by StepOptions."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"{flag} {item!r} is not KEY=VALUE; for example {flag} cloud.google.com/gke-spot=true")
+    return key.strip(), value.strip()
 
 
 def parse_toleration(text: str) -> Toleration:

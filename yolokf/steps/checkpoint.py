@@ -22,15 +22,7 @@ def default_run_key(config: TrainConfig) -> str:
 
     Device and workers are left out: a retry on another node (other GPUs) still resumes.
     """
-    identity = {
-        "model": config.model,
-        "data": config.data,
-        "epochs": config.epochs,
-        "imgsz": config.imgsz,
-        "batch": config.batch,
-        "seed": config.seed,
-        "extra": config.extra,
-    }
+    identity = {name: value for name, value in config.parameters().items() if name not in ("device", "workers")}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(config.model).stem)[:40] or "run"
     return f"{stem}-{digest}"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from yolokf.settings import TrainConfig
-    from yolokf.train import TrainResult
+    from yolokf.steps.train import TrainResult
 
 # First match wins per row; names differ between ultralytics tasks and versions.
 PLOTS = (

@@ -1,0 +1,408 @@
+"""The CLI's options: types, help, panels and environment variables, and the decorators that share them.
+
+`@training_options` gives a command one option per training field, generated from `yolokf.settings.TrainConfig`
+(name, type, default, help), and hands the command a checked `TrainConfig`. `@step_options` gives it the pod
+settings and hands it a `StepOptions`. Each flag's text is parsed once, here, into the type the core uses.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple
+
+import typer
+
+from yolokf.settings import TrainConfig, parse_set, training_fields
+from yolokf.step_options import (
+    DEFAULT_ACCELERATOR,
+    DEFAULT_SHM_SIZE,
+    StepOptions,
+    Toleration,
+    parse_duration,
+    parse_pair,
+    parse_toleration,
+)
+
+K8S_PANEL = "Cluster (ignored by local runs)"
+DATA_PANEL = "Data sources"
+RESUME_PANEL = "Checkpoints and resume"
+KFP_PANEL = "Kubeflow Pipelines cluster (--host)"
+
+
+class Pair(NamedTuple):
+    """KEY=VALUE of a repeatable flag (a label, annotation or node selector)."""
+
+    key: str
+    value: str
+
+
+def _pairs(flag: str) -> Callable[[str], Pair]:
+    def parse(item: str) -> Pair:
+        return Pair(*parse_pair(item, flag))
+
+    return parse
+
+
+def _duration(text: str) -> int | None:
+    return parse_duration(text, "--step-timeout")
+
+
+# Pod settings: parameter names are StepOptions' fields.
+STEP_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "gpus": (
+        Annotated[
+            int | None,
+            typer.Option(
+                help="Accelerators for the training pod; N>1 trains with DDP on all, 0 on CPU.",
+                rich_help_panel=K8S_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "accelerator_type": (
+        Annotated[str, typer.Option(help="Resource name the device plugin advertises.", rich_help_panel=K8S_PANEL)],
+        DEFAULT_ACCELERATOR,
+    ),
+    "shm_size": (
+        Annotated[
+            str,
+            typer.Option(help="Memory-backed /dev/shm for DataLoader workers; 0 for none.", rich_help_panel=K8S_PANEL),
+        ],
+        DEFAULT_SHM_SIZE,
+    ),
+    "cpu": (
+        Annotated[str | None, typer.Option(help="CPU request and limit, e.g. 8 or 500m.", rich_help_panel=K8S_PANEL)],
+        None,
+    ),
+    "memory": (
+        Annotated[str | None, typer.Option(help="Memory request and limit, e.g. 32Gi.", rich_help_panel=K8S_PANEL)],
+        None,
+    ),
+    "node_selector": (
+        Annotated[
+            list[Pair] | None,
+            typer.Option(
+                help="KEY=VALUE node label (repeatable).",
+                parser=_pairs("--node-selector"),
+                metavar="TEXT",
+                rich_help_panel=K8S_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "tolerations": (
+        Annotated[
+            list[Toleration] | None,
+            typer.Option(
+                "--toleration",
+                help="KEY=VALUE:EFFECT, KEY:EFFECT or KEY, as kubectl taint (repeatable).",
+                parser=parse_toleration,
+                metavar="TEXT",
+                rich_help_panel=K8S_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "image_pull_secrets": (
+        Annotated[
+            list[str] | None,
+            typer.Option("--image-pull-secret", help="Registry Secret (repeatable).", rich_help_panel=K8S_PANEL),
+        ],
+        None,
+    ),
+    "image_pull_policy": (
+        Annotated[str | None, typer.Option(help="Always, IfNotPresent or Never.", rich_help_panel=K8S_PANEL)],
+        None,
+    ),
+    "pod_labels": (
+        Annotated[
+            list[Pair] | None,
+            typer.Option(
+                "--pod-label",
+                help="KEY=VALUE pod label (repeatable).",
+                parser=_pairs("--pod-label"),
+                metavar="TEXT",
+                rich_help_panel=K8S_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "pod_annotations": (
+        Annotated[
+            list[Pair] | None,
+            typer.Option(
+                "--pod-annotation",
+                help="KEY=VALUE pod annotation (repeatable).",
+                parser=_pairs("--pod-annotation"),
+                metavar="TEXT",
+                rich_help_panel=K8S_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "step_timeout": (
+        Annotated[
+            int | None,
+            typer.Option(
+                help="Time limit of the training pod, e.g. 12h or 90m (activeDeadlineSeconds).",
+                parser=_duration,
+                metavar="TEXT",
+                rich_help_panel=K8S_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "retries": (
+        Annotated[
+            int,
+            typer.Option(
+                help="Retries of a failed step, with backoff from 30 s; resumes with a checkpoint.",
+                rich_help_panel=K8S_PANEL,
+            ),
+        ],
+        0,
+    ),
+    "data_pvc": (
+        Annotated[
+            str | None,
+            typer.Option(
+                help="PVC holding the dataset; --data is then the YAML's path in it.", rich_help_panel=DATA_PANEL
+            ),
+        ],
+        None,
+    ),
+    "data_secret": (
+        Annotated[
+            str | None,
+            typer.Option(
+                help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for s3:// gs://; '-' for pod identity.",
+                rich_help_panel=DATA_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "s3_endpoint_url": (
+        Annotated[
+            str | None,
+            typer.Option(
+                "--s3-endpoint-url",
+                envvar="YOLOKF_S3_ENDPOINT_URL",
+                help="S3 endpoint for MinIO and others.",
+                rich_help_panel=DATA_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "checkpoint_pvc": (
+        Annotated[
+            str | None,
+            typer.Option(help="PVC that keeps last.pt so a retried step resumes.", rich_help_panel=RESUME_PANEL),
+        ],
+        None,
+    ),
+    "checkpoint_dir": (
+        Annotated[
+            str | None,
+            typer.Option(
+                help="Folder that keeps last.pt (local runs, or a path mounted in the pod).",
+                rich_help_panel=RESUME_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "run_key": (
+        Annotated[
+            str | None,
+            typer.Option(
+                help="Checkpoint subfolder. Default: derived from the training arguments.", rich_help_panel=RESUME_PANEL
+            ),
+        ],
+        None,
+    ),
+}
+
+
+# How to reach the KFP API (`run --host`, `status`): parameter names are kfp_api.Connection's fields.
+CONNECTION_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "host": (
+        Annotated[
+            str | None,
+            typer.Option(
+                envvar=["KFP_HOST", "KF_PIPELINES_ENDPOINT"],
+                help="KFP API URL; run there instead of locally. E.g. http://localhost:8080 (port-forward of "
+                "ml-pipeline-ui).",
+                rich_help_panel=KFP_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "namespace": (
+        Annotated[
+            str | None,
+            typer.Option(
+                envvar="KFP_NAMESPACE", help="Profile namespace (multi-user Kubeflow).", rich_help_panel=KFP_PANEL
+            ),
+        ],
+        None,
+    ),
+    "ca_bundle": (
+        Annotated[
+            Path | None,
+            typer.Option(
+                envvar="YOLOKF_CA_BUNDLE",
+                help="PEM CA bundle that signed the API's certificate.",
+                rich_help_panel=KFP_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "insecure_skip_tls_verify": (
+        Annotated[
+            bool,
+            typer.Option(
+                "--insecure-skip-tls-verify", help="Do not verify the API's TLS certificate.", rich_help_panel=KFP_PANEL
+            ),
+        ],
+        False,
+    ),
+    "token_file": (
+        Annotated[
+            Path | None,
+            typer.Option(
+                envvar="YOLOKF_KFP_TOKEN_FILE",
+                help="File holding a bearer token. Else $KFP_TOKEN, else kfp's $KF_PIPELINES_SA_TOKEN_PATH.",
+                rich_help_panel=KFP_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "cookie_file": (
+        Annotated[
+            Path | None,
+            typer.Option(
+                envvar="YOLOKF_KFP_COOKIE_FILE",
+                help="File holding the Dex/OIDC session cookie NAME=VALUE. Else $KFP_COOKIE.",
+                rich_help_panel=KFP_PANEL,
+            ),
+        ],
+        None,
+    ),
+}
+
+
+def _training_option(field: Any) -> tuple[Any, Any]:
+    if field.type is dict:  # train_args: repeated --set KEY=VALUE, parsed like ultralytics' CLI
+        return Annotated[list[str] | None, typer.Option(field.flag, help=field.help)], None
+    return Annotated[field.type, typer.Option(field.flag, help=field.help)], field.default
+
+
+def _build_config(**values: Any) -> TrainConfig:
+    values["train_args"] = parse_set(values["train_args"] or [])
+    return TrainConfig(**values)
+
+
+def _replace_parameter(
+    command: Callable[..., Any], target: str, options: dict[str, tuple[Any, Any]], build: Callable[..., Any]
+) -> Callable[..., Any]:
+    """`command` with its parameter `target` replaced by `options` (name -> (annotation, default)).
+
+    Typer reads the options from the new signature; the wrapper builds `target` from their values with `build`.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    parameters: list[inspect.Parameter] = []
+    kind = inspect.Parameter.KEYWORD_ONLY  # typer passes every value by name
+    for parameter in signature.parameters.values():
+        if parameter.name != target:
+            parameters.append(parameter.replace(kind=kind))
+            continue
+        parameters += [inspect.Parameter(n, kind, annotation=a, default=d) for n, (a, d) in options.items()]
+
+    def wrapper(**kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in options}
+        return command(**kwargs, **{target: build(**values)})
+
+    wrapper.__name__ = command.__name__
+    wrapper.__doc__ = command.__doc__
+    wrapper.__module__ = command.__module__
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
+
+
+def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Replace the command's `config: TrainConfig` parameter with one option per training field."""
+    options = {field.name: _training_option(field) for field in training_fields()}
+    return _replace_parameter(command, "config", options, _build_config)
+
+
+def step_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Replace the command's `step: StepOptions` parameter with the pod-setting options."""
+    return _replace_parameter(command, "step", STEP_OPTIONS, StepOptions)
+
+
+def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Replace the command's `connection: Connection` parameter with the `--host` options."""
+    from yolokf.kfp_api import Connection
+
+    return _replace_parameter(command, "connection", CONNECTION_OPTIONS, Connection)
+
+
+Image = Annotated[
+    str | None,
+    typer.Option(envvar="YOLOKF_IMAGE", help="Step image (tag or digest). Default: the image build-image made."),
+]
+PipelineRoot = Annotated[
+    str | None,
+    typer.Option(
+        envvar="YOLOKF_PIPELINE_ROOT",
+        help="Where outputs go: a folder for local runs (default yolokf-runs); with --host an object-store URI, "
+        "e.g. minio://mlpipeline/v2/artifacts (default: the cluster's).",
+    ),
+]
+Verbose = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Local runs: also show kfp.local's own output (executor input, artifacts)."),
+]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Pipeline YAML to write.")]
+
+Wait = Annotated[
+    bool,
+    typer.Option("--wait", help="Follow the run until it ends; exit 4 unless it succeeds.", rich_help_panel=KFP_PANEL),
+]
+Timeout = Annotated[
+    str | None, typer.Option(help="With --wait: give up after this long, e.g. 90m or 12h.", rich_help_panel=KFP_PANEL)
+]
+TerminateOnInterrupt = Annotated[
+    bool,
+    typer.Option(
+        "--terminate-on-interrupt",
+        help="With --wait: Ctrl-C terminates the run without asking (for scripts).",
+        rich_help_panel=KFP_PANEL,
+    ),
+]
+PollInterval = Annotated[float, typer.Option(envvar="YOLOKF_POLL_INTERVAL", hidden=True)]
+Experiment = Annotated[
+    str, typer.Option(envvar="YOLOKF_EXPERIMENT", help="Experiment; created when missing.", rich_help_panel=KFP_PANEL)
+]
+RunName = Annotated[str | None, typer.Option(help="Default: <model>-<data>-<time>.", rich_help_panel=KFP_PANEL)]
+ServiceAccount = Annotated[
+    str | None, typer.Option(help="Kubernetes service account of the run's pods.", rich_help_panel=KFP_PANEL)
+]
+Cache = Annotated[
+    bool | None,
+    typer.Option(
+        "--cache/--no-cache", help="Reuse cached step results (every task). Default: on.", rich_help_panel=KFP_PANEL
+    ),
+]
+Upload = Annotated[
+    bool,
+    typer.Option("--upload", help="Register the pipeline (a new version if it exists).", rich_help_panel=KFP_PANEL),
+]
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run", help="With --host: print what would be submitted, contact nothing.", rich_help_panel=KFP_PANEL
+    ),
+]

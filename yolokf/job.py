@@ -1,0 +1,73 @@
+"""One training job, resolved once: what `compile` writes, what a local run runs and what `run --host` submits.
+
+`plan_job` turns the user's training fields and step settings into the values the training step will
+receive: the ultralytics device for `--gpus`, a PVC dataset as its path inside the pod, a remote dataset as
+a download step. The compiled pipeline's parameter defaults and the run arguments of `run --host` are both
+`job.config.parameters()`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
+
+from yolokf.data_sources import DataSource, is_remote, parse_data_uri, pvc_source
+from yolokf.errors import UsageError
+from yolokf.settings import TrainConfig
+from yolokf.step_options import AMBIENT_CREDENTIALS, DATA_PVC_PATH, StepOptions, ultralytics_device
+
+
+@dataclass(frozen=True)
+class Job:
+    """A training job as every face of yolokf runs it."""
+
+    config: TrainConfig  # the values the training step receives
+    step: StepOptions  # how its pods run
+    source: DataSource | None = None  # a dataset that is not on this machine: downloaded, or a mounted PVC
+
+    @property
+    def fetches_data(self) -> bool:
+        """Whether the pipeline has a download step before training."""
+        return self.source is not None and self.source.fetched
+
+
+def plan_job(config: TrainConfig, step: StepOptions, *, image: str) -> Job:
+    """Resolve `config` and `step` for a cluster (or a compiled pipeline) running `image`."""
+    if not image.strip():
+        raise UsageError("--image is empty; give a tag or digest such as registry.example.com/ml/yolokf@sha256:...")
+    step = replace(step, image=image)
+    source = _data_source(config.data, step)
+    if source is not None and source.scheme == "pvc":
+        step = replace(step, data_pvc=source.bucket)
+        config = config.with_overrides(data=str(PurePosixPath(DATA_PVC_PATH) / source.path))
+    config = config.with_overrides(device=ultralytics_device(step.gpus, config.device))
+    return Job(config, step, source)
+
+
+def plan_local_job(config: TrainConfig, step: StepOptions) -> Job:
+    """Resolve `config` and `step` for kfp.local on this machine: cluster settings do not apply."""
+    step = step.for_local()
+    source = _data_source(config.data, step)
+    if source is not None and source.scheme == "pvc":
+        raise UsageError(
+            f"{config.data} is on a cluster volume; locally, pass the dataset's folder or YAML, or run with --host."
+        )
+    return Job(config, step, source)
+
+
+def _data_source(data: str, step: StepOptions) -> DataSource | None:
+    """The parsed `--data` when it is not on this machine; refuses what cannot work with `step`."""
+    if step.data_pvc:
+        return pvc_source(step.data_pvc, data)
+    if not is_remote(data):
+        return None
+    source = parse_data_uri(data)
+    if source.scheme in ("s3", "gs") and not step.data_secret:
+        raise UsageError(
+            f"--data {data} needs credentials: give --data-secret NAME (a Secret with AWS_ACCESS_KEY_ID and "
+            f"AWS_SECRET_ACCESS_KEY), or --data-secret {AMBIENT_CREDENTIALS} when the pod has them already "
+            "(IRSA, Workload Identity, a public bucket)."
+        )
+    if source.scheme in ("http", "https", "gs") and step.s3_endpoint_url:
+        raise UsageError(f"--s3-endpoint-url applies to s3:// datasets only, not {data}.")
+    return source

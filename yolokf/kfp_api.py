@@ -1,0 +1,469 @@
+"""The Kubeflow Pipelines API: connection, credentials, the one `kfp.Client`, retries and error wording.
+
+Everything goes through the real `kfp.Client` (KFP v2 REST API, /apis/v2beta1), made by one
+factory, `kfp_client`. Failures of the API (unreachable host, DNS, TLS, 401/403/404, 5xx, a spec
+the server rejects) become one `ClusterError` line that says what to do; connection errors and 5xx
+are retried a bounded number of times with backoff. Tokens and cookies are only ever handed to
+kfp.Client: they are not printed, logged, or written into the compiled pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import ipaddress
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from yolokf.errors import ClusterError, UsageError
+
+T = TypeVar("T")
+
+# kfp's own variables, honoured as kfp.Client does.
+SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
+SA_TOKEN_DEFAULT_PATH = Path("/var/run/secrets/kubeflow/pipelines/token")
+UI_ENDPOINT_ENV = "KF_PIPELINES_UI_ENDPOINT"
+IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+TOKEN_ENVS = ("YOLOKF_KFP_TOKEN", "KFP_TOKEN")
+COOKIE_ENVS = ("YOLOKF_KFP_COOKIE", "KFP_COOKIE")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a transient failure (connection error, 5xx, 429) is tried again, with doubling waits."""
+
+    attempts: int = 4
+    first_delay: float = 1.0
+
+    def delays(self) -> Iterator[float]:
+        return (self.first_delay * 2**i for i in range(self.attempts - 1))
+
+
+RETRY = RetryPolicy()
+# Per request: a proxy that accepts the connection and never answers must not hang yolokf.
+REQUEST_TIMEOUT = (15.0, 120.0)  # connect, read (uploads can be slow)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What yolokf sends to the API. `source` names where it came from, never the secret itself."""
+
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    cookie: str | None = field(default=None, repr=False)
+    source: str = "no credentials"
+
+
+def resolve_credentials(
+    token_file: Path | None = None,
+    cookie_file: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Credentials:
+    """Find the bearer token and/or session cookie, in the order Kubeflow users keep them.
+
+    Token: --token-file, then $YOLOKF_KFP_TOKEN / $KFP_TOKEN, then kfp's $KF_PIPELINES_SA_TOKEN_PATH,
+    then the projected service-account token kfp uses in a pod. Cookie (Dex/OIDC): --cookie-file,
+    then $YOLOKF_KFP_COOKIE / $KFP_COOKIE.
+    """
+    env = os.environ if environ is None else environ
+    token: str | None = None
+    path: Path | None = None
+    sources = []
+    if token_file is not None:
+        path, label = Path(token_file), f"--token-file {token_file}"
+    elif env_name := next((n for n in TOKEN_ENVS if env.get(n, "").strip()), None):
+        token, label = env[env_name].strip(), f"${env_name}"
+    elif env.get(SA_TOKEN_PATH_ENV):
+        path, label = Path(env[SA_TOKEN_PATH_ENV]), f"${SA_TOKEN_PATH_ENV}"
+    elif SA_TOKEN_DEFAULT_PATH.is_file():
+        path, label = SA_TOKEN_DEFAULT_PATH, "the pod's KFP service-account token"
+    else:
+        label = ""
+    if path is not None:
+        _read_secret_file(path, "token", label)  # fail now, not inside the first request
+    if label:
+        sources.append(f"token from {label}")
+
+    cookie: str | None = None
+    if cookie_file is not None:
+        clabel = f"--cookie-file {cookie_file}"
+        cookie = _read_secret_file(Path(cookie_file), "cookie", clabel)
+    elif env_name := next((n for n in COOKIE_ENVS if env.get(n, "").strip()), None):
+        cookie, clabel = env[env_name].strip(), f"${env_name}"
+    if cookie is not None:
+        if cookie.lower().startswith("cookie:"):
+            cookie = cookie.split(":", 1)[1].strip()
+        if "=" not in cookie:
+            raise UsageError(
+                f"The cookie from {clabel} is not NAME=VALUE. Copy the whole session cookie from your browser, "
+                "for example KFP_COOKIE='oauth2_proxy_kubeflow=...' (or 'authservice_session=...' on older Kubeflow)."
+            )
+        sources.append(f"session cookie from {clabel}")
+    return Credentials(token, path, cookie, " and ".join(sources) or "no credentials")
+
+
+def _read_secret_file(path: Path, what: str, label: str) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"Cannot read the {what} file from {label}: {exc.strerror}.") from None
+    if not value:
+        raise UsageError(f"The {what} file from {label} is empty.")
+    return value
+
+
+@dataclass
+class Cluster:
+    """A connected Kubeflow Pipelines API: the kfp.Client and what yolokf learned about it."""
+
+    client: Any
+    host: str
+    namespace: str | None
+    multi_user: bool
+    credentials: Credentials
+    notify: Callable[[str], None]  # one line for the user: retries, warnings
+
+    @property
+    def ui(self) -> str:
+        return os.environ.get(UI_ENDPOINT_ENV, "").rstrip("/") or self.host
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.ui}/#/runs/details/{run_id}"
+
+    def call(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` with retries, kfp's prints silenced, failures as one ClusterError."""
+        return call_api(self, action, fn, *args, **kwargs)
+
+
+def normalize_host(host: str) -> str:
+    host = host.strip().rstrip("/")
+    parts = urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(
+            f"--host {host!r} is not an http(s) URL. Examples: http://localhost:8080 (a port-forward of "
+            "svc/ml-pipeline-ui), https://kubeflow.example.com/pipeline (multi-user Kubeflow)."
+        )
+    return host
+
+
+def _is_loopback(host: str) -> bool:
+    name = urlsplit(host).hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@functools.cache
+def _client_class() -> type:
+    import kfp.client
+    import urllib3
+
+    class YolokfClient(kfp.client.Client):
+        """kfp.Client with explicit configuration only, and failures left to yolokf's retry loop."""
+
+        def _load_config(self, *args: Any, **kwargs: Any) -> Any:
+            config = super()._load_config(*args, **kwargs)
+            # Retries happen in yolokf (bounded, with backoff, and announced). Redirects are not followed:
+            # an OIDC front (Dex, oauth2-proxy) answers 302 to its login page, which yolokf explains.
+            config.retries = urllib3.Retry(total=0, redirect=False, raise_on_redirect=False)
+            return config
+
+        def _load_context_setting_or_default(self) -> None:
+            # Not ~/.config/kfp/context.json: --namespace/$KFP_NAMESPACE are the only namespace source.
+            self._context_setting = {"namespace": ""}
+
+        def set_user_namespace(self, namespace: str) -> None:
+            self._context_setting["namespace"] = namespace  # no write to ~/.config/kfp
+
+        def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:
+            # kfp asks from __init__, before yolokf can set request timeouts, and retries 5 times 5 s apart on
+            # any ApiException (a 401 takes 25 s to report). yolokf asks once, in connect(), through call_api.
+            if not getattr(self, "_yolokf_ready", False):
+                return SimpleNamespace(multi_user=False)
+            return self._healthz_api.healthz_service_get_healthz()
+
+    return YolokfClient
+
+
+def kfp_client(
+    host: str,
+    *,
+    namespace: str | None = None,
+    ca_bundle: Path | None = None,
+    insecure_skip_verify: bool = False,
+    credentials: Credentials | None = None,
+) -> Any:
+    """The one place yolokf makes a `kfp.Client`. Raises the client's own exceptions."""
+    import warnings
+
+    credentials = credentials or Credentials()
+    token_credentials = None
+    if credentials.token_file is not None:
+        from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+        # Re-read before every request, like kfp does for projected (rotating) service-account tokens.
+        token_credentials = ServiceAccountTokenVolumeCredentials(str(credentials.token_file))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 ..."
+        client = _client_class()(
+            host=host,
+            namespace=namespace or "kubeflow",  # kfp's "not given"
+            existing_token=credentials.token,
+            cookies=credentials.cookie,
+            credentials=token_credentials,
+            ssl_ca_cert=str(ca_bundle) if ca_bundle else None,
+            verify_ssl=False if insecure_skip_verify else None,
+        )
+    # kfp.Client passes no timeout to its requests, and urllib3 then waits forever: a proxy that accepts
+    # and never answers would hang yolokf. All of the client's services share this one ApiClient.
+    api_client = client._run_api.api_client
+    api_client.rest_client = _rest_client_class()(api_client.configuration)
+    client._yolokf_ready = True
+    return client
+
+
+@functools.cache
+def _rest_client_class() -> type:
+    from kfp_server_api.rest import RESTClientObject
+
+    class TimeoutRESTClient(RESTClientObject):
+        def request(self, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+            return super().request(*args, _request_timeout=_request_timeout or REQUEST_TIMEOUT, **kwargs)
+
+    return TimeoutRESTClient
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach a Kubeflow Pipelines API: the `--host` flags of `run` and `status`."""
+
+    host: str | None = None
+    namespace: str | None = None
+    ca_bundle: Path | None = None
+    insecure_skip_tls_verify: bool = False
+    token_file: Path | None = None
+    cookie_file: Path | None = None
+
+
+def connect(connection: Connection, notify: Callable[[str], None] = print) -> Cluster:
+    """Check the options, make the client, and ask the API's healthz (which also tells multi-user).
+
+    `notify` receives the lines the user should see on the way: warnings, and retries of failed requests.
+    """
+    if not connection.host:
+        raise UsageError("No cluster given: pass --host URL (or set KFP_HOST), e.g. --host http://localhost:8080.")
+    host = normalize_host(connection.host)
+    namespace, ca_bundle = connection.namespace, connection.ca_bundle
+    insecure_skip_verify = connection.insecure_skip_tls_verify
+    token_file, cookie_file = connection.token_file, connection.cookie_file
+    if ca_bundle is not None and not Path(ca_bundle).is_file():
+        raise UsageError(f"--ca-bundle {ca_bundle} does not exist. Give the PEM file of the CA that signed {host}.")
+    credentials = resolve_credentials(token_file, cookie_file)
+    if insecure_skip_verify and host.startswith("https://"):
+        notify(
+            f"Warning: not verifying the TLS certificate of {host} (--insecure-skip-tls-verify). Anyone on the "
+            "network path can impersonate the cluster and read your credentials; prefer --ca-bundle."
+        )
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once above
+    if host.startswith("http://") and credentials.source != "no credentials" and not _is_loopback(host):
+        notify(f"Warning: sending the {credentials.source} over plain http to {host}; use https.")
+    namespace = namespace.strip() if namespace else None
+    cluster = Cluster(None, host, namespace or None, False, credentials, notify)
+    cluster.client = cluster.call(
+        f"Connecting to {host}",
+        kfp_client,
+        host,
+        namespace=namespace,
+        ca_bundle=ca_bundle,
+        insecure_skip_verify=insecure_skip_verify,
+        credentials=credentials,
+    )
+    healthz = cluster.call(f"Connecting to {host}", cluster.client.get_kfp_healthz)
+    cluster.multi_user = bool(getattr(healthz, "multi_user", False))
+    if cluster.multi_user and not cluster.namespace:
+        cluster.namespace = _in_cluster_namespace()  # in a pod, as kfp.Client does
+        if not cluster.namespace:
+            raise UsageError(
+                f"{host} is a multi-user Kubeflow: pass --namespace (your profile namespace, for example "
+                "kubeflow-user-example-com) or set KFP_NAMESPACE."
+            )
+    return cluster
+
+
+def _in_cluster_namespace() -> str | None:
+    try:
+        return IN_CLUSTER_NAMESPACE.read_text().strip() or None
+    except OSError:
+        return None
+
+
+@dataclass
+class _Problem:
+    message: str
+    transient: bool
+
+
+def call_api(
+    cluster: Cluster,
+    action: str,
+    fn: Callable[..., T],
+    *args: Any,
+    _recover: Callable[[], T | None] | None = None,
+    **kwargs: Any,
+) -> T:
+    """Run one API call with bounded retries; turn failures into a ClusterError naming `action`.
+
+    `_recover`, if given, runs before each retry and may return the result instead (a create whose
+    answer was lost must not be sent twice).
+    """
+    delays = RETRY.delays()
+    attempt = 1
+    while True:
+        try:
+            if attempt > 1 and _recover is not None:
+                found = _recover()
+                if found is not None:
+                    return found
+            with contextlib.redirect_stdout(io.StringIO()):  # kfp prints links itself; yolokf prints its own
+                return fn(*args, **kwargs)
+        except Exception as exc:
+            problem = _classify(exc, cluster)
+            if problem is None:
+                raise
+            delay = next(delays, None) if problem.transient else None
+            if delay is None:
+                tries = f" (tried {attempt} times)" if attempt > 1 else ""
+                raise ClusterError(f"{action} failed: {problem.message}{tries}") from None
+            cluster.notify(
+                f"{action}: {problem.message.split('. ')[0]}; retrying in {delay:g} s ({attempt}/{RETRY.attempts - 1})"
+            )
+            time.sleep(delay)
+            attempt += 1
+
+
+def _server_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            data = json.loads(body)
+        except (ValueError, TypeError):
+            data = None
+        if isinstance(data, dict):
+            message = data.get("message") or data.get("error")
+            if message:
+                return str(message).strip()
+    return str(getattr(exc, "reason", "") or "").strip()
+
+
+def _classify(exc: BaseException, cluster: Cluster) -> _Problem | None:
+    import kfp_server_api
+    import urllib3
+
+    host = cluster.host
+    if isinstance(exc, kfp_server_api.ApiException):
+        status = exc.status or 0
+        message = _server_message(exc)
+        if status == 0:
+            if "SSLError" in message or "CERTIFICATE" in message.upper():
+                return _tls_problem(host, message)
+            return _Problem(message or "the request could not be sent", False)
+        detail = f" ({message})" if message else ""
+        if 300 <= status < 400:
+            location = (exc.headers or {}).get("Location", "") if hasattr(exc, "headers") else ""
+            return _Problem(
+                f"{host} redirected to a login page ({location or status}): the cluster is behind Dex/OIDC. "
+                "Pass your session cookie (export KFP_COOKIE='oauth2_proxy_kubeflow=...', copied from the "
+                "browser, or --cookie-file) or a bearer token (KFP_TOKEN, --token-file).",
+                False,
+            )
+        if status == 401:
+            used = cluster.credentials.source
+            what = f"the {used} was refused" if used != "no credentials" else "no credentials were sent"
+            return _Problem(
+                f"401 Unauthorized from {host}{detail}: {what}. Pass a valid token (KFP_TOKEN, --token-file, "
+                f"{SA_TOKEN_PATH_ENV}) or, behind Dex/OIDC, a session cookie (KFP_COOKIE).",
+                False,
+            )
+        if status == 403:
+            namespace = f"namespace {cluster.namespace!r}" if cluster.namespace else "the default namespace"
+            return _Problem(
+                f"403 Forbidden from {host}{detail}: your account may not use {namespace}. Check --namespace "
+                "(your Kubeflow profile namespace) and that the profile grants you access.",
+                False,
+            )
+        if status == 404:
+            return _Problem(
+                f"404 Not Found from {host}{detail}. Check that --host is the Kubeflow Pipelines API "
+                "(http://localhost:8080 for a port-forward of svc/ml-pipeline-ui, https://<kubeflow>/pipeline "
+                "behind the Kubeflow gateway) and that the id and --namespace are right.",
+                False,
+            )
+        if status == 429 or status >= 500:
+            return _Problem(
+                f"{host} answered {status} {exc.reason or ''}{detail}. The KFP API server is failing or "
+                "overloaded: try again later, or check its pods (kubectl -n kubeflow get pods).".replace("  ", " "),
+                True,
+            )
+        return _Problem(f"{host} rejected the request with {status}{detail}.", False)
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        exc = exc.reason or exc
+    if isinstance(exc, urllib3.exceptions.NameResolutionError) or _is_dns_error(exc):
+        name = urlsplit(host).hostname
+        return _Problem(f"cannot resolve the host name {name!r}: check the spelling of --host and your DNS/VPN.", False)
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return _tls_problem(host, str(exc))
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError):
+        return _Problem(
+            f"cannot connect to {host} ({_short(exc)}). Is the API reachable? For a port-forward: "
+            "kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80, then --host http://localhost:8080.",
+            True,
+        )
+    if isinstance(exc, urllib3.exceptions.ProtocolError | urllib3.exceptions.ReadTimeoutError | ConnectionError):
+        return _Problem(f"the connection to {host} broke ({_short(exc)}).", True)
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        return _Problem(f"talking to {host} failed ({_short(exc)}).", True)
+    if isinstance(exc, ValueError) and type(exc).__module__.startswith(("kfp", "builtins")):
+        return _Problem(str(exc), False)
+    return None
+
+
+def _is_dns_error(exc: BaseException) -> bool:
+    import socket
+
+    while exc is not None:
+        if isinstance(exc, socket.gaierror):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    for pattern in (r"\[Errno -?\d+\] ([^')\]]+)", r"(timed out[^')]*)", r"(Remote end closed connection[^')]*)"):
+        if m := re.search(pattern, text):
+            return m[1].strip().rstrip(".")
+    return text.split(": ")[-1].strip("()'\" ")[:120]
+
+
+def _tls_problem(host: str, message: str) -> _Problem:
+    reason = re.search(r"certificate verify failed: ([^(')]+)", message)
+    why = reason[1].strip() if reason else _short(Exception(message))
+    return _Problem(
+        f"TLS verification of {host} failed ({why}). If the cluster uses a private CA, pass --ca-bundle ca.pem; "
+        "--insecure-skip-tls-verify skips the check (not recommended).",
+        False,
+    )
