@@ -155,9 +155,11 @@ def test_compile_pins_the_resolved_image(cli, record_dir: Path, tmp_path: Path) 
     out = tmp_path / "p.yaml"
     result = cli(["compile", "--out", out, "--model", "yolov8n.yaml", "--data", "shapes"])
     assert result.exit_code == 0, result.output
-    images_in_yaml = re.findall(r"image: (\S+)", out.read_text())
-    assert images_in_yaml == [resolve_image(None)], images_in_yaml
-    assert yaml.safe_load_all(out.read_text())
+    docs = list(yaml.safe_load_all(out.read_text()))
+    executors = docs[0]["deploymentSpec"]["executors"]
+    images = [e["container"]["image"] for e in executors.values()]
+    assert len(images) == 1 and images == [resolve_image(None)], images
+    assert re.fullmatch(rf"yolokf:{re.escape(__version__)}-[0-9a-f]{{12}}", images[0]), "never a floating tag"
 
 
 def test_no_engine_is_a_clear_error(cli, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -411,3 +413,8 @@ def test_baked_weights_train_offline(pushed, tmp_path: Path) -> None:
     config = TrainConfig(model="yolov8n.pt", data="shapes", epochs=1, imgsz=64, batch=8, workers=0)
     task = build_pipeline(plan_job(config, StepOptions(), image=reference))()
     assert (Path(task.outputs["weights"].path) / "best.pt").is_file()
+
+
+def test_a_folder_that_is_no_source_tree_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=rf"^{re.escape(str(tmp_path))} is not a yolokf source tree .*scripts/setup"):
+        plan_build(BuildSpec(source=tmp_path))

@@ -45,6 +45,12 @@ def _pairs(flag: str) -> Callable[[str], Pair]:
     return parse
 
 
+def _pair_option(flag: str, help: str) -> tuple[Any, Any]:
+    """A repeatable KEY=VALUE pod setting (label, annotation, node selector), parsed into Pairs."""
+    option = typer.Option(flag, help=help, parser=_pairs(flag), metavar="TEXT", rich_help_panel=K8S_PANEL)
+    return Annotated[list[Pair] | None, option], None
+
+
 def _duration(text: str) -> int | None:
     return parse_duration(text, "--step-timeout")
 
@@ -80,18 +86,7 @@ STEP_OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[str | None, typer.Option(help="Memory request and limit, e.g. 32Gi.", rich_help_panel=K8S_PANEL)],
         None,
     ),
-    "node_selector": (
-        Annotated[
-            list[Pair] | None,
-            typer.Option(
-                help="KEY=VALUE node label (repeatable).",
-                parser=_pairs("--node-selector"),
-                metavar="TEXT",
-                rich_help_panel=K8S_PANEL,
-            ),
-        ],
-        None,
-    ),
+    "node_selector": _pair_option("--node-selector", "KEY=VALUE node label (repeatable)."),
     "tolerations": (
         Annotated[
             list[Toleration] | None,
@@ -116,32 +111,8 @@ STEP_OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[str | None, typer.Option(help="Always, IfNotPresent or Never.", rich_help_panel=K8S_PANEL)],
         None,
     ),
-    "pod_labels": (
-        Annotated[
-            list[Pair] | None,
-            typer.Option(
-                "--pod-label",
-                help="KEY=VALUE pod label (repeatable).",
-                parser=_pairs("--pod-label"),
-                metavar="TEXT",
-                rich_help_panel=K8S_PANEL,
-            ),
-        ],
-        None,
-    ),
-    "pod_annotations": (
-        Annotated[
-            list[Pair] | None,
-            typer.Option(
-                "--pod-annotation",
-                help="KEY=VALUE pod annotation (repeatable).",
-                parser=_pairs("--pod-annotation"),
-                metavar="TEXT",
-                rich_help_panel=K8S_PANEL,
-            ),
-        ],
-        None,
-    ),
+    "pod_labels": _pair_option("--pod-label", "KEY=VALUE pod label (repeatable)."),
+    "pod_annotations": _pair_option("--pod-annotation", "KEY=VALUE pod annotation (repeatable)."),
     "step_timeout": (
         Annotated[
             int | None,

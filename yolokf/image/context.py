@@ -116,10 +116,9 @@ def source_tree(source: Path | None = None) -> tuple[Path, Path]:
     root = package.parent
     dockerfile = root / "dockerfiles" / "Dockerfile"
     if not (package / "__init__.py").is_file() or not dockerfile.is_file():
-        where = f"--source {source}" if source else f"yolokf at {package}"
         raise UsageError(
-            f"{where} is not a yolokf source tree (no yolokf/__init__.py and dockerfiles/Dockerfile). "
-            "Run build-image from a checkout (pip install -e .) or pass --source DIR."
+            f"{package.parent} is not a yolokf source tree (no yolokf/__init__.py and dockerfiles/Dockerfile): "
+            "build-image needs a checkout of yolokf installed with scripts/setup (pip install -e .)."
         )
     return package, dockerfile
 
