@@ -347,28 +347,63 @@ def ensure_minbase(client, log=print) -> str:  # type: ignore[no-untyped-def]
 
 def ensure_stand_in_base(client, log=print) -> str:  # type: ignore[no-untyped-def]
     """bookworm + python3 + pip + torch/torchvision from PyPI, built once into the fixed data root."""
-    if _image_exists(client, BASE_IMAGE):
-        return BASE_IMAGE
+    return _ensure_built(client, BASE_IMAGE, BASE_DOCKERFILE, f"torch {TORCH_VERSION} from PyPI; minutes", log)
+
+
+# A fresh Debian 12 machine as a new user has it: Debian's python3 with pip and venv, nothing else (issue 9). The
+# host's CA bundle is the only addition: this network intercepts TLS, as a corporate proxy would.
+FRESH_DEBIAN_DOCKERFILE = f"""\
+FROM {MINBASE_IMAGE}
+COPY host-ca.crt /usr/local/share/yolokf-test/host-ca.crt
+ENV PIP_CERT=/usr/local/share/yolokf-test/host-ca.crt
+RUN apt-get update -qq \\
+ && apt-get install -y -qq --no-install-recommends python3 python3-pip python3-venv ca-certificates >/dev/null \\
+ && rm -rf /var/lib/apt/lists/*
+"""
+FRESH_DEBIAN_IMAGE = f"yolokf-test/fresh-debian12:{recipe_hash(FRESH_DEBIAN_DOCKERFILE)}"
+# The same without python3-venv, and a user who is not root: what `scripts/setup` must explain in one line.
+NO_VENV_DOCKERFILE = f"""\
+FROM {MINBASE_IMAGE}
+RUN apt-get update -qq \\
+ && apt-get install -y -qq --no-install-recommends python3 python3-pip >/dev/null \\
+ && rm -rf /var/lib/apt/lists/* \\
+ && useradd --create-home newcomer
+"""
+NO_VENV_IMAGE = f"yolokf-test/debian12-no-venv:{recipe_hash(NO_VENV_DOCKERFILE)}"
+
+
+def ensure_fresh_debian(client, log=print) -> str:  # type: ignore[no-untyped-def]
+    return _ensure_built(client, FRESH_DEBIAN_IMAGE, FRESH_DEBIAN_DOCKERFILE, "apt-get python3 python3-venv", log)
+
+
+def ensure_debian_without_venv(client, log=print) -> str:  # type: ignore[no-untyped-def]
+    return _ensure_built(client, NO_VENV_IMAGE, NO_VENV_DOCKERFILE, "apt-get python3", log)
+
+
+def _ensure_built(client, tag: str, dockerfile: str, what: str, log=print) -> str:  # type: ignore[no-untyped-def]
+    """`tag` built from `dockerfile` (with the host's CA bundle beside it) on the minbase, once per data root."""
+    if _image_exists(client, tag):
+        return tag
     ensure_minbase(client, log)
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, data in (("Dockerfile", BASE_DOCKERFILE.encode()), ("host-ca.crt", HOST_CA_BUNDLE.read_bytes())):
+        for name, data in (("Dockerfile", dockerfile.encode()), ("host-ca.crt", HOST_CA_BUNDLE.read_bytes())):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     context.seek(0)
-    log(f"building {BASE_IMAGE} (torch {TORCH_VERSION} from PyPI; minutes, once per data root) ...")
+    log(f"building {tag} ({what}; once per data root) ...")
     started = time.monotonic()
     for chunk in client.api.build(
-        fileobj=context, custom_context=True, tag=BASE_IMAGE, rm=True, forcerm=True, network_mode="host", decode=True
+        fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, network_mode="host", decode=True
     ):
         if "error" in chunk:
-            raise RuntimeError(f"stand-in base build failed: {chunk['error']}")
+            raise RuntimeError(f"{tag} build failed: {chunk['error']}")
         line = chunk.get("stream", "").rstrip()
         if line.startswith("Step "):
             log(f"  {line}")
-    log(f"built {BASE_IMAGE} in {time.monotonic() - started:.0f} s")
-    return BASE_IMAGE
+    log(f"built {tag} in {time.monotonic() - started:.0f} s")
+    return tag
 
 
 def _require_tools() -> None:

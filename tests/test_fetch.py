@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import socket
@@ -265,3 +266,14 @@ def test_local_run_refuses_a_cluster_volume(cli, tmp_path):
     result = cli(["run", "--model", "yolov8n.yaml", "--data", "pvc://datasets/shapes/data.yaml"])
     assert result.exit_code == 2, result.output
     assert "is on a cluster volume; locally, pass the dataset's folder or YAML" in result.stderr
+
+
+def test_a_broken_dataset_is_the_same_data_error_here_and_in_the_step(tmp_path):
+    """A YAML without `names:` fails alike in a local run's check and in the step that got it downloaded."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "data.yaml").write_text("train: images\nval: images\n")
+    message = rf"Dataset YAML {re.escape(str(tmp_path / 'data.yaml'))} has no 'names:' entry"
+    with pytest.raises(DataError, match=message):
+        resolve_data(str(tmp_path / "data.yaml"))
+    with pytest.raises(DataError, match=message):
+        prepare_dataset(tmp_path, tmp_path / "work")

@@ -55,7 +55,7 @@ def test_local_run_leaves_every_artifact_under_the_pipeline_root(trained):
     for path in (step / "weights", step / "report", step / "run_dir"):
         assert str(path) in result.stdout, f"{path} printed for the user"
     listed = re.findall(r"^\s*(\w+): /", result.stdout, re.M)
-    assert sorted(listed) == ["report", "run_dir", "weights"], "Metrics are metadata under kfp.local: no file"
+    assert sorted(listed) == ["log", "report", "run_dir", "weights"], "Metrics are metadata under kfp.local: no file"
 
 
 def test_readable_metric_names_for_every_task():
@@ -110,7 +110,7 @@ def test_local_console_shows_the_training_not_kfp_internals(trained):
     assert lines[0].startswith(
         f"Training locally through kfp.local: outputs go to {root}, the full log to {root}/logs/"
     )
-    epochs = [line for line in lines if re.match(r"\s+15/15\s", line)]
+    epochs = [line for line in lines if re.search(r"^(\x1b\[K)?\s+15/15\s", line)]
     assert len(epochs) >= 1, "ultralytics' own epoch progress is shown"
     for internal in ("executor_input", "Looking for component", "ephemeral_component", "Model(", "Metrics(", "INFO -"):
         assert internal not in result.stdout, internal
