@@ -87,9 +87,9 @@ def main() -> None:
     rows.append(("yolokf --help (python -c pass)", f"{helptime:.3f} s ({python:.3f} s)", None, "< 0.3 s"))
 
     if not args.skip_train:
-        from yolokf.datasets import shapes_dataset
+        from yolokf.datasets import builtin_dataset
 
-        data = str(shapes_dataset())
+        data = str(builtin_dataset("shapes"))
         common = [f"epochs={args.epochs}", "imgsz=128", "batch=16", "workers=8", "seed=0", "nbs=16"]
         start = time.perf_counter()
         yolo = shutil.which("yolo") or sys.exit("ultralytics' yolo command is missing")

@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the numbers as JSON here too")
     args = parser.parse_args()
 
-    from yolokf.datasets import shapes_dataset
+    from yolokf.datasets import builtin_dataset
 
     results: dict[str, object] = {}
     with running_engine() as engine, tempfile.TemporaryDirectory(prefix="yolokf-bench-") as tmp:
@@ -136,7 +136,7 @@ def main() -> None:
 
         # 3. container start -> first training batch
         data = Path(tmp) / "shapes"
-        shutil.copytree(shapes_dataset().parent, data)
+        shutil.copytree(builtin_dataset("shapes").parent, data)
         for cache in data.rglob("*.cache"):
             cache.unlink()
         yaml_text = (data / "data.yaml").read_text()

@@ -53,9 +53,9 @@ def cli():
 
 @pytest.fixture(scope="session")
 def shapes_yaml() -> Path:
-    from yolokf.datasets import shapes_dataset
+    from yolokf.datasets import builtin_dataset
 
-    return shapes_dataset()
+    return builtin_dataset("shapes")
 
 
 # The quickstart's training, shared by every test that needs a trained model (one real training per test run).

@@ -108,10 +108,10 @@ def http_root(tmp_path_factory) -> Iterator[tuple[Path, str]]:
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
     """A small shapes dataset as a user would upload it: data.yaml at the top, `path:` from another machine."""
-    from yolokf.datasets import write_shapes
+    from yolokf.shapes import write_dataset
 
     root = tmp_path_factory.mktemp("upload") / "shapes"
-    write_shapes(root, train=8, val=4, imgsz=64)
+    write_dataset(root, train=8, val=4, test=2, imgsz=64)
     spec = yaml.safe_load((root / "data.yaml").read_text())
     spec["path"] = "/home/someone/datasets/shapes"
     (root / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from yolokf.datasets import SHAPES_CLASSES, write_shapes
+from yolokf.shapes import CLASSES, write_dataset
 from yolokf.steps.train import readable_metrics
 
 
@@ -74,10 +74,10 @@ def test_readable_metric_names_for_every_task():
 
 
 def test_shapes_dataset_is_deterministic_yolo_layout(tmp_path):
-    first = write_shapes(tmp_path / "a", train=6, val=2)
-    second = write_shapes(tmp_path / "b", train=6, val=2)
+    first = write_dataset(tmp_path / "a", train=6, val=2, test=0)
+    second = write_dataset(tmp_path / "b", train=6, val=2, test=0)
     spec = yaml.safe_load(first.read_text())
-    assert spec["names"] == dict(enumerate(SHAPES_CLASSES))
+    assert spec["names"] == dict(enumerate(CLASSES))
     assert (tmp_path / "a" / spec["train"]).is_dir() and (tmp_path / "a" / spec["val"]).is_dir()
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*") if p.name != "data.yaml")
     assert len(files_a) == 2 * (6 + 2)

@@ -186,13 +186,21 @@ def build_image(
 @app.command()
 def shapes(
     folder: Annotated[Path, typer.Argument(help="Folder to write the dataset into (must not exist).")],
+    task: Annotated[
+        str, typer.Option(help="detect, segment, pose, obb or classify: the dataset --data shapes-TASK trains on.")
+    ] = "detect",
 ) -> None:
-    """Write the built-in synthetic shapes dataset (YOLO layout, 128 train / 32 val images)."""
-    from yolokf.datasets import write_shapes
+    """Write a built-in synthetic shapes dataset (128 train / 32 val / 32 test images).
 
+    Example: yolokf shapes ./shapes-seg --task segment
+    """
+    from yolokf.shapes import TASK_DATASET, write_dataset
+
+    if task not in TASK_DATASET:
+        raise UsageError(f"--task {task!r} is not an ultralytics task; use one of {', '.join(TASK_DATASET)}.")
     if folder.exists():
         raise UsageError(f"{folder} already exists; choose a new folder.")
-    say(f"Wrote {write_shapes(folder)}")
+    say(f"Wrote {write_dataset(folder, task)}")
 
 
 def _run_local(config: TrainConfig, step: StepOptions, pipeline_root: str | None, verbose: bool) -> None:

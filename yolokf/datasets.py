@@ -1,7 +1,5 @@
-"""Datasets on disk: the built-in synthetic `shapes` set, and finding and checking a YOLO dataset in a folder.
+"""Datasets on disk: the built-in synthetic sets (`yolokf.shapes`), and finding and checking a YOLO dataset.
 
-`shapes` is generated, not downloaded, so demos, docs and tests train offline: three classes of
-simple shapes on noisy backgrounds in the standard YOLO layout, byte-for-byte the same every time.
 `find_dataset` and `dataset_root` are the one resolver of a dataset folder and its YAML's `path:`, used
 for local data, data a step downloaded, and data on a mounted PVC alike. A broken dataset is a DataError
 wherever it is found.
@@ -10,20 +8,15 @@ wherever it is found.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from yolokf import offline, ultralytics_cfg
+from yolokf import offline, shapes, ultralytics_cfg
 from yolokf.data_sources import YAML_SUFFIXES, is_remote
 from yolokf.errors import DataError, OfflineError
-
-SHAPES = "shapes"
-SHAPES_VERSION = 4
-SHAPES_CLASSES = ("circle", "square", "triangle")
 
 
 def cache_dir() -> Path:
@@ -41,74 +34,13 @@ def cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / "yolokf"
 
 
-def write_shapes(root: Path, *, train: int = 128, val: int = 32, imgsz: int = 128, seed: int = 0) -> Path:
-    """Write the synthetic shapes dataset under `root` and return its data YAML.
+def builtin_dataset(name: str = shapes.TASK_DATASET["detect"]) -> Path:
+    """A built-in synthetic dataset (`shapes`, `shapes-seg`, ...), generated on first use into the cache.
 
-    Deterministic: the same arguments give the same files. Written to a temporary folder and renamed,
-    so an interrupted run never leaves half a dataset.
+    Returns its data YAML, or its folder for the classification set.
     """
-    data_yaml = root / "data.yaml"
-    if data_yaml.exists():
-        return data_yaml
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", train), ("val", val)):
-        (staging / "images" / split).mkdir(parents=True)
-        (staging / "labels" / split).mkdir(parents=True)
-        for index in range(count):
-            background = rng.integers(0, 60, size=3)
-            noise = rng.integers(0, 15, size=(imgsz, imgsz, 3))
-            image = Image.fromarray((background + noise).clip(0, 255).astype("uint8"))
-            draw = ImageDraw.Draw(image)
-            lines: list[str] = []
-            boxes: list[tuple[int, int, int, int]] = []
-            for _ in range(int(rng.integers(1, 5))):
-                cls = int(rng.integers(0, len(SHAPES_CLASSES)))
-                size = int(rng.integers(imgsz // 5, imgsz * 2 // 5))
-                x0 = int(rng.integers(0, imgsz - size))
-                y0 = int(rng.integers(0, imgsz - size))
-                box = (x0, y0, x0 + size, y0 + size)
-                if any(_overlaps(box, other) for other in boxes):
-                    continue  # keep every shape fully visible
-                boxes.append(box)
-                # one hue per class, brightness varies: a from-scratch YOLOv8n learns it in 15 epochs
-                color = tuple(int(c) for c in rng.integers(30, 90, size=3))
-                color = tuple(int(rng.integers(200, 256)) if i == cls else c for i, c in enumerate(color))
-                if cls == 0:
-                    draw.ellipse(box, fill=color)
-                elif cls == 1:
-                    draw.rectangle(box, fill=color)
-                else:
-                    draw.polygon([(x0 + size / 2, y0), (x0, y0 + size), (x0 + size, y0 + size)], fill=color)
-                cx, cy = (x0 + size / 2) / imgsz, (y0 + size / 2) / imgsz
-                lines.append(f"{cls} {cx:.6f} {cy:.6f} {size / imgsz:.6f} {size / imgsz:.6f}")
-            image.save(staging / "images" / split / f"{split}_{index:04d}.png")
-            (staging / "labels" / split / f"{split}_{index:04d}.txt").write_text("\n".join(lines) + "\n")
-    spec = {
-        "path": str(root.resolve()),
-        "train": "images/train",
-        "val": "images/val",
-        "names": dict(enumerate(SHAPES_CLASSES)),
-    }
-    (staging / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    try:
-        staging.rename(root)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return data_yaml
-
-
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
-def shapes_dataset() -> Path:
-    """The built-in dataset's data YAML, generated on first use."""
-    return write_shapes(cache_dir() / "datasets" / f"{SHAPES}-v{SHAPES_VERSION}")
+    task = shapes.DATASETS[name]
+    return shapes.write_dataset(cache_dir() / "datasets" / f"{name}-v{shapes.VERSION}", task)
 
 
 def resolve_data(data: str) -> str:
@@ -117,8 +49,9 @@ def resolve_data(data: str) -> str:
     Raises a DataError for a missing or malformed dataset, an OfflineError for one that would need a
     download this machine cannot make.
     """
-    if data in (SHAPES, f"{SHAPES}.yaml"):
-        return str(shapes_dataset())
+    name = data.removesuffix(".yaml")
+    if name in shapes.DATASETS:
+        return str(builtin_dataset(name))
     if is_remote(data):
         raise DataError(f"{data} is a remote dataset: the pipeline's download step fetches it.")
     path = Path(data).expanduser()

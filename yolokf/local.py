@@ -23,6 +23,7 @@ from yolokf.datasets import resolve_data
 from yolokf.errors import TrainingError, UsageError
 from yolokf.job import Job
 from yolokf.offline import check_model
+from yolokf.tasks import check_task, model_task
 
 DEFAULT_PIPELINE_ROOT = Path("yolokf-runs")
 METRIC_ORDER = ("precision", "recall", "mAP50", "mAP50-95", "fitness")
@@ -103,7 +104,10 @@ def preflight(job: Job) -> None:
     check_model(job.config.model)
     check_device(job.config.device)
     if job.source is None:  # s3://, gs://, https:// go through the pipeline's download step
-        resolve_data(job.config.data)
+        data = resolve_data(job.config.data)
+        task = model_task(job.config.model)
+        if task is not None:
+            check_task(task, Path(data), job.config.model)
 
 
 def check_device(device: str) -> None:

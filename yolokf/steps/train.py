@@ -21,6 +21,7 @@ from yolokf.datasets import prepare_dataset, resolve_data
 from yolokf.errors import TrainingError
 from yolokf.settings import TrainConfig
 from yolokf.step_options import DATA_PVC_PATH
+from yolokf.tasks import check_task
 
 RUN_NAME = "train"
 _KIND_PREFIX = {"B": "", "M": "mask_", "P": "pose_"}
@@ -123,6 +124,7 @@ def train(
             if checkpoint_dir:
                 clear_run(save_dir)
             model = YOLO(config.model)
+            check_task(str(model.task), Path(data_path), config.model)  # before ultralytics builds anything
             results = model.train(
                 data=data_path, project=str(project), name=name, exist_ok=True, **config.train_kwargs()
             )
@@ -135,6 +137,8 @@ def train(
     metrics = readable_metrics(getattr(results, "results_dict", None) or {})
     if not metrics and (save_dir / "results.csv").exists():
         metrics = metrics_from_csv(save_dir / "results.csv")
+    kpt_shape = (getattr(model.trainer, "data", None) or {}).get("kpt_shape") if model.trainer is not None else None
+    kpt_shape = kpt_shape or getattr(getattr(model, "model", None), "kpt_shape", None)
     weights = save_dir / "weights"
     return TrainResult(
         save_dir=save_dir,
@@ -146,7 +150,10 @@ def train(
         epochs=config.epochs,
         ultralytics_version=ultralytics.__version__,
         resumed_from_epoch=ckpt.epochs_done if ckpt is not None and not ckpt.finished else None,
-        extra={"checkpoint": str(save_dir), "already_finished": True} if ckpt is not None and ckpt.finished else {},
+        extra={
+            **({"checkpoint": str(save_dir), "already_finished": True} if ckpt is not None and ckpt.finished else {}),
+            **({"kpt_shape": list(kpt_shape)} if kpt_shape else {}),
+        },
     )
 
 
