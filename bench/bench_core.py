@@ -1,12 +1,12 @@
-"""Benchmarks for issue 2, each a ratio against a named baseline measured in the same run.
+"""Core benchmarks, each a ratio against a named baseline measured in the same run.
 
-    python bench/bench_core.py [--repeat 5] [--epochs 15]
+    python bench/bench_core.py [--repeat 5] [--epochs 15] [--tasks detect,segment,pose,obb,classify]
 
 1. `yolokf compile` vs a bare kfp script compiling the same one-step pipeline, /dev/shm mount included
    (goal <= 1.15x)
 2. `yolokf --help` wall time (goal < 0.3 s), next to bare `python -c pass`
-3. local `yolokf run` vs `yolo train` with the same arguments on the shapes data (goal <= 1.10x)
-4. final metrics of both with the same seed (goal: equal)
+3. per task, local `yolokf run` vs `yolo TASK train` with the same arguments on the task's built-in data
+   (goal <= 1.10x), and the last epoch's metrics of both with the same seed (goal: equal)
 """
 
 from __future__ import annotations
@@ -66,11 +66,54 @@ def last_epoch(results_csv: Path) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in rows[-1].items() if k.strip().startswith("metrics/")}
 
 
+def compare_training(task: str, epochs: int, work: Path, yolokf: str) -> list[tuple[str, str, float | None, str]]:
+    """A local `yolokf run` against plain `yolo train` with the same arguments, on the task's built-in data."""
+    from yolokf.datasets import builtin_dataset
+    from yolokf.shapes import TASK_DATASET
+
+    name = TASK_DATASET[task]
+    model = {"detect": "yolov8n.yaml"}.get(task, f"yolov8n-{name.removeprefix('shapes-')}.yaml")
+    data = str(builtin_dataset(name))
+    common = [f"epochs={epochs}", "imgsz=128", "batch=16", "workers=8", "seed=0", "nbs=16"]
+    yolo = shutil.which("yolo") or sys.exit("ultralytics' yolo command is missing")
+    start = time.perf_counter()
+    subprocess.run(
+        [yolo, task, "train", f"model={model}", f"data={data}", *common, f"project={work}", f"name=bare-{task}"],
+        check=True,
+        capture_output=True,
+    )
+    bare_train = time.perf_counter() - start
+    start = time.perf_counter()
+    subprocess.run(
+        [yolokf, "run", "--model", model, "--data", name, "--epochs", str(epochs)]
+        + ["--imgsz", "128", "--batch", "16", "--workers", "8", "--seed", "0", "--set", "nbs=16"]
+        + ["--pipeline-root", str(work / f"kfp-{task}")],
+        check=True,
+        capture_output=True,
+    )
+    ours_train = time.perf_counter() - start
+    bare_metrics = last_epoch(work / f"bare-{task}" / "results.csv")
+    (ours_csv,) = (work / f"kfp-{task}").glob("yolov8-train-*/yolo-train/run_dir/results.csv")
+    ours_metrics = last_epoch(ours_csv)
+    same = "equal" if bare_metrics == ours_metrics else "DIFFERENT"
+    shown = ", ".join(f"{k.removeprefix('metrics/')}={v}" for k, v in ours_metrics.items())
+    return [
+        (
+            f"{task}: yolokf run / yolo train",
+            f"{ours_train:.1f} s / {bare_train:.1f} s",
+            ours_train / bare_train,
+            "<= 1.10",
+        ),
+        (f"{task}: last epoch's metrics, same seed", f"{same}: {shown}", None, "equal"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--tasks", default="detect", help="comma-separated: detect,segment,pose,obb,classify")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="yolokf-bench-"))
     yolokf = shutil.which("yolokf") or sys.exit("install yolokf first (scripts/setup)")
@@ -87,36 +130,8 @@ def main() -> None:
     rows.append(("yolokf --help (python -c pass)", f"{helptime:.3f} s ({python:.3f} s)", None, "< 0.3 s"))
 
     if not args.skip_train:
-        from yolokf.datasets import builtin_dataset
-
-        data = str(builtin_dataset("shapes"))
-        common = [f"epochs={args.epochs}", "imgsz=128", "batch=16", "workers=8", "seed=0", "nbs=16"]
-        start = time.perf_counter()
-        yolo = shutil.which("yolo") or sys.exit("ultralytics' yolo command is missing")
-        subprocess.run(
-            [yolo, "train", "model=yolov8n.yaml", f"data={data}", *common, f"project={work}", "name=bare"],
-            check=True,
-            capture_output=True,
-        )
-        bare_train = time.perf_counter() - start
-        start = time.perf_counter()
-        subprocess.run(
-            [yolokf, "run", "--model", "yolov8n.yaml", "--data", "shapes", "--epochs", str(args.epochs)]
-            + ["--imgsz", "128", "--batch", "16", "--workers", "8", "--seed", "0", "--set", "nbs=16"]
-            + ["--pipeline-root", str(work / "kfp")],
-            check=True,
-            capture_output=True,
-        )
-        ours_train = time.perf_counter() - start
-        rows.append(
-            ("yolokf run / yolo train", f"{ours_train:.1f} s / {bare_train:.1f} s", ours_train / bare_train, "<= 1.10")
-        )
-        bare_metrics = last_epoch(work / "bare" / "results.csv")
-        (ours_csv,) = (work / "kfp").glob("yolov8-train-*/yolo-train/run_dir/results.csv")
-        ours_metrics = last_epoch(ours_csv)
-        same = "equal" if bare_metrics == ours_metrics else "DIFFERENT"
-        shown = ", ".join(f"{k.removeprefix('metrics/')}={v}" for k, v in ours_metrics.items())
-        rows.append(("final metrics, same seed", f"{same}: {shown}", None, "equal"))
+        for task in args.tasks.split(","):
+            rows += compare_training(task, args.epochs, work, yolokf)
 
     print("| measure | values | ratio | goal |")
     print("| --- | --- | --- | --- |")

@@ -26,7 +26,7 @@ from yolokf.offline import check_model
 from yolokf.tasks import check_task, model_task
 
 DEFAULT_PIPELINE_ROOT = Path("yolokf-runs")
-METRIC_ORDER = ("precision", "recall", "mAP50", "mAP50-95", "fitness")
+METRIC_ORDER = ("precision", "recall", "mAP50", "mAP50-95", "top1_accuracy", "top5_accuracy", "fitness")
 
 
 @dataclass

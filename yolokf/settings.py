@@ -46,8 +46,8 @@ class TrainConfig:
     model: str = _field("yolov8n.pt", "Weights (.pt) or model YAML (yolov8n.yaml trains from scratch).")
     data: str = _field(
         "coco128.yaml",
-        "Dataset YAML, YOLO dataset folder, 'shapes' (built in, offline), s3:// gs:// https:// folder or archive, "
-        "or pvc://PVC/path/data.yaml.",
+        "Dataset YAML, YOLO dataset folder, 'shapes' (built in, offline; shapes-seg, -pose, -obb, -cls for the "
+        "other tasks), s3:// gs:// https:// folder or archive, or pvc://PVC/path/data.yaml.",
     )
     epochs: int = _field(100, "Training epochs.", minimum=1)
     imgsz: int = _field(640, "Image size in pixels.", minimum=1)
