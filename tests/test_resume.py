@@ -25,7 +25,7 @@ from yolokf.steps.train import train_step
 out = Path(sys.argv[1])
 weights = Model(uri=str(out / "weights"))
 train_step(
-    model="yolov8n.yaml", data="shapes", epochs={epochs}, imgsz=64, batch=16, device="cpu", workers=0, seed=0,
+    model="{model}", data="{data}", epochs={epochs}, imgsz=64, batch=16, device="cpu", workers=0, seed=0,
     train_args={{"plots": False}},
     weights=weights, metrics=Metrics(uri=str(out / "metrics")),
     report=HTML(uri=str(out / "report.html")), run_dir=Artifact(uri=str(out / "run_dir")),
@@ -35,8 +35,8 @@ train_step(
 """
 
 
-def start_step(out: Path, checkpoints: Path, log: Path) -> subprocess.Popen:
-    script = STEP.format(epochs=EPOCHS)
+def start_step(out: Path, checkpoints: Path, log: Path, model: str, data: str) -> subprocess.Popen:
+    script = STEP.format(epochs=EPOCHS, model=model, data=data)
     handle = log.open("wb")
     return subprocess.Popen(
         [sys.executable, "-c", script, str(out), str(checkpoints)], stdout=handle, stderr=subprocess.STDOUT
@@ -51,9 +51,13 @@ def epochs_in(results_csv: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_killed_step_resumes_from_its_last_epoch(tmp_path, shapes_yaml):
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [("yolov8n.yaml", "shapes"), ("yolov8n-seg.yaml", "shapes-seg"), ("yolov8n-cls.yaml", "shapes-cls")],
+)
+def test_killed_step_resumes_from_its_last_epoch(tmp_path, model, data):
     checkpoints = tmp_path / "checkpoints"
-    first = start_step(tmp_path / "out1", checkpoints, tmp_path / "first.log")
+    first = start_step(tmp_path / "out1", checkpoints, tmp_path / "first.log", model, data)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -79,7 +83,7 @@ def test_killed_step_resumes_from_its_last_epoch(tmp_path, shapes_yaml):
     saved = epochs_in(run / "results.csv")
     assert len(saved) < EPOCHS, "the kill came too late to test a resume"
 
-    second = start_step(tmp_path / "out2", checkpoints, tmp_path / "second.log")
+    second = start_step(tmp_path / "out2", checkpoints, tmp_path / "second.log", model, data)
     assert second.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-3000:]
     log = (tmp_path / "second.log").read_text()
     resumed = [line for line in log.splitlines() if line.startswith("yolokf: resuming")]
@@ -97,7 +101,7 @@ def test_killed_step_resumes_from_its_last_epoch(tmp_path, shapes_yaml):
     assert json.loads((tmp_path / "out2" / "weights.json").read_text())["resumed_from_epoch"] == resumed_after
 
     # Started once more with the same inputs, the step finds the finished run and reports it without training.
-    third = start_step(tmp_path / "out3", checkpoints, tmp_path / "third.log")
+    third = start_step(tmp_path / "out3", checkpoints, tmp_path / "third.log", model, data)
     assert third.wait(timeout=300) == 0, (tmp_path / "third.log").read_text()[-3000:]
     log = (tmp_path / "third.log").read_text()
     assert "already holds a finished training; reporting it." in log

@@ -36,17 +36,18 @@ RETRY_BACKOFF = "30s"
 RETRY_BACKOFF_FACTOR = 2.0
 RETRY_BACKOFF_MAX = "3600s"
 
+# Patterns, compiled on first use by re's cache (compiling all at import cost 10 ms of every start).
 # kfp's own checks (kfp/dsl/pipeline_task.py), narrowed to what Kubernetes also accepts ("K" is not a
 # Kubernetes suffix although kfp takes it): whole numbers with a binary or decimal unit.
-_MEMORY = re.compile(r"^[1-9][0-9]*(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
-_CPU = re.compile(r"^(([0-9]*\.)?[0-9]+|[0-9]+m)$")
+_MEMORY = r"^[1-9][0-9]*(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+_CPU = r"^(([0-9]*\.)?[0-9]+|[0-9]+m)$"
 _DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 _NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
-_QUALIFIED_NAME = re.compile(rf"^({_DNS_SUBDOMAIN}/)?{_NAME}$")
-_RESOURCE_NAME = re.compile(rf"^{_DNS_SUBDOMAIN}/{_NAME}$")
-_LABEL_VALUE = re.compile(rf"^({_NAME})?$")
-_OBJECT_NAME = re.compile(rf"^{_DNS_SUBDOMAIN}$")
-_RUN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_QUALIFIED_NAME = rf"^({_DNS_SUBDOMAIN}/)?{_NAME}$"
+_RESOURCE_NAME = rf"^{_DNS_SUBDOMAIN}/{_NAME}$"
+_LABEL_VALUE = rf"^({_NAME})?$"
+_OBJECT_NAME = rf"^{_DNS_SUBDOMAIN}$"
+_RUN_KEY = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def parse_toleration(text: str) -> Toleration:
     key, value = key.strip(), value.strip()
     if key in ("", "*") and not sep:
         return Toleration(key=None, operator="Exists", value=None, effect=effect or None)
-    if not key or not _QUALIFIED_NAME.match(key) or (sep and not _LABEL_VALUE.match(value)):
+    if not key or not re.match(_QUALIFIED_NAME, key) or (sep and not re.match(_LABEL_VALUE, value)):
         raise UsageError(f"--toleration {text!r} is not a valid toleration; {hint}.")
     if sep:
         return Toleration(key=key, operator="Equal", value=value, effect=effect or None)
@@ -181,7 +182,7 @@ def check_step_options(options: StepOptions) -> None:
         if isinstance(options.gpus, bool) or not isinstance(options.gpus, int) or options.gpus < 0:
             # kubeflow/pipelines#12865: kfp before 2.17 took only 0, 1, 2, 4, 8 or 16; 2.17 takes any count >= 0.
             raise UsageError(f"--gpus must be a whole number of at least 0 (0 trains on CPU), got {options.gpus!r}.")
-        if options.gpus > 0 and not _RESOURCE_NAME.match(options.accelerator_type):
+        if options.gpus > 0 and not re.match(_RESOURCE_NAME, options.accelerator_type):
             raise UsageError(
                 f"--accelerator-type {options.accelerator_type!r} is not a Kubernetes extended resource name "
                 "(DOMAIN/NAME); use the name your device plugin advertises, such as nvidia.com/gpu or amd.com/gpu."
@@ -190,7 +191,7 @@ def check_step_options(options: StepOptions) -> None:
         _check_quantity(options.shm_size, "--shm-size", "8Gi")
     if options.memory is not None:
         _check_quantity(options.memory, "--memory", "32Gi")
-    if options.cpu is not None and (not _CPU.match(options.cpu) or float(options.cpu.rstrip("m")) == 0):
+    if options.cpu is not None and (not re.match(_CPU, options.cpu) or float(options.cpu.rstrip("m")) == 0):
         raise UsageError(
             f"--cpu {options.cpu!r} is not a CPU quantity; use cores or millicores, such as 4, 0.5 or 500m."
         )
@@ -200,9 +201,9 @@ def check_step_options(options: StepOptions) -> None:
         ("--pod-annotation", options.pod_annotations, True),
     ):
         for key, value in pairs:
-            if not _QUALIFIED_NAME.match(key) or len(key.rpartition("/")[2]) > 63:
+            if not re.match(_QUALIFIED_NAME, key) or len(key.rpartition("/")[2]) > 63:
                 raise UsageError(f"{flag} {key}={value}: {key!r} is not a Kubernetes label key (PREFIX/NAME).")
-            if not key_only and (not _LABEL_VALUE.match(value) or len(value) > 63):
+            if not key_only and (not re.match(_LABEL_VALUE, value) or len(value) > 63):
                 raise UsageError(
                     f"{flag} {key}={value}: {value!r} is not a Kubernetes label value "
                     "(at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)."
@@ -217,7 +218,7 @@ def check_step_options(options: StepOptions) -> None:
         ("--data-pvc", options.data_pvc),
         ("--checkpoint-pvc", options.checkpoint_pvc),
     ):
-        if name is not None and not _OBJECT_NAME.match(name):
+        if name is not None and not re.match(_OBJECT_NAME, name):
             raise UsageError(f"{flag} {name!r} is not a Kubernetes object name (lowercase letters, digits, '-', '.').")
     if options.step_timeout is not None and options.step_timeout < 1:
         raise UsageError("--step-timeout must be at least one second; leave it out for no limit.")
@@ -230,14 +231,14 @@ def check_step_options(options: StepOptions) -> None:
         )
     if options.checkpoint_pvc and options.checkpoint_dir:
         raise UsageError("Give --checkpoint-pvc or --checkpoint-dir, not both.")
-    if options.run_key is not None and not _RUN_KEY.match(options.run_key):
+    if options.run_key is not None and not re.match(_RUN_KEY, options.run_key):
         raise UsageError(
             f"--run-key {options.run_key!r} must be 1-128 letters, digits, '.', '_' or '-' (it names a folder)."
         )
 
 
 def _check_quantity(value: str, flag: str, example: str) -> None:
-    if not _MEMORY.match(value):
+    if not re.match(_MEMORY, value):
         raise UsageError(
             f"{flag} {value!r} is not a Kubernetes quantity kfp accepts; "
             f"use a whole number with a unit, such as {example}, 512Mi or 1G."
