@@ -114,9 +114,16 @@ def load_data_yaml(path: Path) -> dict[str, Any]:
     return spec
 
 
-def _train_entries(spec: dict[str, Any], split: str = "train") -> list[str]:
+def split_entries(spec: dict[str, Any], split: str = "train") -> list[str]:
+    """A split's folders or list files (`train:` may be one or a list), as written in the YAML."""
     entries = spec.get(split) or []
     return [str(t) for t in (entries if isinstance(entries, list) else [entries])]
+
+
+def images_base(data_yaml: Path, spec: dict[str, Any]) -> Path:
+    """The folder the splits are under, as ultralytics reads `path:` on this machine (relative to the YAML)."""
+    base = Path(spec.get("path") or data_yaml.parent)
+    return base if base.is_absolute() else (data_yaml.parent / base).resolve()
 
 
 def check_data_yaml(path: Path) -> dict[str, Any]:
@@ -125,10 +132,8 @@ def check_data_yaml(path: Path) -> dict[str, Any]:
     `path:` means what ultralytics makes of it: relative to the YAML, or to ultralytics' datasets_dir.
     """
     spec = load_data_yaml(path)
-    base = Path(spec.get("path") or path.parent)
-    if not base.is_absolute():
-        base = (path.parent / base).resolve()
-    missing = [(split, t) for split in ("train", "val") for t in _train_entries(spec, split) if not (base / t).exists()]
+    base = images_base(path, spec)
+    missing = [(split, t) for split in ("train", "val") for t in split_entries(spec, split) if not (base / t).exists()]
     if missing and spec.get("download"):
         if not offline.is_online():
             raise OfflineError(
@@ -150,7 +155,7 @@ def dataset_root(data_yaml: Path) -> Path:
     folder is tried too.
     """
     spec = load_data_yaml(data_yaml)
-    train = _train_entries(spec)
+    train = split_entries(spec)
     given = str(spec.get("path") or "")
     here = data_yaml.parent
     candidates = [here / given] if given and not Path(given).is_absolute() else []

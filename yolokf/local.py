@@ -45,6 +45,7 @@ class LocalRun:
 _KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - [A-Z]+ - ")
 _EXECUTOR_RECORD = "[KFP Executor "
 _STEP_INDENT = "    "  # kfp.local indents the step's lines (logging_utils.indented_print)
+_TRACEBACK = "Traceback (most recent call last)"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 
@@ -85,7 +86,7 @@ class _StepOutput(io.TextIOBase):
         if not line.strip() or set(line.strip()) == {"-"}:  # blank, or kfp.local's separator rules
             return
         self.tail.append(line)
-        if line.startswith("Traceback (most recent call last)"):
+        if line.startswith(_TRACEBACK):
             self.failing = True  # the step is dying: its traceback goes to the log, its last line to the error
         if not self.verbose and not self.failing:
             self.echo(line + "\n")
@@ -93,7 +94,7 @@ class _StepOutput(io.TextIOBase):
     def failure(self) -> str:
         """The step's own error: the exception line after its last traceback, else its last lines."""
         lines = [_ANSI.sub("", line) for line in self.tail]
-        starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+        starts = [i for i, line in enumerate(lines) if line.startswith(_TRACEBACK)]
         after = lines[starts[-1] + 1 :] if starts else []
         found = next((line for line in after if _EXCEPTION_LINE.match(line)), None)
         return found.strip() if found else " | ".join(line.strip() for line in lines[-3:]) or "no output"

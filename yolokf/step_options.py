@@ -105,11 +105,6 @@ class StepOptions:
 
     def for_local(self) -> StepOptions:
         """What a kfp.local run keeps: the checkpoint folder and run key; cluster settings do not apply there."""
-        if self.data_pvc:
-            raise UsageError(
-                f"--data-pvc {self.data_pvc} is a cluster volume; locally, pass the dataset's folder or YAML, "
-                "or run with --host."
-            )
         local_dir = str(Path(self.checkpoint_dir).expanduser().resolve()) if self.checkpoint_dir else None
         # Object-store credentials come from this machine's environment (boto3's usual chain).
         return StepOptions(

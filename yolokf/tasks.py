@@ -7,8 +7,10 @@ ultralytics after the model is built. The task comes from the model's name as ul
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
+from yolokf.datasets import images_base, load_data_yaml, split_entries
 from yolokf.errors import DataError
 
 TASKS = ("detect", "segment", "classify", "pose", "obb")
@@ -91,16 +93,12 @@ def _fits(task: str, kind: str) -> bool:
 
 def dataset_kind(data: Path) -> str | None:
     """classify, pose, boxes, polygons or obb, from the layout and the first training label; None when unknown."""
-    import yaml
-
     if data.is_dir():
         return "classify" if (data / "train").is_dir() else None
     try:
-        spec = yaml.safe_load(data.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(spec, dict):
-        return None
+        spec = load_data_yaml(data)
+    except DataError:
+        return None  # the dataset checks say what is wrong with it
     if "kpt_shape" in spec:
         return "pose"
     values = _first_label_size(data, spec)
@@ -113,17 +111,15 @@ def dataset_kind(data: Path) -> str | None:
 
 def _first_label_size(data: Path, spec: dict) -> int | None:
     """How many numbers the first line of the first training label file holds (ultralytics' images->labels rule)."""
-    base = Path(spec.get("path") or data.parent)
-    if not base.is_absolute():
-        base = data.parent / base
-    train = spec.get("train")
-    first = train[0] if isinstance(train, list) and train else train
-    if not isinstance(first, str):
+    train = split_entries(spec)
+    if not train:
         return None
-    images = base / first
+    images = images_base(data, spec) / train[0]
     if not images.is_dir():
         return None
-    for image in sorted(p for p in images.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)[:50]:
+    # The first images found, not a sorted listing: a large dataset would be walked whole before training.
+    found = (p for p in images.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    for image in itertools.islice(found, 50):
         parts = list(image.with_suffix(".txt").parts)
         if "images" not in parts:
             return None
