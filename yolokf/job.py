@@ -46,12 +46,13 @@ def plan_job(config: TrainConfig, step: StepOptions, *, image: str) -> Job:
 
 def plan_local_job(config: TrainConfig, step: StepOptions) -> Job:
     """Resolve `config` and `step` for kfp.local on this machine: cluster settings do not apply."""
-    source = _data_source(config.data, step)  # pvc:// in --data, or --data-pvc
+    local = step.for_local()
+    source = _data_source(config.data, replace(local, data_pvc=step.data_pvc))  # pvc:// in --data, or --data-pvc
     if source is not None and source.scheme == "pvc":
         raise UsageError(
             f"{source.uri} is on a cluster volume; locally, pass the dataset's folder or YAML, or run with --host."
         )
-    return Job(config, step.for_local(), source)
+    return Job(config, local, source)
 
 
 def _data_source(data: str, step: StepOptions) -> DataSource | None:
