@@ -166,7 +166,7 @@ def test_the_component_signature_is_the_training_fields():
     names = [f.name for f in training_fields()]
     component_inputs = list(yolo_train.component_spec.inputs)
     assert component_inputs[: len(names)] == names
-    assert component_inputs[len(names) :] == ["dataset", "checkpoint_dir", "run_key"]
+    assert component_inputs[len(names) :] == ["dataset", "checkpoint_dir", "run_key", "trial", "stop_after"]
     pipeline = build_pipeline(plan_job(TrainConfig(epochs=7), StepOptions(), image=IMAGE))
     assert list(pipeline.component_spec.inputs) == names
     assert pipeline.component_spec.inputs["epochs"].default == 7

@@ -30,6 +30,7 @@ from yolokf.cli_options import (
     Wait,
     connection_options,
     step_options,
+    sweep_options,
     training_options,
 )
 from yolokf.console import errs, say
@@ -37,9 +38,12 @@ from yolokf.errors import Interrupted, UsageError, YolokfError
 from yolokf.kfp_api import Connection
 from yolokf.settings import TrainConfig
 from yolokf.step_options import StepOptions
+from yolokf.sweep import SweepOptions
 
 if TYPE_CHECKING:
+    from yolokf.job import Job
     from yolokf.kfp_api import Cluster
+    from yolokf.local import LocalRun
 
 app = typer.Typer(
     help="Train Ultralytics YOLO models on Kubeflow Pipelines: build the image, compile, run.",
@@ -104,6 +108,7 @@ def run(
     Example: yolokf run --model yolov8n.yaml --data shapes
     Example: yolokf run --host http://localhost:8080 --epochs 50 --wait
     """
+    _warn_ignored(config)
     if not connection.host:
         if dry_run:
             raise UsageError("--dry-run shows what a --host run would submit; add --host URL (or set KFP_HOST).")
@@ -123,6 +128,83 @@ def run(
     say("\n".join(submitted.summary()))
     if wait:
         _follow(cluster, submitted.run_id, timeout, terminate_on_interrupt, poll_interval)
+
+
+@app.command()
+@training_options
+@step_options
+@sweep_options
+@connection_options
+def tune(
+    config: TrainConfig,
+    step: StepOptions,
+    sweep: SweepOptions,
+    connection: Connection,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the sweep pipeline's YAML here instead of running it.")
+    ] = None,
+    pipeline_root: PipelineRoot = None,
+    image: Image = None,
+    verbose: Verbose = False,
+    experiment: Experiment = "yolokf",
+    run_name: RunName = None,
+    service_account: ServiceAccount = None,
+    cache: Cache = None,
+    upload: Upload = False,
+    wait: Wait = False,
+    timeout: Timeout = None,
+    terminate_on_interrupt: TerminateOnInterrupt = False,
+    poll_interval: PollInterval = 5.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials (and, with --host, the run).")] = False,
+) -> None:
+    """Sweep hyperparameters: trials in parallel on the cluster (--host), one after another here.
+
+    Example: yolokf tune --data shapes --set optimizer=SGD --space lr0=loguniform:1e-4:1e-1 --trials 8 --halving 2
+    """
+    from yolokf.console import print_trials
+    from yolokf.sweep import plan_sweep
+
+    planned = plan_sweep(config, sweep, run_key=step.run_key)
+    rounds = ", ".join(f"{r.trials} to epoch {r.epochs}" for r in planned.rounds)
+    plan = f"{len(planned.trials)} trials ({planned.sampler}, seed {config.seed}); rounds: {rounds}; " + (
+        f"{planned.trial_epochs()} trial-epochs"
+    )
+    if dry_run and not connection.host and out is None:
+        print_trials(list(planned.trials), None, "Trials")
+        say(plan)
+        return
+    if out is not None or connection.host:
+        from yolokf.image.records import resolve_image
+        from yolokf.job import plan_job
+
+        job = plan_job(config, step, image=resolve_image(image)).with_sweep(planned)
+        if out is not None:
+            from yolokf.pipeline import compile_pipeline
+
+            say(f"Wrote {compile_pipeline(job, out)}")
+            return
+        from yolokf.submit import Submission, describe_submission, submit
+
+        options = Submission(experiment, run_name, pipeline_root, service_account, cache, upload)
+        print_trials(list(planned.trials), None, "Trials")
+        say(plan)
+        if dry_run:
+            say("\n".join(describe_submission(connection.host or "", connection.namespace, job, options)))
+            return
+        cluster = _connect(connection)
+        submitted = submit(cluster, job, options)
+        say("\n".join(submitted.summary()))
+        if wait:
+            _follow(cluster, submitted.run_id, timeout, terminate_on_interrupt, poll_interval)
+            say("Every trial's result: the run's sweep report and trial table (outputs of the 'best trial' step).")
+        return
+    from yolokf.console import print_local_run
+    from yolokf.job import plan_local_job
+
+    say(plan)
+    result = _run_local_job(plan_local_job(config, step).with_sweep(planned), pipeline_root, verbose)
+    print_trials(result.trials, planned.metric, f"Trials by {planned.metric} ({planned.mode}), best first")
+    print_local_run(result)
 
 
 @app.command()
@@ -206,13 +288,27 @@ def shapes(
 
 
 def _run_local(config: TrainConfig, step: StepOptions, pipeline_root: str | None, verbose: bool) -> None:
-    from yolokf.console import print_local_run, stdout_writer
+    from yolokf.console import print_local_run
     from yolokf.job import plan_local_job
+
+    print_local_run(_run_local_job(plan_local_job(config, step), pipeline_root, verbose))
+
+
+def _run_local_job(job: Job, pipeline_root: str | None, verbose: bool) -> LocalRun:
+    from yolokf.console import stdout_writer
     from yolokf.local import DEFAULT_PIPELINE_ROOT, run_local
 
-    job = plan_local_job(config, step)
     root = Path(pipeline_root) if pipeline_root else DEFAULT_PIPELINE_ROOT
-    print_local_run(run_local(job, root, echo=stdout_writer(), verbose=verbose))
+    return run_local(job, root, echo=stdout_writer(), verbose=verbose)
+
+
+def _warn_ignored(config: TrainConfig) -> None:
+    """ultralytics ignores some arguments without a word (lr0 under optimizer=auto): say it before training."""
+    from yolokf.settings import auto_optimizer_hint, ignored_under_auto
+
+    ignored = ignored_under_auto(config.train_args, config.train_args)
+    if ignored:
+        say(f"Warning: --set {ignored[0]}: {auto_optimizer_hint(ignored)}.", err=True)
 
 
 def _connect(connection: Connection) -> Cluster:

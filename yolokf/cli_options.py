@@ -24,6 +24,7 @@ from yolokf.step_options import (
     parse_pair,
     parse_toleration,
 )
+from yolokf.sweep import SweepOptions
 
 K8S_PANEL = "Cluster (ignored by local runs)"
 DATA_PANEL = "Data sources"
@@ -274,6 +275,64 @@ def _build_config(**values: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
+SWEEP_PANEL = "Sweep"
+_SWEEP_DEFAULTS = SweepOptions()
+SWEEP_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "space": (
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                metavar="KEY=SPEC",
+                help="A searched setting (repeatable): loguniform:1e-4:1e-1, uniform:0:0.5, int:1:4 or "
+                "choice:0,0.5,1.0. Keys: ultralytics train arguments, batch, imgsz.",
+                rich_help_panel=SWEEP_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "trials": (
+        Annotated[int, typer.Option(help="How many trials to draw.", rich_help_panel=SWEEP_PANEL)],
+        _SWEEP_DEFAULTS.trials,
+    ),
+    "parallel": (
+        Annotated[
+            int, typer.Option(help="Trials at once on a cluster (one at a time here).", rich_help_panel=SWEEP_PANEL)
+        ],
+        _SWEEP_DEFAULTS.parallel,
+    ),
+    "sampler": (
+        Annotated[str, typer.Option(help="random, grid or sobol; seeded by --seed.", rich_help_panel=SWEEP_PANEL)],
+        _SWEEP_DEFAULTS.sampler,
+    ),
+    "metric": (
+        Annotated[
+            str, typer.Option(help="The metric that picks the best trial, e.g. mAP50-95.", rich_help_panel=SWEEP_PANEL)
+        ],
+        _SWEEP_DEFAULTS.metric,
+    ),
+    "mode": (
+        Annotated[str, typer.Option(help="max or min: which way --metric is better.", rich_help_panel=SWEEP_PANEL)],
+        _SWEEP_DEFAULTS.mode,
+    ),
+    "halving": (
+        Annotated[
+            int | None,
+            typer.Option(
+                metavar="ETA",
+                help="Successive halving: all trials train a short budget, the best 1/ETA continue from their "
+                "checkpoint, until --epochs.",
+                rich_help_panel=SWEEP_PANEL,
+            ),
+        ],
+        _SWEEP_DEFAULTS.halving,
+    ),
+}
+
+
+def _build_sweep(space: list[str] | None, **values: Any) -> SweepOptions:
+    return SweepOptions(space=tuple(space or ()), **values)
+
+
 def _replace_parameter(
     command: Callable[..., Any], target: str, options: dict[str, tuple[Any, Any]], build: Callable[..., Any]
 ) -> Callable[..., Any]:
@@ -311,6 +370,11 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def step_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Replace the command's `step: StepOptions` parameter with the pod-setting options."""
     return _replace_parameter(command, "step", STEP_OPTIONS, StepOptions)
+
+
+def sweep_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Replace the command's `sweep: SweepOptions` parameter with the sweep's options."""
+    return _replace_parameter(command, "sweep", SWEEP_OPTIONS, _build_sweep)
 
 
 def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:

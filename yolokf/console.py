@@ -61,16 +61,33 @@ def print_local_run(result: LocalRun) -> None:
     """The end of a local run: the final metrics table and where the outputs are."""
     from rich.table import Table
 
-    table = Table(title="Final validation metrics")
+    table = Table(title="The best trial's validation metrics" if result.trials else "Final validation metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    from yolokf.sweep import SWEEP_COUNTS
+
     for name, value in result.metrics.items():
-        table.add_row(name, f"{value:.4f}")
+        table.add_row(name, f"{value:.0f}" if name in SWEEP_COUNTS else f"{value:.4f}")
     out().print(table)
     for name, path in result.artifacts.items():
         say(f"{name:>8}: {path}")
     say(f"     log: {result.log}")
     say(f"Trained in {result.seconds:.0f} s; outputs under {result.pipeline_root}")
+
+
+def print_trials(records: list[dict[str, Any]], metric: str | None, title: str) -> None:
+    """A sweep's trial table: planned (`metric` None), or finished, best first."""
+    from rich.table import Table
+
+    from yolokf.sweep import trial_table
+
+    header, body = trial_table(records, metric)
+    table = Table(title=title)
+    for name in header:
+        table.add_column(name, justify="left" if name in ("status",) else "right")
+    for row in body:
+        table.add_row(*row)
+    out().print(table)
 
 
 def print_run_report(run: RunReport) -> None:

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
+from typing import Any
 
 from yolokf.data_sources import DataSource, is_remote, parse_data_uri, pvc_source
 from yolokf.errors import UsageError
 from yolokf.settings import TrainConfig
 from yolokf.step_options import AMBIENT_CREDENTIALS, DATA_PVC_PATH, StepOptions, ultralytics_device
+from yolokf.sweep import Sweep
+
+PIPELINE_NAME = "yolov8-train"
+SWEEP_PIPELINE_NAME = "yolov8-tune"
 
 
 @dataclass(frozen=True)
@@ -24,11 +29,35 @@ class Job:
     config: TrainConfig  # the values the training step receives
     step: StepOptions  # how its pods run
     source: DataSource | None = None  # a dataset that is not on this machine: downloaded, or a mounted PVC
+    sweep: Sweep | None = None  # `yolokf tune`: the trials and rounds the pipeline runs
 
     @property
     def fetches_data(self) -> bool:
         """Whether the pipeline has a download step before training."""
         return self.source is not None and self.source.fetched
+
+    @property
+    def pipeline_name(self) -> str:
+        return SWEEP_PIPELINE_NAME if self.sweep else PIPELINE_NAME
+
+    def arguments(self) -> dict[str, Any]:
+        """The pipeline's parameters: the compiled defaults, and the run arguments of `--host`."""
+        trials = {"trials": [dict(t) for t in self.sweep.trials]} if self.sweep else {}
+        return {**self.config.parameters(), **trials}
+
+    def with_sweep(self, sweep: Sweep) -> Job:
+        """This job as a sweep; refuses what a sweep cannot do with these step settings."""
+        if self.step.image != "local" and not self.step.checkpoint_pvc:
+            raise UsageError(
+                "yolokf tune --host needs --checkpoint-pvc NAME: the trials keep their weights and checkpoints "
+                "there for the selection steps and --halving (ReadWriteMany when trials run on several nodes)."
+            )
+        if sweep.halving and "," in self.config.device:
+            raise UsageError(
+                f"--halving stops each trial at its round's epochs, which ultralytics' multi-GPU (DDP) training "
+                f"(device {self.config.device}) does not allow; give each trial one GPU and raise --parallel."
+            )
+        return replace(self, sweep=sweep)
 
 
 def plan_job(config: TrainConfig, step: StepOptions, *, image: str) -> Job:

@@ -15,7 +15,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,6 +38,7 @@ class LocalRun:
     artifacts: dict[str, Path]
     seconds: float
     log: Path
+    trials: list[dict[str, Any]] = field(default_factory=list)  # a sweep's trials, best first
 
 
 # kfp.local's own log records (kfp/local/logging_utils.py: '%(asctime)s - %(levelname)s - %(message)s', one write
@@ -146,17 +147,21 @@ def run_local(
     """
     from kfp import local
 
-    from yolokf.pipeline import build_pipeline
+    from yolokf.pipeline import build
 
     preflight(job)
     pipeline_root = Path(pipeline_root).resolve()
+    if job.sweep is not None:
+        # Trials run one after another here, and keep their weights where the selection steps find them.
+        folder = job.step.checkpoint_dir or str(pipeline_root / "sweeps")
+        job = replace(job, step=replace(job.step, checkpoint_dir=folder), sweep=replace(job.sweep, parallel=1))
     log_path = pipeline_root / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"Cannot create --pipeline-root {pipeline_root}: {exc.strerror}.") from None
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    pipeline = build_pipeline(job)
+    pipeline = build(job)
     echo(f"Training locally through kfp.local: outputs go to {pipeline_root}, the full log to {log_path}\n")
     started = time.perf_counter()
     with log_path.open("w") as log:
@@ -173,5 +178,6 @@ def run_local(
     first = [name for name in METRIC_ORDER if name in logged]
     metrics = {name: float(logged[name]) for name in first + sorted(set(logged) - set(first))}
     # Output[Metrics] is metadata only under kfp.local: list the artifacts that are files or folders.
-    artifacts = {name: Path(a.path) for name, a in outputs.items() if Path(a.path).exists()}
-    return LocalRun(pipeline_root, metrics, artifacts, time.perf_counter() - started, log_path)
+    artifacts = {name: Path(a.path) for name, a in outputs.items() if hasattr(a, "path") and Path(a.path).exists()}
+    trials = list(outputs.get("trials") or [])
+    return LocalRun(pipeline_root, metrics, artifacts, time.perf_counter() - started, log_path, trials)

@@ -10,19 +10,20 @@ import inspect
 import linecache
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from kfp import compiler, dsl
-from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output, OutputPath
 
 from yolokf import __version__
 from yolokf.errors import UsageError
-from yolokf.job import Job
+from yolokf.job import PIPELINE_NAME, SWEEP_PIPELINE_NAME, Job
 from yolokf.settings import training_fields
-from yolokf.step_options import apply_fetch_options, apply_step_options
+from yolokf.step_options import apply_fetch_options, apply_select_options, apply_step_options
+from yolokf.sweep import Sweep
 
-PIPELINE_NAME = "yolov8-train"
 # Replaced per task by step_options.apply_step_options (the image build-image made, or --image).
 PLACEHOLDER_IMAGE = f"yolokf:{__version__}"
 
@@ -35,9 +36,12 @@ def yolo_train(
     metrics: Output[Metrics],
     report: Output[HTML],
     run_dir: Output[Artifact],
+    summary: OutputPath(str),
     dataset: Input[Dataset] = None,
     checkpoint_dir: str = "",
     run_key: str = "",
+    trial: dict = {{}},
+    stop_after: int = 0,
 ):
     """Train an Ultralytics YOLO model (yolokf)."""
     inputs = dict(locals())
@@ -59,6 +63,7 @@ def _generated_function(name: str, source: str) -> Any:
         "HTML": HTML,
         "Artifact": Artifact,
         "Dataset": Dataset,
+        "OutputPath": OutputPath,
     }
     exec(compile(source, filename, "exec"), namespace)
     return namespace[name]
@@ -80,6 +85,46 @@ def fetch_dataset(uri: str, dataset: Output[Dataset]):
     fetch_step(uri=uri, dataset=dataset)
 
 
+@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
+def select_trials(
+    results: list,
+    history: list,
+    metric: str,
+    mode: str,
+    keep: int,
+    round_index: int,
+    records: OutputPath(list),  # type: ignore[valid-type]
+) -> list:
+    """Keep the best trials of a sweep round to continue (yolokf); returns them, the next round's items."""
+    import json
+
+    from yolokf.steps.select import select_step
+
+    kept, merged = select_step(results, history, metric, mode, keep, round_index)
+    with open(records, "w") as handle:
+        json.dump(merged, handle)
+    # The next round iterates over the return value: kfp.local (2.17) cannot loop over a named output.
+    return kept
+
+
+@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
+def sweep_report(
+    results: list,
+    history: list,
+    metric: str,
+    mode: str,
+    rounds: int,
+    best: Output[Model],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    table: Output[Markdown],
+) -> list:
+    """Pick a sweep's best trial and report every trial (yolokf)."""
+    from yolokf.steps.select import report_step
+
+    return report_step(results, history, metric, mode, rounds, best=best, metrics=metrics, report=report, table=table)
+
+
 class PipelineOutputs(NamedTuple):
     weights: Model
     metrics: Metrics
@@ -87,21 +132,50 @@ class PipelineOutputs(NamedTuple):
     run_dir: Artifact
 
 
+class SweepOutputs(NamedTuple):
+    best: Model
+    metrics: Metrics
+    report: HTML
+    table: Markdown
+    trials: list
+
+
+def _dataset_inputs(job: Job, data: Any) -> dict[str, Any]:
+    """The training step's `dataset` input: the download step's output for a remote dataset."""
+    if not job.fetches_data:
+        return {}
+    fetched = fetch_dataset(uri=data)
+    apply_fetch_options(fetched, job.step)
+    return {"dataset": fetched.outputs["dataset"]}
+
+
+def _pipeline(
+    job: Job, body: Any, name: str, extra: Mapping[str, tuple[Any, Any]], returns: type, description: str
+) -> Any:
+    """`body` as a KFP pipeline whose parameters are the training fields (`job.config`'s values as defaults),
+    then `extra` (name: (type, default)); kfp reads them from the signature and calls `body` in that order."""
+    defaults = job.arguments()
+    parameters = [
+        inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[f.name], annotation=f.type)
+        for f in training_fields()
+    ] + [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
+        for name, (kind, default) in extra.items()
+    ]
+    body.__signature__ = inspect.Signature(parameters, return_annotation=returns)
+    return dsl.pipeline(name=name, description=description)(body)
+
+
 def build_pipeline(job: Job) -> Any:
     """The `yolov8-train` pipeline: one parameter per training field, `job.config`'s values as the defaults.
 
     A remote dataset adds a download step (s3://, gs://, https://); a PVC dataset is mounted (step options).
     """
-    fields = training_fields()
-    defaults = job.config.parameters()
+    names = [f.name for f in training_fields()]
 
     def yolov8_train(*values: Any) -> PipelineOutputs:
-        params = dict(zip((f.name for f in fields), values, strict=True))
-        inputs: dict[str, Any] = {}
-        if job.fetches_data:
-            fetched = fetch_dataset(uri=params["data"])
-            apply_fetch_options(fetched, job.step)
-            inputs["dataset"] = fetched.outputs["dataset"]
+        params = dict(zip(names, values, strict=True))
+        inputs = _dataset_inputs(job, params["data"])
         task = yolo_train(**params, checkpoint_dir=job.step.checkpoint_path, run_key=job.step.run_key or "", **inputs)
         apply_step_options(task, job.step)
         return PipelineOutputs(
@@ -111,21 +185,68 @@ def build_pipeline(job: Job) -> Any:
             run_dir=task.outputs["run_dir"],
         )
 
-    # kfp reads the pipeline's parameters, types and defaults from the function's signature, and calls it with
-    # them in that order.
-    yolov8_train.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [
-            inspect.Parameter(
-                f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[f.name], annotation=f.type
+    description = f"Train an Ultralytics YOLO model (yolokf {__version__})."
+    return _pipeline(job, yolov8_train, PIPELINE_NAME, {}, PipelineOutputs, description)
+
+
+def build_sweep_pipeline(job: Job, sweep: Sweep) -> Any:
+    """The `yolov8-tune` pipeline: the training fields and `trials` (the drawn trials) as parameters; each round
+    a ParallelFor of the training component over the trials still in, limited to `sweep.parallel` at once, and
+    a selection step; the last round's report step hands on the best weights."""
+    names = [f.name for f in training_fields()]
+    rounds = sweep.rounds
+
+    def yolov8_tune(*values: Any) -> SweepOutputs:
+        params = dict(zip([*names, "trials"], values, strict=True))
+        items: Any = params.pop("trials")
+        history: Any = []
+        inputs = _dataset_inputs(job, params["data"])
+        for index, round_ in enumerate(rounds):
+            last = index == len(rounds) - 1
+            with dsl.ParallelFor(items, parallelism=sweep.parallel) as item:
+                task = yolo_train(
+                    **params,
+                    trial=item,
+                    stop_after=0 if last else round_.epochs,
+                    checkpoint_dir=job.step.checkpoint_path,
+                    run_key=sweep.key,
+                    **inputs,
+                )
+                apply_step_options(task, job.step)
+                task.set_display_name(f"trial round {index + 1}" if sweep.halving else "trial")
+            results = dsl.Collected(task.outputs["summary"])
+            if last:
+                break
+            selection = select_trials(
+                results=results,
+                history=history,
+                metric=sweep.metric,
+                mode=sweep.mode,
+                keep=rounds[index + 1].trials,
+                round_index=index,
             )
-            for f in fields
-        ],
-        return_annotation=PipelineOutputs,
-    )
-    return dsl.pipeline(
-        name=PIPELINE_NAME,
-        description=f"Train an Ultralytics YOLO model (yolokf {__version__}).",
-    )(yolov8_train)
+            apply_select_options(selection, job.step, f"select round {index + 1}")
+            items, history = selection.outputs["Output"], selection.outputs["records"]
+        summary = sweep_report(
+            results=results, history=history, metric=sweep.metric, mode=sweep.mode, rounds=len(rounds)
+        )
+        apply_select_options(summary, job.step, "best trial")
+        return SweepOutputs(
+            best=summary.outputs["best"],
+            metrics=summary.outputs["metrics"],
+            report=summary.outputs["report"],
+            table=summary.outputs["table"],
+            trials=summary.outputs["Output"],
+        )
+
+    description = f"Tune an Ultralytics YOLO model: {len(sweep.trials)} trials (yolokf {__version__})."
+    trials = {"trials": (list, job.arguments()["trials"])}
+    return _pipeline(job, yolov8_tune, SWEEP_PIPELINE_NAME, trials, SweepOutputs, description)
+
+
+def build(job: Job) -> Any:
+    """The pipeline `job` runs: a sweep's, or the training pipeline."""
+    return build_sweep_pipeline(job, job.sweep) if job.sweep else build_pipeline(job)
 
 
 def compile_pipeline(job: Job, out: Path) -> Path:
@@ -138,7 +259,7 @@ def compile_pipeline(job: Job, out: Path) -> Path:
         raise UsageError(f"Cannot write {out}: folder {parent} does not exist. Create it or choose another --out.")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"Cannot write {out}: folder {parent} is not writable. Choose another --out.")
-    pipeline = build_pipeline(job)
+    pipeline = build(job)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.yaml", dir=parent)
     except OSError as exc:  # the folder takes no new files (read-only mount, quota, sticky dir of another user)

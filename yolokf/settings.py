@@ -6,7 +6,7 @@ through `--set KEY=VALUE` (the `train_args` field) and is checked against ultral
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, get_origin, get_type_hints
 
@@ -95,6 +95,12 @@ class TrainConfig:
     def with_overrides(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
 
+    def with_values(self, values: Mapping[str, Any]) -> TrainConfig:
+        """This config with a sweep trial's values: training fields by name, train arguments into `train_args`."""
+        own = {key: value for key, value in values.items() if key in SWEEPABLE_FIELDS}
+        extra = {key: value for key, value in values.items() if key not in SWEEPABLE_FIELDS}
+        return replace(self, **own, train_args={**self.train_args, **extra})
+
 
 def _copy(value: Any) -> Any:
     return dict(value) if isinstance(value, dict) else value
@@ -131,6 +137,27 @@ def training_fields() -> tuple[FieldInfo, ...]:
 
 
 OWN_FLAGS = tuple(spec.name for spec in fields(TrainConfig) if spec.metadata["flag"] is None)
+# Training fields a sweep may vary (`yolokf tune --space`); the others define the run, not a trial.
+SWEEPABLE_FIELDS = ("batch", "imgsz")
+# ultralytics' optimizer=auto picks these itself (BaseTrainer.build_optimizer), so a value given for them is unused.
+IGNORED_UNDER_AUTO = ("lr0", "momentum")
+
+
+def ignored_under_auto(keys: Iterable[str], train_args: Mapping[str, Any]) -> list[str]:
+    """The `keys` ultralytics would ignore because the optimizer is (by default) `auto`."""
+    if str(train_args.get("optimizer", "auto")).lower() != "auto":
+        return []
+    return [key for key in IGNORED_UNDER_AUTO if key in set(keys)]
+
+
+def auto_optimizer_hint(keys: list[str]) -> str:
+    """What to say when `keys` would be ignored under optimizer=auto."""
+    names = " and ".join(keys)
+    return (
+        f"{names} {'has' if len(keys) == 1 else 'have'} no effect with optimizer=auto (ultralytics then picks lr0 and "
+        "momentum itself); add --set optimizer=SGD (or Adam, AdamW, NAdam, RAdam, RMSProp) to use "
+        f"{'it' if len(keys) == 1 else 'them'}"
+    )
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

@@ -293,6 +293,17 @@ def apply_fetch_options(task: Any, options: StepOptions) -> None:
         task.set_env_variable("AWS_ENDPOINT_URL", options.s3_endpoint_url)
 
 
+def apply_select_options(task: Any, options: StepOptions, name: str) -> None:
+    """Apply `options` to a sweep's selection step: image, pulls, pod metadata, tolerations, the checkpoint PVC
+    (where the trials left their weights). No GPUs: it only ranks trials and copies the best weights."""
+    from kfp import kubernetes
+
+    _apply_common(task, options)
+    task.set_display_name(name)
+    if options.checkpoint_pvc:
+        kubernetes.mount_pvc(task, pvc_name=options.checkpoint_pvc, mount_path=CHECKPOINT_PVC_PATH)
+
+
 def _apply_common(task: Any, options: StepOptions) -> None:
     from kfp import kubernetes
 

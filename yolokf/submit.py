@@ -1,6 +1,6 @@
 """Submit a job to a Kubeflow Pipelines cluster: compile it, find or create the experiment, register, create the run.
 
-The run's arguments are the job's training fields (`job.config.parameters()`), the same values the compiled
+The run's arguments are the job's pipeline parameters (`job.arguments()`), the same values the compiled
 pipeline holds as defaults.
 """
 
@@ -19,7 +19,6 @@ import yaml
 from yolokf.errors import ClusterError
 from yolokf.job import Job
 from yolokf.kfp_api import Cluster, normalize_host
-from yolokf.pipeline import PIPELINE_NAME
 
 DEFAULT_EXPERIMENT = "yolokf"
 
@@ -46,13 +45,14 @@ class Submitted:
     created_experiment: bool = False
     version_id: str | None = None
     version_name: str | None = None
+    pipeline: str = ""
 
     def summary(self) -> list[str]:
         """What `yolokf run --host` prints after submitting."""
         created = " (created)" if self.created_experiment else ""
         lines = [f"Submitted run {self.run_name} to experiment {self.experiment}{created}"]
         if self.version_id:
-            lines.append(f"Pipeline: {PIPELINE_NAME}, version {self.version_name} ({self.version_id})")
+            lines.append(f"Pipeline: {self.pipeline}, version {self.version_name} ({self.version_id})")
         return lines + [f"Run id: {self.run_id}", f"Details: {self.url}"]
 
 
@@ -65,11 +65,11 @@ def describe_submission(host: str, namespace: str | None, job: Job, options: Sub
     cache = {True: "on", False: "off", None: "as compiled (on)"}[options.cache]
     lines = [f"Would submit run {options.run_name or default_run_name(job)} to {where}"]
     if options.upload:
-        lines.append(f"Would register pipeline {PIPELINE_NAME}, or a new version of it when it exists")
+        lines.append(f"Would register pipeline {job.pipeline_name}, or a new version of it when it exists")
     return lines + [
         f"  experiment: {options.experiment} (created when missing)",
         f"  image: {job.step.image}",
-        f"  parameters: {json.dumps(job.config.parameters(), sort_keys=True)}",
+        f"  parameters: {json.dumps(job.arguments(), sort_keys=True)}",
         f"  pipeline root: {options.pipeline_root or 'the cluster default'}",
         f"  service account: {options.service_account or 'the cluster default'}",
         f"  caching: {cache}, for every task",
@@ -134,19 +134,19 @@ def submit(cluster: Cluster, job: Job, options: Submission) -> Submitted:
             pipeline_id = version_id = version_name = None
             if options.upload:
                 pipeline_id, version_id, version_name, new_pipeline = _register(
-                    cluster, package, PIPELINE_NAME, run_name, options.description
+                    cluster, package, job.pipeline_name, run_name, options.description
                 )
                 done.append(
-                    f"registered pipeline {PIPELINE_NAME!r}"
+                    f"registered pipeline {job.pipeline_name!r}"
                     if new_pipeline
-                    else f"registered version {version_name!r} of pipeline {PIPELINE_NAME!r}"
+                    else f"registered version {version_name!r} of pipeline {job.pipeline_name!r}"
                 )
             run = _create_run(
                 cluster,
                 experiment.experiment_id,
                 run_name,
                 package,
-                job.config.parameters(),
+                job.arguments(),
                 options,
                 pipeline_id,
                 version_id,
@@ -166,6 +166,7 @@ def submit(cluster: Cluster, job: Job, options: Submission) -> Submitted:
         created_experiment=created,
         version_id=version_id,
         version_name=version_name,
+        pipeline=job.pipeline_name,
     )
 
 

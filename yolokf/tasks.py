@@ -25,6 +25,19 @@ EXAMPLE_DATA = {
 }
 
 
+_BOX = ("precision", "recall", "mAP50", "mAP50-95")
+
+
+def task_metrics(task: str | None) -> tuple[str, ...]:
+    """The metric names a training step of `task` reports (yolokf.steps.train.readable_metrics); () if unknown."""
+    if task is None:
+        return ()
+    if task == "classify":
+        return ("top1_accuracy", "top5_accuracy", "fitness")
+    prefix = {"segment": "mask_", "pose": "pose_"}.get(task)
+    return (*_BOX, *(f"{prefix}{name}" for name in _BOX if prefix), "fitness")
+
+
 def model_task(model: str) -> str | None:
     """The task a model YAML's or weights' name says (ultralytics' own rule); None for weights named otherwise.
 

@@ -24,6 +24,7 @@ from yolokf.step_options import DATA_PVC_PATH
 from yolokf.tasks import check_task
 
 RUN_NAME = "train"
+STOPPED_METRICS = "yolokf-stopped-metrics.json"  # the metrics at a sweep round's stop, next to results.csv
 _KIND_PREFIX = {"B": "", "M": "mask_", "P": "pose_"}
 _RENAMES = {"accuracy_top1": "top1_accuracy", "accuracy_top5": "top5_accuracy"}
 
@@ -41,6 +42,7 @@ class TrainResult:
     epochs: int
     ultralytics_version: str
     resumed_from_epoch: int | None = None
+    epochs_done: int = 0  # epochs trained so far: fewer than `epochs` after a stop at a sweep round's budget
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,6 +72,37 @@ def metrics_from_csv(results_csv: Path) -> dict[str, float]:
     return readable_metrics({key: value for key, value in last.items() if key.startswith("metrics/")})
 
 
+class _BudgetReached(Exception):
+    """Raised from ultralytics' epoch-end callback once a sweep round's epochs are trained.
+
+    Leaving this way (not with `trainer.stop`) skips ultralytics' final_eval, which strips the optimizer from
+    `last.pt`: the checkpoint stays resumable, and the next round continues it on the same schedule.
+    """
+
+    def __init__(self, metrics: dict[str, float]):
+        super().__init__("budget reached")
+        self.metrics = metrics
+
+
+def _stop_after(epochs: int) -> Any:
+    def on_fit_epoch_end(trainer: Any) -> None:
+        done = trainer.epoch + 1
+        if epochs <= done < trainer.epochs:
+            validation = {k: v for k, v in trainer.metrics.items() if k.startswith("metrics/")}  # not val losses
+            raise _BudgetReached({**readable_metrics(validation), "fitness": round(float(trainer.fitness), 6)})
+
+    return on_fit_epoch_end
+
+
+def epochs_trained(save_dir: Path) -> int:
+    """Epochs in a run folder's results.csv (ultralytics appends one row per epoch, resumed runs too)."""
+    results = save_dir / "results.csv"
+    if not results.exists():
+        return 0
+    with results.open() as handle:
+        return max(0, sum(1 for line in handle if line.strip()) - 1)
+
+
 def prepare_environment() -> None:
     """Settings an offline pod needs before ultralytics is imported."""
     if not offline.is_online():
@@ -84,12 +117,15 @@ def train(
     data: str | None = None,
     checkpoint_dir: str | None = None,
     run_key: str | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Train `config` with ultralytics, writing the run folder under `workdir`.
 
     `data` overrides `config.data` with an already resolved local dataset (the download step's output).
     With `checkpoint_dir` the run folder is `<checkpoint_dir>/<run key>` instead, and an unfinished
     `last.pt` there is resumed rather than started over (docs/cluster.md, "Resume").
+    `stop_after` ends this attempt once that many of `config.epochs` are trained, keeping `last.pt` resumable
+    (a sweep round's budget, docs/tune.md).
     """
     prepare_environment()
     offline.check_model(config.model)
@@ -107,14 +143,22 @@ def train(
     )
     save_dir = project / name
     ckpt = find_checkpoint(save_dir, config.epochs) if checkpoint_dir else None
-    results = None
+    budget = stop_after if stop_after and stop_after < config.epochs else None
+    results, budget_metrics = None, None
     try:
         if ckpt is not None and ckpt.finished:
             print(f"yolokf: {save_dir} already holds a finished training; reporting it.", flush=True)
             model = YOLO(str(ckpt.path))
+        elif ckpt is not None and budget and ckpt.epochs_done >= budget:
+            print(f"yolokf: {save_dir} has trained {ckpt.epochs_done} epochs already; reporting it.", flush=True)
+            model = YOLO(str(ckpt.path))
+            stopped = save_dir / STOPPED_METRICS
+            budget_metrics = json.loads(stopped.read_text()) if stopped.exists() else None
         elif ckpt is not None:
             print(f"yolokf: resuming {ckpt.path} after epoch {ckpt.epochs_done} of {config.epochs}.", flush=True)
             model = YOLO(str(ckpt.path))
+            if budget:
+                model.add_callback("on_fit_epoch_end", _stop_after(budget))
             # Only what ultralytics lets a resume change: this attempt's dataset path, device and workers.
             kwargs = config.train_kwargs()
             results = model.train(
@@ -125,16 +169,23 @@ def train(
                 clear_run(save_dir)
             model = YOLO(config.model)
             check_task(str(model.task), Path(data_path), config.model)  # before ultralytics builds anything
+            if budget:
+                model.add_callback("on_fit_epoch_end", _stop_after(budget))
             results = model.train(
                 data=data_path, project=str(project), name=name, exist_ok=True, **config.train_kwargs()
             )
+    except _BudgetReached as stop:
+        budget_metrics = stop.metrics
+        save_dir = Path(model.trainer.save_dir) if model.trainer is not None else save_dir
+        (save_dir / STOPPED_METRICS).write_text(json.dumps(budget_metrics))  # for a retry that finds it done
+        print(f"yolokf: stopped after epoch {budget} of {config.epochs}; {save_dir} continues later.", flush=True)
     except (FileNotFoundError, ConnectionError) as exc:
         raise TrainingError(f"Training could not start: {exc}") from exc
     if results is not None and model.trainer is None:
         raise TrainingError("ultralytics returned without a trainer; see the log above.")
     if model.trainer is not None:
         save_dir = Path(model.trainer.save_dir)
-    metrics = readable_metrics(getattr(results, "results_dict", None) or {})
+    metrics = budget_metrics or readable_metrics(getattr(results, "results_dict", None) or {})
     if not metrics and (save_dir / "results.csv").exists():
         metrics = metrics_from_csv(save_dir / "results.csv")
     kpt_shape = (getattr(model.trainer, "data", None) or {}).get("kpt_shape") if model.trainer is not None else None
@@ -150,6 +201,7 @@ def train(
         epochs=config.epochs,
         ultralytics_version=ultralytics.__version__,
         resumed_from_epoch=ckpt.epochs_done if ckpt is not None and not ckpt.finished else None,
+        epochs_done=epochs_trained(save_dir),
         extra={
             **({"checkpoint": str(save_dir), "already_finished": True} if ckpt is not None and ckpt.finished else {}),
             **({"kpt_shape": list(kpt_shape)} if kpt_shape else {}),
@@ -175,6 +227,7 @@ def write_outputs(
             "names": {str(k): v for k, v in result.names.items()},
             "imgsz": config.imgsz,
             "epochs": result.epochs,
+            "epochs_done": result.epochs_done,
             "model": config.model,
             "parameters": config.parameters(),  # the training fields this step received
             "ultralytics_version": result.ultralytics_version,
@@ -198,21 +251,76 @@ def train_step(
     metrics: Any,
     report: Any,
     run_dir: Any,
+    summary: str | None = None,
     dataset: Any = None,
     checkpoint_dir: str = "",
     run_key: str = "",
+    trial: dict[str, Any] | None = None,
+    stop_after: int = 0,
     **parameters: Any,
 ) -> None:
-    """Entry point of the pipeline's training component: `parameters` are its training fields."""
+    """Entry point of the pipeline's training component: `parameters` are its training fields.
+
+    A sweep trial (`trial`: its index and values) trains in `<checkpoint_dir>/<run_key>/trial-NN`; a trial
+    that fails is recorded as failed in `summary` instead of failing the step, so the sweep goes on.
+    """
     config = TrainConfig.from_parameters(parameters)
-    with tempfile.TemporaryDirectory(prefix="yolokf-train-") as workdir:
-        local_data = None
-        if dataset is not None:  # the download step's output
-            local_data = prepare_dataset(Path(dataset.path), Path(workdir) / "data")
-        elif Path(config.data).is_relative_to(DATA_PVC_PATH):  # a PVC the pipeline mounted (step_options)
-            local_data = prepare_dataset(Path(config.data), Path(workdir) / "data")
-        result = train(
-            config, Path(workdir), data=local_data, checkpoint_dir=checkpoint_dir or None, run_key=run_key or None
+    record: dict[str, Any] = {}
+    if trial:
+        from yolokf.sweep import trial_name
+
+        record = {"trial": int(trial["trial"]), "values": dict(trial["values"])}
+        checkpoint_dir, run_key = str(Path(checkpoint_dir) / run_key), trial_name(trial)
+    try:
+        if trial:
+            config = config.with_values(trial["values"])
+        with tempfile.TemporaryDirectory(prefix="yolokf-train-") as workdir:
+            local_data = None
+            if dataset is not None:  # the download step's output
+                local_data = prepare_dataset(Path(dataset.path), Path(workdir) / "data")
+            elif Path(config.data).is_relative_to(DATA_PVC_PATH):  # a PVC the pipeline mounted (step_options)
+                local_data = prepare_dataset(Path(config.data), Path(workdir) / "data")
+            result = train(
+                config,
+                Path(workdir),
+                data=local_data,
+                checkpoint_dir=checkpoint_dir or None,
+                run_key=run_key or None,
+                stop_after=stop_after or None,
+            )
+            write_outputs(result, config, weights=weights, metrics=metrics, report=report, run_dir=run_dir)
+    except Exception as exc:
+        if not trial:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(f"yolokf: {run_key} failed: {exc}", flush=True)
+        _write_failed_outputs(f"{type(exc).__name__}: {exc}", weights=weights, report=report, run_dir=run_dir)
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:500], metrics={}, epochs=0, weights="")
+    else:
+        best = result.best or result.last
+        record.update(
+            status="succeeded",
+            metrics=result.metrics,
+            epochs=result.epochs_done,
+            parameters=config.parameters(),
+            # The checkpoint folder outlives the step (the sweep's selection reads it); else the artifact's copy.
+            weights=str(best if checkpoint_dir else Path(weights.path) / best.name) if best is not None else "",
         )
-        write_outputs(result, config, weights=weights, metrics=metrics, report=report, run_dir=run_dir)
-    print("yolokf-metrics " + json.dumps(result.metrics), flush=True)
+        print("yolokf-metrics " + json.dumps(result.metrics), flush=True)
+    if summary is not None:
+        Path(summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(summary).write_text(json.dumps(record))
+
+
+def _write_failed_outputs(error: str, *, weights: Any, report: Any, run_dir: Any) -> None:
+    """A failed trial's artifacts: present (a backend uploads every declared output) and saying what failed."""
+    import html
+
+    for artifact in (weights, run_dir):
+        Path(artifact.path).mkdir(parents=True, exist_ok=True)
+        (Path(artifact.path) / "FAILED.txt").write_text(error + "\n")
+    weights.metadata.update({"status": "failed", "error": error})
+    Path(report.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(report.path).write_text(f"<html><body><h2>Trial failed</h2><pre>{html.escape(error)}</pre></body></html>")
