@@ -15,9 +15,9 @@ from tests.test_bad_input import assert_one_clear_line
 from tests.test_compile import load_spec
 from yolokf.errors import TrainingError, UsageError, YolokfError
 from yolokf.search_space import parse_space, sample, sobol
-from yolokf.settings import TrainConfig
+from yolokf.settings import SweepOptions, TrainConfig
 from yolokf.steps.select import rank, report_step, select_step
-from yolokf.sweep import Round, SweepOptions, halving_rounds, plan_sweep
+from yolokf.sweep import Round, halving_rounds, plan_sweep
 
 BASE = ["--model", "yolov8n.yaml", "--data", "shapes", "--set", "optimizer=SGD"]
 SPACE = ["--space", "lr0=loguniform:1e-4:1e-1", "--space", "mosaic=choice:0,0.5,1.0"]

@@ -36,9 +36,8 @@ from yolokf.cli_options import (
 from yolokf.console import errs, say
 from yolokf.errors import Interrupted, UsageError, YolokfError
 from yolokf.kfp_api import Connection
-from yolokf.settings import TrainConfig
+from yolokf.settings import SweepOptions, TrainConfig
 from yolokf.step_options import StepOptions
-from yolokf.sweep import SweepOptions
 
 if TYPE_CHECKING:
     from yolokf.job import Job

@@ -14,7 +14,7 @@ from typing import Annotated, Any, NamedTuple
 
 import typer
 
-from yolokf.settings import TrainConfig, parse_set, training_fields
+from yolokf.settings import SweepOptions, TrainConfig, parse_set, training_fields
 from yolokf.step_options import (
     DEFAULT_ACCELERATOR,
     DEFAULT_SHM_SIZE,
@@ -24,7 +24,6 @@ from yolokf.step_options import (
     parse_pair,
     parse_toleration,
 )
-from yolokf.sweep import SweepOptions
 
 K8S_PANEL = "Cluster (ignored by local runs)"
 DATA_PANEL = "Data sources"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +157,8 @@ def sample(space: tuple[Dimension, ...], trials: int, sampler: str, seed: int) -
     if sampler == "sobol":
         points = sobol(len(space), trials, seed)
     else:
+        import random
+
         rng = random.Random(seed)
         points = [[rng.random() for _ in space] for _ in range(trials)]
     return [{d.key: d.at(u) for d, u in zip(space, point, strict=True)} for point in points]
@@ -201,6 +202,8 @@ def sobol(dimensions: int, count: int, seed: int | None) -> list[list[float]]:
     seeded random digital shift (None: unshifted), which keeps its even spread and makes each seed a new sequence."""
     if dimensions > len(_JOE_KUO) + 1:
         raise UsageError(f"--sampler sobol varies at most {len(_JOE_KUO) + 1} settings; use --sampler random.")
+    import random
+
     directions = [_directions(d) for d in range(dimensions)]
     rng = random.Random(seed)
     shifts = [rng.getrandbits(_BITS) if seed is not None else 0 for _ in range(dimensions)]

@@ -102,6 +102,22 @@ class TrainConfig:
         return replace(self, **own, train_args={**self.train_args, **extra})
 
 
+SWEEP_MODES = ("max", "min")
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """`yolokf tune`'s own flags, as given."""
+
+    space: tuple[str, ...] = ()
+    trials: int = 8
+    parallel: int = 2
+    sampler: str = "random"
+    metric: str = "fitness"  # ultralytics' own ranking of epochs
+    mode: str = "max"
+    halving: int | None = None
+
+
 def _copy(value: Any) -> Any:
     return dict(value) if isinstance(value, dict) else value
 

@@ -8,8 +8,6 @@ over the same training component. With `--halving ETA` every trial trains a shor
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,25 +15,10 @@ from typing import Any
 
 from yolokf.errors import UsageError
 from yolokf.search_space import Dimension, parse_space, sample
-from yolokf.settings import TrainConfig, auto_optimizer_hint, ignored_under_auto
+from yolokf.settings import SWEEP_MODES, SweepOptions, TrainConfig, auto_optimizer_hint, ignored_under_auto
 
-MODES = ("max", "min")
 # What a sweep's Metrics hold beside the best trial's metrics: counts, shown as whole numbers.
 SWEEP_COUNTS = ("trials", "failed_trials", "trial_epochs")
-DEFAULT_METRIC = "fitness"
-
-
-@dataclass(frozen=True)
-class SweepOptions:
-    """`yolokf tune`'s own flags, as given."""
-
-    space: tuple[str, ...] = ()
-    trials: int = 8
-    parallel: int = 2
-    sampler: str = "random"
-    metric: str = DEFAULT_METRIC
-    mode: str = "max"
-    halving: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +71,7 @@ def plan_sweep(config: TrainConfig, options: SweepOptions, *, run_key: str | Non
         raise UsageError(f"--trials must be at least 1, got {options.trials}.")
     if options.parallel < 1:
         raise UsageError(f"--parallel must be at least 1, got {options.parallel}.")
-    if options.mode not in MODES:
+    if options.mode not in SWEEP_MODES:
         raise UsageError(f"--mode {options.mode!r}: use max or min.")
     if options.halving is not None and options.halving < 2:
         raise UsageError(f"--halving must be at least 2 (keep the best 1/ETA each round), got {options.halving}.")
@@ -128,6 +111,9 @@ def plan_sweep(config: TrainConfig, options: SweepOptions, *, run_key: str | Non
 
 def _sweep_key(config: TrainConfig, trials: tuple[dict[str, Any], ...], rounds: tuple[Round, ...]) -> str:
     """The same sweep gets the same folder, so a re-run finds its trials' checkpoints and resumes them."""
+    import hashlib
+    import json
+
     identity = {
         "config": {k: v for k, v in config.parameters().items() if k not in ("device", "workers")},
         "trials": trials,
