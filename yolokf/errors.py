@@ -47,6 +47,14 @@ class RunFailedError(ClusterError):
     exit_code = 4
 
 
+class ModelRegistryError(YolokfError):
+    """Kubeflow Model Registry refused a request or could not be reached."""
+
+
+class QualityGateError(YolokfError):
+    """The model missed a quality gate (`--gate`) or an export lost accuracy (`--export-tolerance`)."""
+
+
 class DataError(YolokfError):
     """A dataset could not be fetched or does not look like a YOLO dataset (bad input: exit 2), wherever found."""
 

@@ -1,0 +1,428 @@
+"""Register a trained model in Kubeflow Model Registry (the pipeline's register step).
+
+One run becomes one model version (named by the run id) of a registered model, created when missing,
+with one model artifact per exported format (its URI, format name and version) and the run's
+properties and every format's metrics as custom properties of the version. Registration is
+idempotent: a retried step finds the version and adds only the artifacts still missing. With a
+champion metric the version is registered only when it beats every earlier version trained on the
+same dataset (same dataset_hash) by more than a margin.
+
+It talks to the registry through the official client, `model_registry` (`ModelRegistry`), and turns
+every failure into a one-line ModelRegistryError that says what to do. The client is imported inside
+the functions: this module is imported by code that must stay light.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import warnings
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from yolokf.errors import ModelRegistryError
+
+if TYPE_CHECKING:
+    from model_registry import ModelRegistry
+    from model_registry.types import ModelArtifact, ModelVersion, RegisteredModel
+
+T = TypeVar("T")
+
+# One request may take this long (the client's own limit is 5 minutes, too long for a preflight).
+REQUEST_TIMEOUT_S = 60.0
+# Metadata ints must match ^-?([1-9][0-9]{0,8}|0)$ (mr_openapi's MetadataIntValue): larger ones go as text.
+MAX_METADATA_INT = 999_999_999
+# The format whose metrics --champion compares when there is one; else the first format given.
+CHAMPION_FORMAT = "pytorch"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One exported file (or folder) of the trained model and the metrics measured on it."""
+
+    format: str  # "pytorch", "onnx", "openvino", "torchscript"
+    format_version: str  # ONNX opset, torch version for pytorch/torchscript, openvino version
+    uri: str  # where it is stored: an s3:// artifact URI on a cluster, a path locally
+    metrics: dict[str, float] = field(default_factory=dict)  # e.g. {"mAP50-95": 0.61, "latency_ms": 12.3}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where and what to register."""
+
+    url: str  # --registry, e.g. https://model-registry-service.kubeflow.svc:8443
+    registered_model: str
+    version: str  # the KFP run id
+    author: str
+    properties: dict[str, str | int | float | bool]  # run_id, pipeline_name, dataset_hash, epochs...
+    token: str | None = None  # None: the client reads the pod's token (see _connect)
+    ca_bundle: str | None = None  # PEM CA bundle for https
+    champion_metric: str | None = None  # register only if this metric beats earlier versions on the same data
+    champion_margin: float = 0.0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    status: str  # "registered", "already registered", "not a champion"
+    message: str  # one line for the log
+    registered_model_id: str | None
+    version_id: str | None
+    artifact_ids: tuple[str, ...]
+
+
+def check_registry(url: str, token: str | None, ca_bundle: str | None) -> None:
+    """Fail fast, with one clear line, when the registry cannot be reached or refuses the token."""
+    with _errors(url, token):
+        _connect(url, token, ca_bundle, author="yolokf")  # the client's constructor lists one registered model
+
+
+def register(registration: Registration, models: list[ModelFile]) -> RegistrationResult:
+    """Register `models` (one per format) as version `registration.version`; see the module docstring."""
+    reg = registration
+    _check_input(reg, models)
+    with _errors(reg.url, reg.token):
+        client = _connect(reg.url, reg.token, reg.ca_bundle, author=reg.author)
+        return _register(client, reg, models)
+
+
+# --- Registration ---------------------------------------------------------------------------------------
+
+
+def _check_input(reg: Registration, models: list[ModelFile]) -> None:
+    if not models:
+        raise ModelRegistryError(
+            f"Nothing to register for {reg.registered_model} version {reg.version}: no model files."
+        )
+    formats = [m.format for m in models]
+    if len(set(formats)) != len(formats):
+        raise ModelRegistryError(f"Each format may be registered once per version; got {', '.join(formats)}.")
+    if reg.champion_metric:
+        compared = _champion_model(models)
+        if reg.champion_metric not in compared.metrics:
+            raise ModelRegistryError(
+                f"--champion {reg.champion_metric}: the {compared.format} model has no such metric "
+                f"(it has {', '.join(compared.metrics) or 'none'})."
+            )
+        if "dataset_hash" not in reg.properties:
+            raise ModelRegistryError("--champion compares versions trained on the same data: dataset_hash is missing.")
+
+
+def _champion_model(models: list[ModelFile]) -> ModelFile:
+    return next((m for m in models if m.format == CHAMPION_FORMAT), models[0])
+
+
+def _register(client: ModelRegistry, reg: Registration, models: list[ModelFile]) -> RegistrationResult:
+    from model_registry.types import ModelVersion, RegisteredModel
+    from mr_openapi.exceptions import ConflictException
+
+    api = client._api  # the client's REST layer: the only way to add artifacts to an existing version
+    where = f"in Model Registry at {reg.url}"
+    rm = client.get_registered_model(reg.registered_model)
+    mv = client.async_runner(api.get_model_version_by_params(rm.id, reg.version)) if rm and rm.id else None
+    status, verdict = "already registered", ""
+    if mv is None:
+        status = "registered"
+        if reg.champion_metric:
+            beaten, verdict = _champion(client, rm, reg, models)
+            if not beaten:
+                return RegistrationResult(
+                    "not a champion", f"Not registered: {verdict}", rm.id if rm else None, None, ()
+                )
+        if rm is None:
+            try:
+                rm = client.async_runner(
+                    api.upsert_registered_model(RegisteredModel(name=reg.registered_model, owner=reg.author))
+                )
+            except ConflictException:  # another step created it in the meantime
+                rm = client.get_registered_model(reg.registered_model)
+        assert rm is not None and rm.id is not None
+        version = ModelVersion(
+            name=reg.version,
+            author=reg.author,
+            description=reg.description or None,
+            custom_properties=_version_properties(reg, models),
+        )
+        try:
+            mv = client.async_runner(api.upsert_model_version(version, rm.id))
+        except ConflictException:  # a retry raced with the first try: that one created it
+            status = "already registered"
+            mv = client.async_runner(api.get_model_version_by_params(rm.id, reg.version))
+    assert rm is not None and mv is not None and mv.id is not None
+    artifact_ids, added = _ensure_artifacts(client, mv, reg, models)
+    count = f"{len(artifact_ids)} artifact{'s' if len(artifact_ids) != 1 else ''}"
+    name = f"{reg.registered_model} version {reg.version}"
+    if status == "registered":
+        message = f"Registered {name} ({count}) {where}" + (f": {verdict}" if verdict else "")
+    else:
+        message = f"{name} was already registered {where} ({count}, {added} added now)"
+    return RegistrationResult(status, message, rm.id, mv.id, artifact_ids)
+
+
+def _ensure_artifacts(
+    client: ModelRegistry, mv: ModelVersion, reg: Registration, models: list[ModelFile]
+) -> tuple[tuple[str, ...], int]:
+    """Create the model artifacts the version lacks (in `models` order); their ids and how many were added."""
+    from model_registry.types import ListOptions
+    from mr_openapi.exceptions import ConflictException
+
+    assert mv.id is not None
+    api = client._api
+    existing: dict[str, ModelArtifact] = {}
+    options = ListOptions(limit=100)
+    while True:  # every page: a version may hold more artifacts than ours
+        for artifact in client.async_runner(api.get_model_artifacts(mv.id, options)):
+            existing.setdefault(artifact.name or "", artifact)
+        if not options.next_page_token:
+            break
+    ids, added = [], 0
+    for model in models:
+        name = f"{reg.registered_model}-{model.format}"
+        artifact = existing.get(name)
+        if artifact is None:
+            try:
+                artifact = client.async_runner(api.upsert_model_version_artifact(_artifact(name, model, reg), mv.id))
+                added += 1
+            except ConflictException:  # created by a concurrent retry
+                artifact = client.async_runner(api.get_model_artifact_by_params(name, mv.id))
+        assert artifact is not None and artifact.id is not None
+        ids.append(artifact.id)
+    return tuple(ids), added
+
+
+def _artifact(name: str, model: ModelFile, reg: Registration) -> ModelArtifact:
+    from model_registry.types import ModelArtifact
+
+    pipeline = reg.properties.get("pipeline_name")
+    return ModelArtifact(
+        name=name,
+        uri=model.uri,
+        model_format_name=model.format,
+        model_format_version=model.format_version,
+        custom_properties={k: _metadata(v) for k, v in model.metrics.items()} or None,
+        # The spec's provenance fields, as its description suggests for models made by Kubeflow Pipelines.
+        model_source_kind="pipelines",
+        model_source_class="pipelinerun",
+        model_source_group=str(reg.properties["namespace"]) if "namespace" in reg.properties else None,
+        model_source_id=str(reg.properties.get("run_id", reg.version)),
+        model_source_name=f"{pipeline}/{reg.version}" if pipeline else reg.version,
+    )
+
+
+def _version_properties(reg: Registration, models: list[ModelFile]) -> dict[str, str | int | float | bool]:
+    """The run's properties and every format's metrics as "<format>.<metric>", typed for the registry."""
+    props = {key: _metadata(value) for key, value in reg.properties.items()}
+    for model in models:
+        props.update({f"{model.format}.{metric}": _metadata(value) for metric, value in model.metrics.items()})
+    return props
+
+
+def _metadata(value: str | int | float | bool) -> str | int | float | bool:
+    """A value the client's metadata typing accepts: it maps bool/int/float/str to Metadata*Value."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) <= MAX_METADATA_INT else str(value)
+    value = float(value)
+    return value if math.isfinite(value) else str(value)  # JSON has no NaN: the server would refuse the body
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _champion(
+    client: ModelRegistry, rm: RegisteredModel | None, reg: Registration, models: list[ModelFile]
+) -> tuple[bool, str]:
+    """Whether this version beats the best earlier one on the same dataset, and a line that says so."""
+    metric = reg.champion_metric
+    assert metric
+    compared = _champion_model(models)
+    key = f"{compared.format}.{metric}"
+    new = compared.metrics[metric]
+    best: tuple[float, str] | None = None
+    if rm is not None:
+        for version in client.get_model_versions(reg.registered_model).page_size(100):
+            props = version.custom_properties or {}
+            value = _number(props.get(key))
+            if props.get("dataset_hash") == reg.properties["dataset_hash"] and value is not None:
+                if best is None or value > best[0]:
+                    best = (value, version.name)
+    if best is None:
+        return True, f"first version with {key} for dataset {reg.properties['dataset_hash']}"
+    value, name = best
+    if new > value + reg.champion_margin:
+        return True, f"{metric} {new:g} beats version {name}'s {value:g} by more than {reg.champion_margin:g}"
+    return False, f"{metric} {new:g} does not beat version {name}'s {value:g} by {reg.champion_margin:g}"
+
+
+# --- Connection and errors ------------------------------------------------------------------------------
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """The client's async_runner: run one request coroutine on a fresh event loop, with a deadline.
+
+    The client's default runner patches the caller's event loop for re-entrance (nest_asyncio) and
+    leaves it behind; each of its coroutines opens and closes its own aiohttp session, so a private
+    loop per call is enough and leaks nothing. Inside a running loop (a notebook), use a worker thread.
+    """
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, REQUEST_TIMEOUT_S)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(bounded())
+    with ThreadPoolExecutor(1, thread_name_prefix="model-registry") as pool:
+        return pool.submit(asyncio.run, bounded()).result()
+
+
+def _split_url(url: str) -> tuple[str, int]:
+    """(address for the client, port): the client appends the port itself unless the URL has one."""
+    parts = urlsplit(url.strip().rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ModelRegistryError(
+            f"--registry {url!r} is not an http:// or https:// URL; "
+            "use e.g. https://model-registry-service.kubeflow.svc:8443."
+        )
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}{parts.path}", port
+
+
+@contextlib.contextmanager
+def _quiet_client_logging() -> Iterator[None]:
+    """Import the client without letting it configure the application's logging.
+
+    model_registry._client calls logging.basicConfig() when imported, which adds a root handler
+    unless one exists; a NullHandler during the import makes that call a no-op.
+    """
+    root = logging.getLogger()
+    placeholder = logging.NullHandler()
+    root.addHandler(placeholder)
+    try:
+        yield
+    finally:
+        root.removeHandler(placeholder)
+
+
+def _connect(url: str, token: str | None, ca_bundle: str | None, *, author: str) -> ModelRegistry:
+    """A connected client; its constructor already lists one registered model (the preflight request)."""
+    address, port = _split_url(url)
+    if ca_bundle and not Path(ca_bundle).is_file():
+        raise ModelRegistryError(f"--registry-ca-bundle {ca_bundle}: no such file (a PEM file of CA certificates).")
+    with _quiet_client_logging():
+        from model_registry import ModelRegistry
+    with warnings.catch_warnings():
+        # With no token the client reads the one at $KF_PIPELINES_SA_TOKEN_PATH (the KFP pipeline-runner's
+        # projected token, set in the step's pod), else the pod's service-account token; an http
+        # registry that needs none works without, so its "token is missing" warning is noise.
+        warnings.filterwarnings("ignore", message="User access token is missing")
+        return ModelRegistry(
+            address,
+            port,
+            author=author,
+            is_secure=address.startswith("https://"),
+            user_token=token.strip() if token else None,
+            custom_ca=ca_bundle,
+            # ERROR: its port hint ("port is not 443...") is wrong for a registry on any other port.
+            log_level=logging.ERROR,
+            async_runner=_run,
+        )
+
+
+@contextlib.contextmanager
+def _errors(url: str, token: str | None) -> Iterator[None]:
+    """Turn the client's failures into one ModelRegistryError line; the token never appears in it."""
+    try:
+        yield
+    except ModelRegistryError:
+        raise
+    except Exception as exc:
+        message = _explain(exc, url, token)
+        if message is None:
+            raise
+        if token and len(token.strip()) >= 8:  # never in a message by construction; a short one would garble it
+            message = message.replace(token.strip(), "***")
+        raise ModelRegistryError(message) from exc
+
+
+def _error_message(exc: Any) -> str:
+    """The message of the registry's Error body, else the first line of whatever came back."""
+    import json
+
+    message = getattr(exc.data, "message", None)  # the Error model, for the statuses the API declares
+    if message:
+        return str(message)
+    body = (exc.body or "").strip()
+    with contextlib.suppress(ValueError, AttributeError):
+        return str(json.loads(body)["message"])
+    return body.splitlines()[0][:200] if body else (exc.reason or "no details")
+
+
+def _explain(exc: Exception, url: str, token: str | None) -> str | None:
+    """One line for a failure of the client, or None when `exc` is not one (a bug: let it show)."""
+    import ssl
+
+    import aiohttp
+    from pydantic import ValidationError
+
+    with _quiet_client_logging():
+        from model_registry.exceptions import StoreError
+        from mr_openapi.exceptions import ApiException
+
+    where = f"Model Registry at {url}"
+    if isinstance(exc, ApiException):
+        status = exc.status or 0
+        if status in (401, 403):
+            what = "the token" if token else "the request without a valid token"  # none, or the pod's
+            return (
+                f"{where} refused {what} (HTTP {status}): give a valid token with --registry-token-file, "
+                "or run the step with a service account that may use the registry."
+            )
+        detail = _error_message(exc)
+        if status == 404:
+            return f"{where} answered HTTP 404 ({detail}): is --registry the Model Registry service's URL?"
+        return f"{where} failed (HTTP {status}): {detail}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
+        reason = getattr(exc, "certificate_error", exc)
+        return (
+            f"Cannot verify the TLS certificate of {where}: {reason}. Give the CA that signed it with "
+            "--registry-ca-bundle (a PEM file)."
+        )
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return f"TLS with {where} failed: {exc}. Check --registry (https or http?) and --registry-ca-bundle."
+    if isinstance(exc, asyncio.TimeoutError):  # TimeoutError from 3.11 on
+        return (
+            f"Cannot reach Model Registry at {url}: no answer within {REQUEST_TIMEOUT_S:g} s. Check --registry "
+            "and that the service is up and reachable from here."
+        )
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        reason = getattr(exc, "os_error", None) or exc
+        return (
+            f"Cannot reach Model Registry at {url}: {reason}. Check --registry and that the service is up "
+            "and reachable from here."
+        )
+    if isinstance(exc, StoreError):
+        text = str(exc)
+        if "token must be provided" in text:
+            return (
+                f"{where} is https and needs a token: give one with --registry-token-file, or run the step "
+                "with a service account that may use the registry."
+            )
+        if "Unable read user token" in text:  # $KF_PIPELINES_SA_TOKEN_PATH names a file that is not there
+            return f"{text} ($KF_PIPELINES_SA_TOKEN_PATH): give a token with --registry-token-file instead."
+        return f"{where}: {text}"
+    if isinstance(exc, ValidationError | ValueError):
+        first = str(exc).strip().splitlines()[0]
+        return f"{where} answered something that is not the Model Registry API ({first}): check --registry."
+    return None
