@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import types
 from pathlib import Path
@@ -29,6 +30,7 @@ from yolokf.cli_options import (
     Verbose,
     Wait,
     connection_options,
+    promote_options,
     step_options,
     sweep_options,
     training_options,
@@ -36,7 +38,7 @@ from yolokf.cli_options import (
 from yolokf.console import errs, say
 from yolokf.errors import Interrupted, UsageError, YolokfError
 from yolokf.kfp_api import Connection
-from yolokf.settings import SweepOptions, TrainConfig
+from yolokf.settings import PromoteOptions, SweepOptions, TrainConfig
 from yolokf.step_options import StepOptions
 
 if TYPE_CHECKING:
@@ -70,23 +72,32 @@ def _root(
 @app.command("compile")
 @training_options
 @step_options
-def compile_(config: TrainConfig, step: StepOptions, out: Out = Path("yolov8_train.yaml"), image: Image = None) -> None:
+@promote_options
+def compile_(
+    config: TrainConfig,
+    step: StepOptions,
+    promote: PromoteOptions,
+    out: Out = Path("yolov8_train.yaml"),
+    image: Image = None,
+) -> None:
     """Write the Kubeflow pipeline YAML.  Example: yolokf compile --out yolov8_train.yaml --epochs 50"""
     from yolokf.image.records import resolve_image
     from yolokf.job import plan_job
     from yolokf.pipeline import compile_pipeline
 
-    job = plan_job(config, step, image=resolve_image(image))
+    job = plan_job(config, step, image=resolve_image(image)).with_promotion(promote)
     say(f"Wrote {compile_pipeline(job, out)}")
 
 
 @app.command()
 @training_options
 @step_options
+@promote_options
 @connection_options
 def run(
     config: TrainConfig,
     step: StepOptions,
+    promote: PromoteOptions,
     connection: Connection,
     pipeline_root: PipelineRoot = None,
     image: Image = None,
@@ -111,13 +122,15 @@ def run(
     if not connection.host:
         if dry_run:
             raise UsageError("--dry-run shows what a --host run would submit; add --host URL (or set KFP_HOST).")
-        _run_local(config, step, pipeline_root, verbose)
+        from yolokf.job import plan_local_job
+
+        _run_local(plan_local_job(config, step).with_promotion(promote), pipeline_root, verbose)
         return
     from yolokf.image.records import resolve_image
     from yolokf.job import plan_job
     from yolokf.submit import Submission, describe_submission, submit
 
-    job = plan_job(config, step, image=resolve_image(image))
+    job = plan_job(config, step, image=resolve_image(image)).with_promotion(promote)
     options = Submission(experiment, run_name, pipeline_root, service_account, cache, upload)
     if dry_run:
         say("\n".join(describe_submission(connection.host, connection.namespace, job, options)))
@@ -133,11 +146,13 @@ def run(
 @training_options
 @step_options
 @sweep_options
+@promote_options
 @connection_options
 def tune(
     config: TrainConfig,
     step: StepOptions,
     sweep: SweepOptions,
+    promote: PromoteOptions,
     connection: Connection,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the sweep pipeline's YAML here instead of running it.")
@@ -176,7 +191,7 @@ def tune(
         from yolokf.image.records import resolve_image
         from yolokf.job import plan_job
 
-        job = plan_job(config, step, image=resolve_image(image)).with_sweep(planned)
+        job = plan_job(config, step, image=resolve_image(image)).with_sweep(planned).with_promotion(promote)
         if out is not None:
             from yolokf.pipeline import compile_pipeline
 
@@ -200,10 +215,76 @@ def tune(
     from yolokf.console import print_local_run
     from yolokf.job import plan_local_job
 
+    job = plan_local_job(config, step).with_sweep(planned).with_promotion(promote)
     say(plan)
-    result = _run_local_job(plan_local_job(config, step).with_sweep(planned), pipeline_root, verbose)
+    result = _run_local_job(job, pipeline_root, verbose)
     print_trials(result.trials, planned.metric, f"Trials by {planned.metric} ({planned.mode}), best first")
     print_local_run(result)
+
+
+@app.command()
+@training_options
+@step_options
+@promote_options
+@connection_options
+def evaluate(
+    config: TrainConfig,
+    step: StepOptions,
+    promote: PromoteOptions,
+    connection: Connection,
+    pipeline_root: PipelineRoot = None,
+    image: Image = None,
+    verbose: Verbose = False,
+    experiment: Experiment = "yolokf",
+    run_name: RunName = None,
+    service_account: ServiceAccount = None,
+    cache: Cache = None,
+    upload: Upload = False,
+    wait: Wait = False,
+    timeout: Timeout = None,
+    terminate_on_interrupt: TerminateOnInterrupt = False,
+    poll_interval: PollInterval = 5.0,
+    dry_run: DryRun = False,
+) -> None:
+    """Evaluate existing weights (--model best.pt) on the held-out split; export, gate and register them too.
+
+    On a cluster, --model is an object-store URI (s3://bucket/best.pt). Training flags other than --data,
+    --imgsz, --batch and --device do not apply.
+    Example: yolokf evaluate --model runs/best.pt --data shapes --export onnx,openvino --gate 'mAP50-95>=0.5'
+    """
+    from dataclasses import replace
+
+    if not connection.host:
+        if dry_run:
+            raise UsageError("--dry-run shows what a --host run would submit; add --host URL (or set KFP_HOST).")
+        from yolokf.job import plan_local_job
+
+        weights = Path(config.model).expanduser()
+        if weights.suffix != ".pt" or not weights.is_file():
+            raise UsageError(f"--model {config.model}: give the weights file to evaluate, e.g. --model runs/best.pt.")
+        config = config.with_overrides(model=str(weights.resolve()))
+        job = replace(plan_local_job(config, step), evaluate_only=True).with_promotion(promote)
+        _run_local(job, pipeline_root, verbose)
+        return
+    from yolokf.image.records import resolve_image
+    from yolokf.job import plan_job
+    from yolokf.submit import Submission, describe_submission, submit
+
+    if not re.match(r"^(s3|gs|minio|https?)://", config.model):
+        raise UsageError(
+            f"--model {config.model}: on a cluster the weights must be an object-store URI the pipeline can import, "
+            "e.g. s3://models/yolov8n/best.pt (the weights artifact's URI of a training run)."
+        )
+    job = replace(plan_job(config, step, image=resolve_image(image)), evaluate_only=True).with_promotion(promote)
+    options = Submission(experiment, run_name, pipeline_root, service_account, cache, upload)
+    if dry_run:
+        say("\n".join(describe_submission(connection.host, connection.namespace, job, options)))
+        return
+    cluster = _connect(connection)
+    submitted = submit(cluster, job, options)
+    say("\n".join(submitted.summary()))
+    if wait:
+        _follow(cluster, submitted.run_id, timeout, terminate_on_interrupt, poll_interval)
 
 
 @app.command()
@@ -286,11 +367,10 @@ def shapes(
     say(f"Wrote {write_dataset(folder, task)}")
 
 
-def _run_local(config: TrainConfig, step: StepOptions, pipeline_root: str | None, verbose: bool) -> None:
+def _run_local(job: Job, pipeline_root: str | None, verbose: bool) -> None:
     from yolokf.console import print_local_run
-    from yolokf.job import plan_local_job
 
-    print_local_run(_run_local_job(plan_local_job(config, step), pipeline_root, verbose))
+    print_local_run(_run_local_job(job, pipeline_root, verbose))
 
 
 def _run_local_job(job: Job, pipeline_root: str | None, verbose: bool) -> LocalRun:

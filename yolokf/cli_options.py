@@ -14,7 +14,7 @@ from typing import Annotated, Any, NamedTuple
 
 import typer
 
-from yolokf.settings import SweepOptions, TrainConfig, parse_set, training_fields
+from yolokf.settings import PromoteOptions, SweepOptions, TrainConfig, parse_set, training_fields
 from yolokf.step_options import (
     DEFAULT_ACCELERATOR,
     DEFAULT_SHM_SIZE,
@@ -328,6 +328,80 @@ SWEEP_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
+PROMOTE_PANEL = "Evaluate, export, gate, register"
+_PROMOTE_DEFAULTS = PromoteOptions()
+
+
+def _promote_option(kind: Any, help: str, *names: str, **extra: Any) -> Any:
+    return Annotated[kind, typer.Option(*names, help=help, rich_help_panel=PROMOTE_PANEL, **extra)]
+
+
+PROMOTE_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "evaluate": (
+        _promote_option(bool, "Evaluate the weights on the held-out split (test:, else val:).", "--evaluate"),
+        _PROMOTE_DEFAULTS.evaluate,
+    ),
+    "export": (
+        _promote_option(
+            list[str] | None,
+            "Export formats, checked against the .pt: onnx, openvino, torchscript, engine (GPU). Comma-separated "
+            "or repeated.",
+            metavar="FORMATS",
+        ),
+        None,
+    ),
+    "export_imgsz": (_promote_option(int | None, "Export image size. Default: --imgsz."), None),
+    "dynamic": (_promote_option(bool, "Export with a dynamic batch (and image) size.", "--dynamic"), False),
+    "half": (_promote_option(bool, "Export in half precision (GPU).", "--half"), False),
+    "simplify": (
+        _promote_option(bool, "Simplify the ONNX graph (onnxslim).", "--simplify/--no-simplify"),
+        _PROMOTE_DEFAULTS.simplify,
+    ),
+    "export_tolerance": (
+        _promote_option(float, "Largest mAP50-95 (top-1) difference of an export from the .pt model."),
+        _PROMOTE_DEFAULTS.export_tolerance,
+    ),
+    "gate": (
+        _promote_option(
+            list[str] | None, "Quality gate, e.g. 'mAP50-95>=0.45' (repeatable); decides registration.", metavar="EXPR"
+        ),
+        None,
+    ),
+    "gate_action": (
+        _promote_option(str, "When a gate is missed: skip (register nothing) or fail (fail the run)."),
+        _PROMOTE_DEFAULTS.gate_action,
+    ),
+    "registry": (
+        _promote_option(str | None, "Kubeflow Model Registry URL to register the model in.", envvar="YOLOKF_REGISTRY"),
+        None,
+    ),
+    "registered_model": (_promote_option(str | None, "Registered model name. Default: <model>-<data>."), None),
+    "registry_token_file": (
+        _promote_option(
+            str | None,
+            "File with the registry token (in the pod on a cluster). Default: the pod's service-account token.",
+            envvar="YOLOKF_REGISTRY_TOKEN_FILE",
+        ),
+        None,
+    ),
+    "registry_ca_bundle": (_promote_option(str | None, "PEM CA bundle of the registry's TLS certificate."), None),
+    "champion": (
+        _promote_option(
+            bool, "Register only when better than the best registered version on the same data.", "--champion"
+        ),
+        False,
+    ),
+    "champion_margin": (
+        _promote_option(float, "How much better a champion must be."),
+        _PROMOTE_DEFAULTS.champion_margin,
+    ),
+}
+
+
+def _build_promote(export: list[str] | None, gate: list[str] | None, **values: Any) -> PromoteOptions:
+    return PromoteOptions(exports=tuple(export or ()), gates=tuple(gate or ()), **values)
+
+
 def _build_sweep(space: list[str] | None, **values: Any) -> SweepOptions:
     return SweepOptions(space=tuple(space or ()), **values)
 
@@ -369,6 +443,11 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def step_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Replace the command's `step: StepOptions` parameter with the pod-setting options."""
     return _replace_parameter(command, "step", STEP_OPTIONS, StepOptions)
+
+
+def promote_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Replace the command's `promote: PromoteOptions` parameter with the evaluate/export/gate/registry options."""
+    return _replace_parameter(command, "promote", PROMOTE_OPTIONS, _build_promote)
 
 
 def sweep_options(command: Callable[..., Any]) -> Callable[..., Any]:

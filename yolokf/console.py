@@ -61,18 +61,22 @@ def print_local_run(result: LocalRun) -> None:
     """The end of a local run: the final metrics table and where the outputs are."""
     from rich.table import Table
 
+    from yolokf.sweep import SWEEP_COUNTS
+
     table = Table(title="The best trial's validation metrics" if result.trials else "Final validation metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    from yolokf.sweep import SWEEP_COUNTS
-
     for name, value in result.metrics.items():
         table.add_row(name, f"{value:.0f}" if name in SWEEP_COUNTS else f"{value:.4f}")
-    out().print(table)
+    if result.metrics:
+        out().print(table)
+    for text in result.tables.values():
+        say(text.rstrip())  # Markdown as written for the KFP UI: per-class results, the exports side by side
     for name, path in result.artifacts.items():
         say(f"{name:>8}: {path}")
     say(f"     log: {result.log}")
-    say(f"Trained in {result.seconds:.0f} s; outputs under {result.pipeline_root}")
+    done = "Trained" if result.metrics else "Evaluated"
+    say(f"{done} in {result.seconds:.0f} s; outputs under {result.pipeline_root}")
 
 
 def print_trials(records: list[dict[str, Any]], metric: str | None, title: str) -> None:

@@ -189,6 +189,36 @@ def prepare_dataset(root: Path, workdir: Path) -> str:
     return str(out)
 
 
+def dataset_hash(data: str) -> str:
+    """A content hash of a local dataset (every file under its root: images, labels, the YAML), so registered
+    models trained on the same data can be compared (`--champion`). Ultralytics' label caches are left out."""
+    import hashlib
+
+    path = Path(data)
+    root = path if path.is_dir() else dataset_root(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".cache")
+    if path.is_file() and not path.is_relative_to(root):
+        files.append(path)
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(root) if file.is_relative_to(root) else file.name).encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def step_data(data: str, dataset: Any, workdir: Path) -> str:
+    """The local dataset a step uses: the download step's output (`dataset`), a mounted PVC, or `data` resolved."""
+    from yolokf.step_options import DATA_PVC_PATH
+
+    if dataset is not None:
+        return prepare_dataset(Path(dataset.path), workdir / "data")
+    if Path(data).is_relative_to(DATA_PVC_PATH):  # a PVC the pipeline mounted (step_options)
+        return prepare_dataset(Path(data), workdir / "data")
+    return resolve_data(data)
+
+
 def _builtin_dataset_yaml(name: str) -> Path | None:
     package = ultralytics_cfg.installed_package_dir()
     if package is None or not name.endswith((".yaml", ".yml")) or "/" in name:

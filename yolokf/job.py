@@ -8,18 +8,21 @@ a download step. The compiled pipeline's parameter defaults and the run argument
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Any
 
 from yolokf.data_sources import DataSource, is_remote, parse_data_uri, pvc_source
 from yolokf.errors import UsageError
-from yolokf.settings import TrainConfig
+from yolokf.promote import Promotion
+from yolokf.settings import PromoteOptions, TrainConfig
 from yolokf.step_options import AMBIENT_CREDENTIALS, DATA_PVC_PATH, StepOptions, ultralytics_device
 from yolokf.sweep import Sweep
 
 PIPELINE_NAME = "yolov8-train"
 SWEEP_PIPELINE_NAME = "yolov8-tune"
+EVALUATE_PIPELINE_NAME = "yolov8-evaluate"
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Job:
     step: StepOptions  # how its pods run
     source: DataSource | None = None  # a dataset that is not on this machine: downloaded, or a mounted PVC
     sweep: Sweep | None = None  # `yolokf tune`: the trials and rounds the pipeline runs
+    promotion: Promotion | None = None  # evaluate, export, gate, register after training (promote flags)
+    evaluate_only: bool = False  # `yolokf evaluate`: `config.model` is existing weights, nothing trains
 
     @property
     def fetches_data(self) -> bool:
@@ -37,13 +42,45 @@ class Job:
         return self.source is not None and self.source.fetched
 
     @property
+    def stem(self) -> str:
+        """`yolov8n-coco128`: the model's and the dataset's names, for run and registered-model names."""
+
+        def stem(value: str) -> str:
+            name = value.rstrip("/").rsplit("/", 1)[-1]
+            name = re.sub(r"\.(pt|ya?ml|zip|tar\.gz|tgz)$", "", name)
+            return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "data"
+
+        data = self.source.uri if self.source is not None else self.config.data
+        return f"{stem(self.config.model)}-{stem(data)}"
+
+    @property
     def pipeline_name(self) -> str:
-        return SWEEP_PIPELINE_NAME if self.sweep else PIPELINE_NAME
+        if self.sweep:
+            return SWEEP_PIPELINE_NAME
+        return EVALUATE_PIPELINE_NAME if self.evaluate_only else PIPELINE_NAME
 
     def arguments(self) -> dict[str, Any]:
         """The pipeline's parameters: the compiled defaults, and the run arguments of `--host`."""
         trials = {"trials": [dict(t) for t in self.sweep.trials]} if self.sweep else {}
         return {**self.config.parameters(), **trials}
+
+    def with_promotion(self, options: PromoteOptions) -> Job:
+        """This job with the steps after training that `options` ask for (none: a plain training pipeline)."""
+        from yolokf.promote import plan_promotion
+        from yolokf.tasks import model_task
+
+        local = self.step.image == "local"
+
+        def gpu() -> bool:
+            if not local:
+                return bool(self.step.gpus)
+            import torch
+
+            return bool(torch.cuda.is_available())
+
+        options = replace(options, evaluate=options.evaluate or self.evaluate_only)
+        promotion = plan_promotion(options, task=model_task(self.config.model), stem=self.stem, gpu=gpu, local=local)
+        return replace(self, promotion=promotion)
 
     def with_sweep(self, sweep: Sweep) -> Job:
         """This job as a sweep; refuses what a sweep cannot do with these step settings."""

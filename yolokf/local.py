@@ -39,6 +39,8 @@ class LocalRun:
     seconds: float
     log: Path
     trials: list[dict[str, Any]] = field(default_factory=list)  # a sweep's trials, best first
+    evaluation: dict[str, float] = field(default_factory=dict)  # the held-out split's metrics (promote steps)
+    tables: dict[str, str] = field(default_factory=dict)  # Markdown outputs: per-class results, the exports
 
 
 # kfp.local's own log records (kfp/local/logging_utils.py: '%(asctime)s - %(levelname)s - %(message)s', one write
@@ -172,12 +174,23 @@ def run_local(
                 warnings.filterwarnings("ignore", message=r".*(have no effect|non-Python base image)", category=Warning)
                 task = pipeline()
         except RuntimeError:
-            raise TrainingError(f"The local training step failed: {output.failure()} (full log: {log_path})") from None
-    outputs: dict[str, Any] = task.outputs
-    logged = outputs["metrics"].metadata
-    first = [name for name in METRIC_ORDER if name in logged]
-    metrics = {name: float(logged[name]) for name in first + sorted(set(logged) - set(first))}
+            what = "The local training step" if job.promotion is None and job.sweep is None else "A local step"
+            raise TrainingError(f"{what} failed: {output.failure()} (full log: {log_path})") from None
+    outputs: dict[str, Any] = task.outputs if hasattr(task, "outputs") else {}
+    metrics = _ordered(outputs["metrics"].metadata) if "metrics" in outputs else {}
+    evaluation = _ordered(outputs["evaluation"].metadata) if "evaluation" in outputs else {}
+    tables: dict[str, str] = {
+        name: Path(outputs[name].path).read_text() for name in ("classes", "exports") if name in outputs
+    }
     # Output[Metrics] is metadata only under kfp.local: list the artifacts that are files or folders.
     artifacts = {name: Path(a.path) for name, a in outputs.items() if hasattr(a, "path") and Path(a.path).exists()}
     trials = list(outputs.get("trials") or [])
-    return LocalRun(pipeline_root, metrics, artifacts, time.perf_counter() - started, log_path, trials)
+    seconds = time.perf_counter() - started
+    return LocalRun(pipeline_root, metrics, artifacts, seconds, log_path, trials, evaluation, tables)
+
+
+def _ordered(logged: dict[str, Any]) -> dict[str, float]:
+    """Metrics in METRIC_ORDER, then the rest by name; numbers only (the split is metadata too)."""
+    numbers = {name: float(value) for name, value in logged.items() if isinstance(value, (int, float))}
+    first = [name for name in METRIC_ORDER if name in numbers]
+    return {name: numbers[name] for name in first + sorted(set(numbers) - set(first))}

@@ -15,11 +15,22 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from kfp import compiler, dsl
-from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output, OutputPath
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+    OutputPath,
+)
 
 from yolokf import __version__
 from yolokf.errors import UsageError
-from yolokf.job import PIPELINE_NAME, SWEEP_PIPELINE_NAME, Job
+from yolokf.job import EVALUATE_PIPELINE_NAME, PIPELINE_NAME, SWEEP_PIPELINE_NAME, Job
 from yolokf.settings import training_fields
 from yolokf.step_options import apply_fetch_options, apply_select_options, apply_step_options
 from yolokf.sweep import Sweep
@@ -125,6 +136,128 @@ def sweep_report(
     return report_step(results, history, metric, mode, rounds, best=best, metrics=metrics, report=report, table=table)
 
 
+@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
+def yolo_evaluate(
+    weights: Input[Model],
+    data: str,
+    imgsz: int,
+    batch: int,
+    device: str,
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    classes: Output[Markdown],
+    summary: OutputPath(str),  # type: ignore[valid-type]
+    dataset: Input[Dataset] = None,
+):
+    """Evaluate weights on the dataset's held-out split (yolokf)."""
+    from yolokf.steps.evaluate import evaluate_step
+
+    evaluate_step(
+        weights=weights,
+        metrics=metrics,
+        confusion=confusion,
+        classes=classes,
+        summary=summary,
+        data=data,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        dataset=dataset,
+    )
+
+
+@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
+def yolo_export(
+    weights: Input[Model],
+    fmt: str,
+    data: str,
+    imgsz: int,
+    batch: int,
+    device: str,
+    dynamic: bool,
+    half: bool,
+    simplify: bool,
+    tolerance: float,
+    previous: list,
+    serving_name: str,
+    model: Output[Model],
+    table: Output[Markdown],
+    dataset: Input[Dataset] = None,
+) -> list:
+    """Export weights to one format and check it against the .pt model (yolokf); returns every format so far."""
+    from yolokf.steps.export import export_step
+
+    return export_step(
+        weights=weights,
+        model=model,
+        table=table,
+        fmt=fmt,
+        data=data,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        dynamic=dynamic,
+        half=half,
+        simplify=simplify,
+        tolerance=tolerance,
+        previous=previous,
+        serving_name=serving_name,
+        dataset=dataset,
+    )
+
+
+@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
+def quality_gate(evaluation: str, gates: list, action: str) -> str:
+    """Check the evaluated metrics against the quality gates (yolokf): pass, or skip (fail fails the run)."""
+    from yolokf.steps.gate import gate_step
+
+    return gate_step(evaluation, gates, action)
+
+
+@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
+def yolo_register(
+    weights: Input[Model],
+    evaluation: str,
+    exports: list,
+    registry: str,
+    registered_model: str,
+    token_file: str,
+    ca_bundle: str,
+    champion_metric: str,
+    champion_margin: float,
+    data: str,
+    image: str,
+    epochs: int,
+    imgsz: int,
+    run_id: str,
+    run_name: str,
+    pipeline_name: str,
+    dataset: Input[Dataset] = None,
+) -> str:
+    """Register the model, one artifact per format, in Kubeflow Model Registry (yolokf); returns what it did."""
+    from yolokf.steps.publish import register_step
+
+    return register_step(
+        weights=weights,
+        evaluation=evaluation,
+        exports=exports,
+        registry=registry,
+        registered_model=registered_model,
+        token_file=token_file,
+        ca_bundle=ca_bundle,
+        champion_metric=champion_metric,
+        champion_margin=champion_margin,
+        data=data,
+        image=image,
+        epochs=epochs,
+        imgsz=imgsz,
+        run_id=run_id,
+        run_name=run_name,
+        pipeline_name=pipeline_name,
+        dataset=dataset,
+    )
+
+
 class PipelineOutputs(NamedTuple):
     weights: Model
     metrics: Metrics
@@ -166,27 +299,125 @@ def _pipeline(
     return dsl.pipeline(name=name, description=description)(body)
 
 
+def _outputs(name: str, base: type, job: Job) -> Any:
+    """The pipeline's outputs: `base`'s, then the promote steps' (evaluation, confusion, classes, each export)."""
+    fields = list(base.__annotations__.items())
+    if job.promotion is not None:
+        fields += [("evaluation", Metrics), ("confusion", ClassificationMetrics), ("classes", Markdown)]
+        fields += [(fmt, Model) for fmt in job.promotion.formats]
+        fields += [("exports", Markdown)] if job.promotion.formats else []
+    return NamedTuple(name, fields)  # type: ignore[misc]
+
+
+def _promote(job: Job, weights: Any, params: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """The steps after training: evaluate, export each format (one after another), gate, register; their outputs."""
+    promotion = job.promotion
+    if promotion is None:
+        return {}
+    common = {"data": params["data"], "batch": params["batch"], "device": params["device"], **inputs}
+    evaluation = yolo_evaluate(weights=weights, imgsz=params["imgsz"], **common)
+    apply_step_options(evaluation, job.step, "evaluate")
+    outputs = {name: evaluation.outputs[name] for name in ("confusion", "classes")}
+    outputs["evaluation"] = evaluation.outputs["metrics"]
+    exports: Any = []
+    for fmt in promotion.formats:
+        export = yolo_export(
+            weights=weights,
+            fmt=fmt,
+            imgsz=promotion.export_imgsz or params["imgsz"],
+            dynamic=promotion.dynamic,
+            half=promotion.half,
+            simplify=promotion.simplify,
+            tolerance=promotion.tolerance,
+            previous=exports,
+            serving_name=promotion.serving_name,
+            **common,
+        )
+        apply_step_options(export, job.step, f"export {fmt}")
+        exports, outputs[fmt], outputs["exports"] = (
+            export.outputs["Output"],
+            export.outputs["model"],
+            export.outputs["table"],
+        )
+    if promotion.registry:
+        register = {
+            "weights": weights,
+            "evaluation": evaluation.outputs["summary"],
+            "exports": exports,
+            "registry": promotion.registry,
+            "registered_model": promotion.registered_model,
+            "token_file": promotion.token_file,
+            "ca_bundle": promotion.ca_bundle,
+            "champion_metric": promotion.champion_metric,
+            "champion_margin": promotion.champion_margin,
+            "data": params["data"],
+            "image": job.step.image,
+            "epochs": params["epochs"],
+            "imgsz": params["imgsz"],
+            "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            "run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            "pipeline_name": job.pipeline_name,
+        }
+    if promotion.gates:
+        gate = quality_gate(
+            evaluation=evaluation.outputs["summary"],
+            gates=[g.text for g in promotion.gates],
+            action=promotion.gate_action,
+        )
+        apply_select_options(gate, job.step, "quality gate")
+        if promotion.registry:
+            with dsl.If(gate.output == "pass", name="gate-passed"):
+                apply_select_options(yolo_register(**register), job.step, "register")
+    elif promotion.registry:
+        apply_select_options(yolo_register(**register), job.step, "register")
+    return outputs
+
+
 def build_pipeline(job: Job) -> Any:
     """The `yolov8-train` pipeline: one parameter per training field, `job.config`'s values as the defaults.
 
     A remote dataset adds a download step (s3://, gs://, https://); a PVC dataset is mounted (step options).
+    With promote flags, evaluation, exports, a quality gate and registration follow the training step.
     """
     names = [f.name for f in training_fields()]
+    returns = _outputs("Outputs", PipelineOutputs, job)
 
-    def yolov8_train(*values: Any) -> PipelineOutputs:
+    def yolov8_train(*values: Any) -> Any:
         params = dict(zip(names, values, strict=True))
         inputs = _dataset_inputs(job, params["data"])
         task = yolo_train(**params, checkpoint_dir=job.step.checkpoint_path, run_key=job.step.run_key or "", **inputs)
         apply_step_options(task, job.step)
-        return PipelineOutputs(
+        promoted = _promote(job, task.outputs["weights"], params, inputs)
+        return returns(
             weights=task.outputs["weights"],
             metrics=task.outputs["metrics"],
             report=task.outputs["report"],
             run_dir=task.outputs["run_dir"],
+            **promoted,
         )
 
     description = f"Train an Ultralytics YOLO model (yolokf {__version__})."
-    return _pipeline(job, yolov8_train, PIPELINE_NAME, {}, PipelineOutputs, description)
+    return _pipeline(job, yolov8_train, PIPELINE_NAME, {}, returns, description)
+
+
+class EvaluateOutputs(NamedTuple):
+    pass
+
+
+def build_evaluate_pipeline(job: Job) -> Any:
+    """The `yolov8-evaluate` pipeline: the promote steps on existing weights (`--model`, imported by URI)."""
+    names = [f.name for f in training_fields()]
+    returns = _outputs("Outputs", EvaluateOutputs, job)
+
+    def yolov8_evaluate(*values: Any) -> Any:
+        params = dict(zip(names, values, strict=True))
+        inputs = _dataset_inputs(job, params["data"])
+        weights = dsl.importer(artifact_uri=params["model"], artifact_class=Model, reimport=False)
+        weights.set_display_name("weights")
+        return returns(**_promote(job, weights.output, params, inputs))
+
+    description = f"Evaluate, export and register an Ultralytics YOLO model (yolokf {__version__})."
+    return _pipeline(job, yolov8_evaluate, EVALUATE_PIPELINE_NAME, {}, returns, description)
 
 
 def build_sweep_pipeline(job: Job, sweep: Sweep) -> Any:
@@ -196,7 +427,9 @@ def build_sweep_pipeline(job: Job, sweep: Sweep) -> Any:
     names = [f.name for f in training_fields()]
     rounds = sweep.rounds
 
-    def yolov8_tune(*values: Any) -> SweepOutputs:
+    returns = _outputs("Outputs", SweepOutputs, job)
+
+    def yolov8_tune(*values: Any) -> Any:
         params = dict(zip([*names, "trials"], values, strict=True))
         items: Any = params.pop("trials")
         history: Any = []
@@ -231,22 +464,25 @@ def build_sweep_pipeline(job: Job, sweep: Sweep) -> Any:
             results=results, history=history, metric=sweep.metric, mode=sweep.mode, rounds=len(rounds)
         )
         apply_select_options(summary, job.step, "best trial")
-        return SweepOutputs(
+        return returns(
             best=summary.outputs["best"],
             metrics=summary.outputs["metrics"],
             report=summary.outputs["report"],
             table=summary.outputs["table"],
             trials=summary.outputs["Output"],
+            **_promote(job, summary.outputs["best"], params, inputs),
         )
 
     description = f"Tune an Ultralytics YOLO model: {len(sweep.trials)} trials (yolokf {__version__})."
     trials = {"trials": (list, job.arguments()["trials"])}
-    return _pipeline(job, yolov8_tune, SWEEP_PIPELINE_NAME, trials, SweepOutputs, description)
+    return _pipeline(job, yolov8_tune, SWEEP_PIPELINE_NAME, trials, returns, description)
 
 
 def build(job: Job) -> Any:
-    """The pipeline `job` runs: a sweep's, or the training pipeline."""
-    return build_sweep_pipeline(job, job.sweep) if job.sweep else build_pipeline(job)
+    """The pipeline `job` runs: a sweep's, an evaluation's of existing weights, or the training pipeline."""
+    if job.sweep:
+        return build_sweep_pipeline(job, job.sweep)
+    return build_evaluate_pipeline(job) if job.evaluate_only else build_pipeline(job)
 
 
 def compile_pipeline(job: Job, out: Path) -> Path:

@@ -118,6 +118,32 @@ class SweepOptions:
     halving: int | None = None
 
 
+@dataclass(frozen=True)
+class PromoteOptions:
+    """The flags that take a trained model on to evaluation, export, a quality gate and Model Registry, as given."""
+
+    evaluate: bool = False
+    exports: tuple[str, ...] = ()
+    export_imgsz: int | None = None
+    dynamic: bool = False
+    half: bool = False
+    simplify: bool = True
+    export_tolerance: float = 0.01
+    gates: tuple[str, ...] = ()
+    gate_action: str = "skip"
+    registry: str | None = None
+    registered_model: str | None = None
+    registry_token_file: str | None = None
+    registry_ca_bundle: str | None = None
+    champion: bool = False
+    champion_margin: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        """Whether the pipeline goes on after training (a plain run stops at the weights)."""
+        return bool(self.evaluate or self.exports or self.gates or self.registry)
+
+
 def _copy(value: Any) -> Any:
     return dict(value) if isinstance(value, dict) else value
 

@@ -240,12 +240,13 @@ def _check_quantity(value: str, flag: str, example: str) -> None:
         )
 
 
-def apply_step_options(task: Any, options: StepOptions) -> None:
-    """Apply `options` to the training task with kfp's task methods and kfp-kubernetes."""
+def apply_step_options(task: Any, options: StepOptions, name: str = "train") -> None:
+    """Apply `options` to a task that trains or runs the model (train, evaluate, export) with kfp's task methods
+    and kfp-kubernetes."""
     from kfp import kubernetes
 
     _apply_common(task, options)
-    task.set_display_name("train")
+    task.set_display_name(name)
     if options.gpus:
         task.set_accelerator_type(options.accelerator_type)
         task.set_accelerator_limit(options.gpus)

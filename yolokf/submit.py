@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,15 +77,8 @@ def describe_submission(host: str, namespace: str | None, job: Job, options: Sub
 
 def default_run_name(job: Job, now: datetime.datetime | None = None) -> str:
     """`yolov8n-coco128-20240131-142501`: model and dataset stems and the local time."""
-
-    def stem(value: str) -> str:
-        name = value.rstrip("/").rsplit("/", 1)[-1]
-        name = re.sub(r"\.(pt|ya?ml|zip|tar\.gz|tgz)$", "", name)
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "data"
-
     now = now or datetime.datetime.now()
-    data = job.source.uri if job.source is not None else job.config.data
-    return f"{stem(job.config.model)}-{stem(data)}-{now:%Y%m%d-%H%M%S}"
+    return f"{job.stem}-{now:%Y%m%d-%H%M%S}"
 
 
 def set_caching(spec: dict[str, Any], enabled: bool) -> int:

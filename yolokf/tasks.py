@@ -38,6 +38,12 @@ def task_metrics(task: str | None) -> tuple[str, ...]:
     return (*_BOX, *(f"{prefix}{name}" for name in _BOX if prefix), "fitness")
 
 
+def primary_metric(task: str | None) -> str:
+    """The metric that ranks models of `task`: mAP50-95 of its own output (masks, keypoints), top-1 for classify."""
+    own = {"classify": "top1_accuracy", "segment": "mask_mAP50-95", "pose": "pose_mAP50-95"}
+    return own.get(task or "", "mAP50-95")
+
+
 def model_task(model: str) -> str | None:
     """The task a model YAML's or weights' name says (ultralytics' own rule); None for weights named otherwise.
 

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from yolokf import offline
-from yolokf.datasets import prepare_dataset, resolve_data
+from yolokf.datasets import resolve_data, step_data
 from yolokf.errors import TrainingError
 from yolokf.settings import TrainConfig
-from yolokf.step_options import DATA_PVC_PATH
 from yolokf.tasks import check_task
 
 RUN_NAME = "train"
@@ -275,11 +274,7 @@ def train_step(
         if trial:
             config = config.with_values(trial["values"])
         with tempfile.TemporaryDirectory(prefix="yolokf-train-") as workdir:
-            local_data = None
-            if dataset is not None:  # the download step's output
-                local_data = prepare_dataset(Path(dataset.path), Path(workdir) / "data")
-            elif Path(config.data).is_relative_to(DATA_PVC_PATH):  # a PVC the pipeline mounted (step_options)
-                local_data = prepare_dataset(Path(config.data), Path(workdir) / "data")
+            local_data = step_data(config.data, dataset, Path(workdir))
             result = train(
                 config,
                 Path(workdir),

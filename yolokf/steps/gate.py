@@ -1,0 +1,41 @@
+"""The code inside the quality-gate step: does the evaluated model meet every `--gate`?
+
+It decides inside the pipeline (the registration step runs under `dsl.If` on its answer), so a cluster run
+needs nothing from the CLI. A miss says which metric missed and by how much; with `--gate-action fail` the step
+fails the run, with `skip` it answers "skip" and the run succeeds without registering.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from yolokf.errors import QualityGateError
+from yolokf.promote import parse_gate
+
+PASS, SKIP = "pass", "skip"
+
+
+def check_gates(metrics: dict[str, float], gates: list[str]) -> list[str]:
+    """How each missed gate misses; [] when all pass."""
+    misses = []
+    for gate in (parse_gate(text) for text in gates):
+        if gate.metric not in metrics:
+            misses.append(f"{gate.metric} was not reported (the evaluation reports {', '.join(metrics)})")
+        elif not gate.passes(metrics[gate.metric]):
+            misses.append(gate.miss(metrics[gate.metric]))
+    return misses
+
+
+def gate_step(evaluation: Any, gates: list[str], action: str) -> str:
+    """Entry point of the gate component: PASS or SKIP, or a QualityGateError with `action` fail."""
+    record = json.loads(evaluation) if isinstance(evaluation, str) else dict(evaluation)
+    misses = check_gates(record["metrics"], gates)
+    if not misses:
+        print(f"yolokf: quality gate passed on the {record['split']} split: {', '.join(gates)}", flush=True)
+        return PASS
+    message = f"Quality gate missed on the {record['split']} split: {'; '.join(misses)}."
+    if action == "fail":
+        raise QualityGateError(message + " The run fails (--gate-action fail).")
+    print(f"yolokf: {message} Nothing is registered (--gate-action skip).", flush=True)
+    return SKIP
