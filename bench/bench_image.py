@@ -1,11 +1,13 @@
 """Benchmarks for `yolokf build-image` (issue 3), on the Debian + torch stand-in base of the tests.
 
-    sudo python bench/bench_image.py [--out bench-image.json]
+    sudo python bench/bench_image.py [--out bench-image.json] [--size-only]
 
 Starts its own dockerd with the tests' cached data root (tests/conftest_docker.py) and measures:
 
 1. size: what yolokf's layers add on top of the base, against one bare
-   `pip install --no-cache-dir ultralytics-opencv-headless kfp` layer on the same base (goal <= 1.10x);
+   `pip install --no-cache-dir ultralytics-opencv-headless kfp` layer on the same base (goal <= 1.10x), and
+   what the export step's packages add (issue 10: ONNX, ONNX Runtime, OpenVINO, the registry client): the same
+   bare layer with them, against the bare layer;
 2. rebuild after a source-only change: seconds, and which steps came from the cache (goal: only the last);
 3. container start -> first training batch: the yolokf image, against the hand-made approach that
    pip-installs ultralytics and kfp when the container starts (same base, same snippet, same dataset).
@@ -34,8 +36,22 @@ from yolokf.image.engine import build_image  # noqa: E402
 
 BARE_DOCKERFILE = """\
 FROM {base}
-RUN pip install --break-system-packages --no-cache-dir --progress-bar off ultralytics-opencv-headless kfp
+RUN pip install --break-system-packages --no-cache-dir --progress-bar off ultralytics-opencv-headless kfp {extra}
 """
+# The `train` extra's requirements that the promote steps (export, parity check, registry) brought in.
+PROMOTE_PACKAGES = ("onnx", "onnxslim", "onnxruntime", "openvino", "model-registry")
+
+
+def promote_requirements() -> list[str]:
+    """Those requirements as pyproject.toml pins them."""
+    import tomllib
+
+    train = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"]
+    found = [r for r in train if re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0] in PROMOTE_PACKAGES]
+    assert len(found) == len(PROMOTE_PACKAGES), found
+    return found
+
+
 # Same in both containers: train yolov8n from scratch on the shapes dataset, stop at the first batch.
 FIRST_BATCH = """\
 import os, sys
@@ -58,15 +74,15 @@ def added_size(client, reference: str, base: str) -> int:  # type: ignore[no-unt
     return sum(entry["Size"] for entry in above[: len(above) - len(below)])
 
 
-def build_bare(client, base: str) -> str:  # type: ignore[no-untyped-def]
+def build_bare(client, base: str, extra: list[str] | None = None) -> str:  # type: ignore[no-untyped-def]
     buffer = io.BytesIO()
-    data = BARE_DOCKERFILE.format(base=base).encode()
+    data = BARE_DOCKERFILE.format(base=base, extra=" ".join(f"'{r}'" for r in extra or [])).encode()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         info = tarfile.TarInfo("Dockerfile")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     buffer.seek(0)
-    tag = "yolokf-bench/bare-pip:1"
+    tag = "yolokf-bench/bare-pip:" + ("promote" if extra else "1")
     for chunk in client.api.build(
         fileobj=buffer, custom_context=True, tag=tag, rm=True, network_mode="host", decode=True
     ):
@@ -98,6 +114,7 @@ def first_batch_seconds(client, image: str, command: list[str], data: Path) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the numbers as JSON here too")
+    parser.add_argument("--size-only", action="store_true", help="measure the sizes only (1.)")
     args = parser.parse_args()
 
     from yolokf.datasets import builtin_dataset
@@ -113,7 +130,19 @@ def main() -> None:
         built = build_image(plan_build(spec), client=client)
         ours = added_size(client, built.plan.reference, base)
         bare = added_size(client, build_bare(client, base), base)
-        results["size"] = {"yolokf_mb": ours / 1e6, "bare_pip_mb": bare / 1e6, "ratio": ours / bare}
+        promote = added_size(client, build_bare(client, base, promote_requirements()), base)
+        results["size"] = {
+            "yolokf_mb": ours / 1e6,
+            "bare_pip_mb": bare / 1e6,
+            "ratio": ours / bare,
+            "bare_pip_with_promote_mb": promote / 1e6,
+            "promote_adds_mb": (promote - bare) / 1e6,
+        }
+        if args.size_only:
+            print_size(results)
+            if args.out:
+                args.out.write_text(json.dumps(results, indent=2) + "\n")
+            return
 
         # 2. rebuild after a source-only change, on a copy of the tree
         tree = Path(tmp) / "src"
@@ -147,9 +176,7 @@ def main() -> None:
         hand_s = [first_batch_seconds(client, base, hand, data) for _ in range(2)]
         results["first_batch"] = {"yolokf_s": ours_s, "hand_made_s": hand_s}
 
-    size = results["size"]
-    print(f"size added on top of the base: yolokf {size['yolokf_mb']:.0f} MB, "  # type: ignore[index]
-          f"bare pip layer {size['bare_pip_mb']:.0f} MB, ratio {size['ratio']:.3f}")  # type: ignore[index]  # fmt: skip
+    print_size(results)
     rebuild = results["rebuild"]
     print(f"rebuild after a source-only change: {rebuild['seconds']:.1f} s")  # type: ignore[index]
     for step in rebuild["steps"]:  # type: ignore[index]
@@ -160,6 +187,14 @@ def main() -> None:
     print(f"start -> first batch: yolokf {ours_runs} s; hand-made (pip install at start) {hand_runs} s")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def print_size(results: dict[str, object]) -> None:
+    size: dict[str, float] = results["size"]  # type: ignore[assignment]
+    print(f"size added on top of the base: yolokf {size['yolokf_mb']:.0f} MB, "
+          f"bare pip layer {size['bare_pip_mb']:.0f} MB, ratio {size['ratio']:.3f}")  # fmt: skip
+    print(f"the promote steps' packages ({', '.join(PROMOTE_PACKAGES)}): bare pip layer with them "
+          f"{size['bare_pip_with_promote_mb']:.0f} MB, so they add {size['promote_adds_mb']:.0f} MB")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -275,3 +275,21 @@ def test_a_missed_gate_registers_nothing(cli, tmp_path, best_pt, registry, actio
     else:
         assert result.exit_code == 1
         assert result.stderr.startswith("Error: A local step failed: yolokf.errors.QualityGateError: Quality gate")
+
+
+def test_a_refused_registry_token_is_one_line_without_the_token(cli, tmp_path):
+    server = ModelRegistryServer(token="the-right-token").start()
+    url = server.url
+    try:
+        token = tmp_path / "token"
+        token.write_text("wrong-token-5b2e\n")
+        root = tmp_path / "root"
+        args = ["--registry", url, "--registry-token-file", token, "--pipeline-root", root]
+        result = cli(["run", *TRAIN, *args])
+    finally:
+        server.stop()
+    assert_one_clear_line(result, 1, f"Model Registry at {url} refused the token (HTTP 401)")
+    assert "wrong-token-5b2e" not in result.output
+    assert not root.exists()
+    missing = cli(["run", *TRAIN, "--registry", url, "--registry-token-file", tmp_path / "nope"])
+    assert_one_clear_line(missing, 2, f"--registry-token-file {tmp_path / 'nope'}: no such file.")
