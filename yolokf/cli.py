@@ -8,7 +8,7 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import click
 import typer
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from yolokf.job import Job
     from yolokf.kfp_api import Cluster
     from yolokf.local import LocalRun
+    from yolokf.submit import Submission
 
 app = typer.Typer(
     help="Train Ultralytics YOLO models on Kubeflow Pipelines: build the image, compile, run.",
@@ -128,18 +129,11 @@ def run(
         return
     from yolokf.image.records import resolve_image
     from yolokf.job import plan_job
-    from yolokf.submit import Submission, describe_submission, submit
+    from yolokf.submit import Submission
 
     job = plan_job(config, step, image=resolve_image(image)).with_promotion(promote)
     options = Submission(experiment, run_name, pipeline_root, service_account, cache, upload)
-    if dry_run:
-        say("\n".join(describe_submission(connection.host, connection.namespace, job, options)))
-        return
-    cluster = _connect(connection)
-    submitted = submit(cluster, job, options)
-    say("\n".join(submitted.summary()))
-    if wait:
-        _follow(cluster, submitted.run_id, timeout, terminate_on_interrupt, poll_interval)
+    _submit(job, connection, options, dry_run, Follow(timeout, terminate_on_interrupt, poll_interval) if wait else None)
 
 
 @app.command()
@@ -197,19 +191,14 @@ def tune(
 
             say(f"Wrote {compile_pipeline(job, out)}")
             return
-        from yolokf.submit import Submission, describe_submission, submit
+        from yolokf.submit import Submission
 
         options = Submission(experiment, run_name, pipeline_root, service_account, cache, upload)
         print_trials(list(planned.trials), None, "Trials")
         say(plan)
-        if dry_run:
-            say("\n".join(describe_submission(connection.host or "", connection.namespace, job, options)))
-            return
-        cluster = _connect(connection)
-        submitted = submit(cluster, job, options)
-        say("\n".join(submitted.summary()))
-        if wait:
-            _follow(cluster, submitted.run_id, timeout, terminate_on_interrupt, poll_interval)
+        if _submit(
+            job, connection, options, dry_run, Follow(timeout, terminate_on_interrupt, poll_interval) if wait else None
+        ):
             say("Every trial's result: the run's sweep report and trial table (outputs of the 'best trial' step).")
         return
     from yolokf.console import print_local_run
@@ -268,7 +257,7 @@ def evaluate(
         return
     from yolokf.image.records import resolve_image
     from yolokf.job import plan_job
-    from yolokf.submit import Submission, describe_submission, submit
+    from yolokf.submit import Submission
 
     if not re.match(r"^(s3|gs|minio|https?)://", config.model):
         raise UsageError(
@@ -277,14 +266,7 @@ def evaluate(
         )
     job = replace(plan_job(config, step, image=resolve_image(image)), evaluate_only=True).with_promotion(promote)
     options = Submission(experiment, run_name, pipeline_root, service_account, cache, upload)
-    if dry_run:
-        say("\n".join(describe_submission(connection.host, connection.namespace, job, options)))
-        return
-    cluster = _connect(connection)
-    submitted = submit(cluster, job, options)
-    say("\n".join(submitted.summary()))
-    if wait:
-        _follow(cluster, submitted.run_id, timeout, terminate_on_interrupt, poll_interval)
+    _submit(job, connection, options, dry_run, Follow(timeout, terminate_on_interrupt, poll_interval) if wait else None)
 
 
 @app.command()
@@ -388,6 +370,31 @@ def _warn_ignored(config: TrainConfig) -> None:
     ignored = ignored_under_auto(config.train_args, config.train_args)
     if ignored:
         say(f"Warning: --set {ignored[0]}: {auto_optimizer_hint(ignored)}.", err=True)
+
+
+class Follow(NamedTuple):
+    """`--wait`'s settings."""
+
+    timeout: str | None
+    terminate_on_interrupt: bool
+    poll_interval: float
+
+
+def _submit(job: Job, connection: Connection, options: Submission, dry_run: bool, follow: Follow | None) -> bool:
+    """Submit `job` (or, with `dry_run`, say what would be submitted); with `follow`, follow the run to its end.
+    True when a followed run succeeded."""
+    from yolokf.submit import describe_submission, submit
+
+    if dry_run:
+        say("\n".join(describe_submission(connection.host or "", connection.namespace, job, options)))
+        return False
+    cluster = _connect(connection)
+    submitted = submit(cluster, job, options)
+    say("\n".join(submitted.summary()))
+    if follow is None:
+        return False
+    _follow(cluster, submitted.run_id, *follow)
+    return True
 
 
 def _connect(connection: Connection) -> Cluster:

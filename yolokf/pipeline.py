@@ -150,20 +150,10 @@ def yolo_evaluate(
     dataset: Input[Dataset] = None,
 ):
     """Evaluate weights on the dataset's held-out split (yolokf)."""
+    inputs = dict(locals())  # the component's inputs and outputs, by name: the step function's arguments
     from yolokf.steps.evaluate import evaluate_step
 
-    evaluate_step(
-        weights=weights,
-        metrics=metrics,
-        confusion=confusion,
-        classes=classes,
-        summary=summary,
-        data=data,
-        imgsz=imgsz,
-        batch=batch,
-        device=device,
-        dataset=dataset,
-    )
+    evaluate_step(**inputs)
 
 
 @dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
@@ -185,25 +175,10 @@ def yolo_export(
     dataset: Input[Dataset] = None,
 ) -> list:
     """Export weights to one format and check it against the .pt model (yolokf); returns every format so far."""
+    inputs = dict(locals())
     from yolokf.steps.export import export_step
 
-    return export_step(
-        weights=weights,
-        model=model,
-        table=table,
-        fmt=fmt,
-        data=data,
-        imgsz=imgsz,
-        batch=batch,
-        device=device,
-        dynamic=dynamic,
-        half=half,
-        simplify=simplify,
-        tolerance=tolerance,
-        previous=previous,
-        serving_name=serving_name,
-        dataset=dataset,
-    )
+    return export_step(**inputs)
 
 
 @dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
@@ -235,27 +210,10 @@ def yolo_register(
     dataset: Input[Dataset] = None,
 ) -> str:
     """Register the model, one artifact per format, in Kubeflow Model Registry (yolokf); returns what it did."""
+    inputs = dict(locals())
     from yolokf.steps.publish import register_step
 
-    return register_step(
-        weights=weights,
-        evaluation=evaluation,
-        exports=exports,
-        registry=registry,
-        registered_model=registered_model,
-        token_file=token_file,
-        ca_bundle=ca_bundle,
-        champion_metric=champion_metric,
-        champion_margin=champion_margin,
-        data=data,
-        image=image,
-        epochs=epochs,
-        imgsz=imgsz,
-        run_id=run_id,
-        run_name=run_name,
-        pipeline_name=pipeline_name,
-        dataset=dataset,
-    )
+    return register_step(**inputs)
 
 
 class PipelineOutputs(NamedTuple):
