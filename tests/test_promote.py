@@ -293,3 +293,19 @@ def test_a_refused_registry_token_is_one_line_without_the_token(cli, tmp_path):
     assert not root.exists()
     missing = cli(["run", *TRAIN, "--registry", url, "--registry-token-file", tmp_path / "nope"])
     assert_one_clear_line(missing, 2, f"--registry-token-file {tmp_path / 'nope'}: no such file.")
+
+
+@pytest.mark.slow
+def test_a_training_run_goes_on_to_evaluation_and_export(cli, tmp_path):
+    """The promote steps after the training step of `yolokf run` (a one-epoch model: the wiring, not the score)."""
+    args = ["--epochs", "1", "--imgsz", "64", "--workers", "0", "--set", "plots=false", "--export", "onnx"]
+    args += ["--gate", "mAP50-95>=0.9", "--pipeline-root", tmp_path]
+    result = cli(["run", *TRAIN, *args])
+    assert result.exit_code == 0, result.output
+    (run,) = tmp_path.glob("yolov8-train-*")
+    assert json.loads((run / "yolo-evaluate" / "summary").read_text())["split"] == "test"
+    (record,) = executor_output(run, "yolo-export")["parameterValues"]["Output"]
+    assert record["format"] == "onnx" and abs(record["difference"]) <= 0.01
+    assert (run / "yolo-export" / "model" / "model.onnx").is_file()
+    assert "Nothing is registered (--gate-action skip)." in result.stdout
+    assert "| onnx |" in result.stdout  # the exports table, printed at the end
