@@ -106,6 +106,12 @@ def test_selection_keeps_the_best_and_skips_failed_trials():
     assert [r["trial"] for r in rank([record(0, 0.2), record(2, 0.5)], "fitness", "min")] == [0, 2]
 
 
+def test_a_tie_on_the_metric_goes_to_the_lower_validation_loss():
+    # After one epoch every mAP is 0: the loss still tells the learning trial apart.
+    tied = [{**record(0, 0.0), "val_loss": 9.1}, {**record(1, 0.0), "val_loss": 7.4}, record(2, 0.0)]
+    assert [r["trial"] for r in rank(tied, "mAP50-95", "max")] == [1, 0, 2]
+
+
 def test_a_sweep_fails_only_when_every_trial_failed():
     with pytest.raises(TrainingError, match=r"All 2 trials failed; trial 0: CUDA out of memory"):
         select_step([record(0, None, "failed"), record(1, None, "failed")], [], "fitness", "max", 1, 0)

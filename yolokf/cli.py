@@ -8,29 +8,24 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
 
 from yolokf import __version__
 from yolokf.cli_options import (
-    Cache,
     DryRun,
-    Experiment,
     Image,
     Out,
-    PipelineRoot,
     PollInterval,
-    RunName,
-    ServiceAccount,
+    RunOptions,
     TerminateOnInterrupt,
     Timeout,
-    Upload,
-    Verbose,
     Wait,
     connection_options,
     promote_options,
+    run_options,
     step_options,
     sweep_options,
     training_options,
@@ -45,7 +40,6 @@ if TYPE_CHECKING:
     from yolokf.job import Job
     from yolokf.kfp_api import Cluster
     from yolokf.local import LocalRun
-    from yolokf.submit import Submission
 
 app = typer.Typer(
     help="Train Ultralytics YOLO models on Kubeflow Pipelines: build the image, compile, run.",
@@ -95,23 +89,13 @@ def compile_(
 @step_options
 @promote_options
 @connection_options
+@run_options
 def run(
     config: TrainConfig,
     step: StepOptions,
     promote: PromoteOptions,
     connection: Connection,
-    pipeline_root: PipelineRoot = None,
-    image: Image = None,
-    verbose: Verbose = False,
-    experiment: Experiment = "yolokf",
-    run_name: RunName = None,
-    service_account: ServiceAccount = None,
-    cache: Cache = None,
-    upload: Upload = False,
-    wait: Wait = False,
-    timeout: Timeout = None,
-    terminate_on_interrupt: TerminateOnInterrupt = False,
-    poll_interval: PollInterval = 5.0,
+    run: RunOptions,
     dry_run: DryRun = False,
 ) -> None:
     """Train: locally through kfp.local, or on a cluster with --host.
@@ -125,15 +109,13 @@ def run(
             raise UsageError("--dry-run shows what a --host run would submit; add --host URL (or set KFP_HOST).")
         from yolokf.job import plan_local_job
 
-        _run_local(plan_local_job(config, step).with_promotion(promote), pipeline_root, verbose)
+        _run_local(plan_local_job(config, step).with_promotion(promote), run)
         return
     from yolokf.image.records import resolve_image
     from yolokf.job import plan_job
-    from yolokf.submit import Submission
 
-    job = plan_job(config, step, image=resolve_image(image)).with_promotion(promote)
-    options = Submission(experiment, run_name, pipeline_root, service_account, cache, upload)
-    _submit(job, connection, options, dry_run, Follow(timeout, terminate_on_interrupt, poll_interval) if wait else None)
+    job = plan_job(config, step, image=resolve_image(run.image)).with_promotion(promote)
+    _submit(job, connection, run, dry_run)
 
 
 @app.command()
@@ -142,27 +124,17 @@ def run(
 @sweep_options
 @promote_options
 @connection_options
+@run_options
 def tune(
     config: TrainConfig,
     step: StepOptions,
     sweep: SweepOptions,
     promote: PromoteOptions,
     connection: Connection,
+    run: RunOptions,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the sweep pipeline's YAML here instead of running it.")
     ] = None,
-    pipeline_root: PipelineRoot = None,
-    image: Image = None,
-    verbose: Verbose = False,
-    experiment: Experiment = "yolokf",
-    run_name: RunName = None,
-    service_account: ServiceAccount = None,
-    cache: Cache = None,
-    upload: Upload = False,
-    wait: Wait = False,
-    timeout: Timeout = None,
-    terminate_on_interrupt: TerminateOnInterrupt = False,
-    poll_interval: PollInterval = 5.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials (and, with --host, the run).")] = False,
 ) -> None:
     """Sweep hyperparameters: trials in parallel on the cluster (--host), one after another here.
@@ -185,20 +157,15 @@ def tune(
         from yolokf.image.records import resolve_image
         from yolokf.job import plan_job
 
-        job = plan_job(config, step, image=resolve_image(image)).with_sweep(planned).with_promotion(promote)
+        job = plan_job(config, step, image=resolve_image(run.image)).with_sweep(planned).with_promotion(promote)
         if out is not None:
             from yolokf.pipeline import compile_pipeline
 
             say(f"Wrote {compile_pipeline(job, out)}")
             return
-        from yolokf.submit import Submission
-
-        options = Submission(experiment, run_name, pipeline_root, service_account, cache, upload)
         print_trials(list(planned.trials), None, "Trials")
         say(plan)
-        if _submit(
-            job, connection, options, dry_run, Follow(timeout, terminate_on_interrupt, poll_interval) if wait else None
-        ):
+        if _submit(job, connection, run, dry_run):
             say("Every trial's result: the run's sweep report and trial table (outputs of the 'best trial' step).")
         return
     from yolokf.console import print_local_run
@@ -206,7 +173,7 @@ def tune(
 
     job = plan_local_job(config, step).with_sweep(planned).with_promotion(promote)
     say(plan)
-    result = _run_local_job(job, pipeline_root, verbose)
+    result = _run_local_job(job, run)
     print_trials(result.trials, planned.metric, f"Trials by {planned.metric} ({planned.mode}), best first")
     print_local_run(result)
 
@@ -216,23 +183,13 @@ def tune(
 @step_options
 @promote_options
 @connection_options
+@run_options
 def evaluate(
     config: TrainConfig,
     step: StepOptions,
     promote: PromoteOptions,
     connection: Connection,
-    pipeline_root: PipelineRoot = None,
-    image: Image = None,
-    verbose: Verbose = False,
-    experiment: Experiment = "yolokf",
-    run_name: RunName = None,
-    service_account: ServiceAccount = None,
-    cache: Cache = None,
-    upload: Upload = False,
-    wait: Wait = False,
-    timeout: Timeout = None,
-    terminate_on_interrupt: TerminateOnInterrupt = False,
-    poll_interval: PollInterval = 5.0,
+    run: RunOptions,
     dry_run: DryRun = False,
 ) -> None:
     """Evaluate existing weights (--model best.pt) on the held-out split; export, gate and register them too.
@@ -252,21 +209,18 @@ def evaluate(
         if weights.suffix != ".pt" or not weights.is_file():
             raise UsageError(f"--model {config.model}: give the weights file to evaluate, e.g. --model runs/best.pt.")
         config = config.with_overrides(model=str(weights.resolve()))
-        job = replace(plan_local_job(config, step), evaluate_only=True).with_promotion(promote)
-        _run_local(job, pipeline_root, verbose)
+        _run_local(replace(plan_local_job(config, step), evaluate_only=True).with_promotion(promote), run)
         return
     from yolokf.image.records import resolve_image
     from yolokf.job import plan_job
-    from yolokf.submit import Submission
 
     if not re.match(r"^(s3|gs|minio|https?)://", config.model):
         raise UsageError(
             f"--model {config.model}: on a cluster the weights must be an object-store URI the pipeline can import, "
             "e.g. s3://models/yolov8n/best.pt (the weights artifact's URI of a training run)."
         )
-    job = replace(plan_job(config, step, image=resolve_image(image)), evaluate_only=True).with_promotion(promote)
-    options = Submission(experiment, run_name, pipeline_root, service_account, cache, upload)
-    _submit(job, connection, options, dry_run, Follow(timeout, terminate_on_interrupt, poll_interval) if wait else None)
+    job = replace(plan_job(config, step, image=resolve_image(run.image)), evaluate_only=True).with_promotion(promote)
+    _submit(job, connection, run, dry_run)
 
 
 @app.command()
@@ -349,18 +303,18 @@ def shapes(
     say(f"Wrote {write_dataset(folder, task)}")
 
 
-def _run_local(job: Job, pipeline_root: str | None, verbose: bool) -> None:
+def _run_local(job: Job, run: RunOptions) -> None:
     from yolokf.console import print_local_run
 
-    print_local_run(_run_local_job(job, pipeline_root, verbose))
+    print_local_run(_run_local_job(job, run))
 
 
-def _run_local_job(job: Job, pipeline_root: str | None, verbose: bool) -> LocalRun:
+def _run_local_job(job: Job, run: RunOptions) -> LocalRun:
     from yolokf.console import stdout_writer
     from yolokf.local import DEFAULT_PIPELINE_ROOT, run_local
 
-    root = Path(pipeline_root) if pipeline_root else DEFAULT_PIPELINE_ROOT
-    return run_local(job, root, echo=stdout_writer(), verbose=verbose)
+    root = Path(run.pipeline_root) if run.pipeline_root else DEFAULT_PIPELINE_ROOT
+    return run_local(job, root, echo=stdout_writer(), verbose=run.verbose)
 
 
 def _warn_ignored(config: TrainConfig) -> None:
@@ -372,28 +326,20 @@ def _warn_ignored(config: TrainConfig) -> None:
         say(f"Warning: --set {ignored[0]}: {auto_optimizer_hint(ignored)}.", err=True)
 
 
-class Follow(NamedTuple):
-    """`--wait`'s settings."""
-
-    timeout: str | None
-    terminate_on_interrupt: bool
-    poll_interval: float
-
-
-def _submit(job: Job, connection: Connection, options: Submission, dry_run: bool, follow: Follow | None) -> bool:
-    """Submit `job` (or, with `dry_run`, say what would be submitted); with `follow`, follow the run to its end.
+def _submit(job: Job, connection: Connection, run: RunOptions, dry_run: bool) -> bool:
+    """Submit `job` (or, with `dry_run`, say what would be submitted); with --wait, follow the run to its end.
     True when a followed run succeeded."""
     from yolokf.submit import describe_submission, submit
 
     if dry_run:
-        say("\n".join(describe_submission(connection.host or "", connection.namespace, job, options)))
+        say("\n".join(describe_submission(connection.host or "", connection.namespace, job, run.submission())))
         return False
     cluster = _connect(connection)
-    submitted = submit(cluster, job, options)
+    submitted = submit(cluster, job, run.submission())
     say("\n".join(submitted.summary()))
-    if follow is None:
+    if not run.wait:
         return False
-    _follow(cluster, submitted.run_id, *follow)
+    _follow(cluster, submitted.run_id, run.timeout, run.terminate_on_interrupt, run.poll_interval)
     return True
 
 

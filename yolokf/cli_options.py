@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 
@@ -24,6 +25,9 @@ from yolokf.step_options import (
     parse_pair,
     parse_toleration,
 )
+
+if TYPE_CHECKING:
+    from yolokf.submit import Submission
 
 K8S_PANEL = "Cluster (ignored by local runs)"
 DATA_PANEL = "Data sources"
@@ -519,3 +523,49 @@ DryRun = Annotated[
         "--dry-run", help="With --host: print what would be submitted, contact nothing.", rich_help_panel=KFP_PANEL
     ),
 ]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where a run's outputs go and how a --host run is submitted and followed (run, tune, evaluate)."""
+
+    pipeline_root: str | None
+    image: str | None
+    verbose: bool
+    experiment: str
+    run_name: str | None
+    service_account: str | None
+    cache: bool | None
+    upload: bool
+    wait: bool
+    timeout: str | None
+    terminate_on_interrupt: bool
+    poll_interval: float
+
+    def submission(self) -> Submission:
+        from yolokf.submit import Submission
+
+        return Submission(
+            self.experiment, self.run_name, self.pipeline_root, self.service_account, self.cache, self.upload
+        )
+
+
+RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "pipeline_root": (PipelineRoot, None),
+    "image": (Image, None),
+    "verbose": (Verbose, False),
+    "experiment": (Experiment, "yolokf"),
+    "run_name": (RunName, None),
+    "service_account": (ServiceAccount, None),
+    "cache": (Cache, None),
+    "upload": (Upload, False),
+    "wait": (Wait, False),
+    "timeout": (Timeout, None),
+    "terminate_on_interrupt": (TerminateOnInterrupt, False),
+    "poll_interval": (PollInterval, 5.0),
+}
+
+
+def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Replace the command's `run: RunOptions` parameter with the pipeline-root, image and --host run options."""
+    return _replace_parameter(command, "run", RUN_OPTIONS, RunOptions)

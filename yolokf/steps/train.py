@@ -42,6 +42,7 @@ class TrainResult:
     ultralytics_version: str
     resumed_from_epoch: int | None = None
     epochs_done: int = 0  # epochs trained so far: fewer than `epochs` after a stop at a sweep round's budget
+    val_loss: float | None = None  # the last epoch's validation loss (a sweep's tie-breaker)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,6 +70,20 @@ def metrics_from_csv(results_csv: Path) -> dict[str, float]:
         return {}
     last = {key.strip(): value for key, value in rows[-1].items()}
     return readable_metrics({key: value for key, value in last.items() if key.startswith("metrics/")})
+
+
+def val_loss_from_csv(results_csv: Path) -> float | None:
+    """The last epoch's total validation loss (box + cls + dfl, or the task's own terms) from results.csv.
+
+    A sweep ranks trials by it when their metric ties: in the first epochs every mAP is often 0, while the loss
+    already tells a learning trial from one that is not (yolokf.steps.select.rank).
+    """
+    if not results_csv.exists():
+        return None
+    with results_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    losses = [float(v) for k, v in (rows[-1].items() if rows else ()) if k.strip().startswith("val/") and v]
+    return round(sum(losses), 6) if losses else None
 
 
 class _BudgetReached(Exception):
@@ -201,6 +216,7 @@ def train(
         ultralytics_version=ultralytics.__version__,
         resumed_from_epoch=ckpt.epochs_done if ckpt is not None and not ckpt.finished else None,
         epochs_done=epochs_trained(save_dir),
+        val_loss=val_loss_from_csv(save_dir / "results.csv"),
         extra={
             **({"checkpoint": str(save_dir), "already_finished": True} if ckpt is not None and ckpt.finished else {}),
             **({"kpt_shape": list(kpt_shape)} if kpt_shape else {}),
@@ -300,6 +316,7 @@ def train_step(
             metrics=result.metrics,
             epochs=result.epochs_done,
             parameters=config.parameters(),
+            **({"val_loss": result.val_loss} if result.val_loss is not None else {}),  # KFP parameters hold no None
             # The checkpoint folder outlives the step (the sweep's selection reads it); else the artifact's copy.
             weights=str(best if checkpoint_dir else Path(weights.path) / best.name) if best is not None else "",
         )
