@@ -153,8 +153,9 @@ def _check_local_files(options: PromoteOptions) -> None:
 
 
 def serving_name(registered_model: str) -> str:
-    """The KServe/Triton name for a registered model: KServe's rule `[a-z]([-a-z0-9]*[a-z0-9])?`, at most 47
-    characters so Knative's `<name>-predictor-00001` stays a 63-character DNS name (yolokf.steps.serving)."""
+    """The KServe/Triton name for a registered model, made to fit KServe's rule (yolokf.steps.serving)."""
+    from yolokf.steps.serving import NAME_MAX  # plain Python: the step module imports onnx only when it runs
+
     name = re.sub(r"[^a-z0-9-]+", "-", registered_model.lower()).strip("-")
     name = name if name[:1].isalpha() else f"m-{name}"
-    return name[:47].rstrip("-") or "yolo"
+    return name[:NAME_MAX].rstrip("-") or "yolo"

@@ -48,16 +48,16 @@ _ONNX_TO_TRITON = {
 # stricter, so it is the rule. 47 at most: Knative names the predictor's revision `<name>-predictor-00001`,
 # which must stay a 63-character DNS label.
 _NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_NAME_MAX = 63 - len("-predictor-00001")
+NAME_MAX = 63 - len("-predictor-00001")
 # Kubernetes namespaces are RFC 1123 labels.
 _NAMESPACE_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def check_model_name(name: str) -> str:
     """`name` if Triton and KServe both accept it as a model / InferenceService name, else UsageError."""
-    if len(name) > _NAME_MAX or not _NAME_RE.fullmatch(name):
+    if len(name) > NAME_MAX or not _NAME_RE.fullmatch(name):
         raise UsageError(
-            f"Model name {name!r} cannot be served: use 1-{_NAME_MAX} lowercase letters, digits and '-', "
+            f"Model name {name!r} cannot be served: use 1-{NAME_MAX} lowercase letters, digits and '-', "
             "starting with a letter and ending with a letter or digit (e.g. 'yolov8n-shapes')."
         )
     return name
