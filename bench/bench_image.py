@@ -137,6 +137,7 @@ def main() -> None:
             "ratio": ours / bare,
             "bare_pip_with_promote_mb": promote / 1e6,
             "promote_adds_mb": (promote - bare) / 1e6,
+            "ratio_with_promote": ours / promote,
         }
         if args.size_only:
             print_size(results)
@@ -194,7 +195,8 @@ def print_size(results: dict[str, object]) -> None:
     print(f"size added on top of the base: yolokf {size['yolokf_mb']:.0f} MB, "
           f"bare pip layer {size['bare_pip_mb']:.0f} MB, ratio {size['ratio']:.3f}")  # fmt: skip
     print(f"the promote steps' packages ({', '.join(PROMOTE_PACKAGES)}): bare pip layer with them "
-          f"{size['bare_pip_with_promote_mb']:.0f} MB, so they add {size['promote_adds_mb']:.0f} MB")  # fmt: skip
+          f"{size['bare_pip_with_promote_mb']:.0f} MB, so they add {size['promote_adds_mb']:.0f} MB; yolokf against "
+          f"that layer {size['ratio_with_promote']:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
