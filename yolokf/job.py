@@ -11,14 +11,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yolokf.data_sources import DataSource, is_remote, parse_data_uri, pvc_source
 from yolokf.errors import UsageError
-from yolokf.promote import Promotion
 from yolokf.settings import PromoteOptions, TrainConfig
 from yolokf.step_options import AMBIENT_CREDENTIALS, DATA_PVC_PATH, StepOptions, ultralytics_device
-from yolokf.sweep import Sweep
+
+if TYPE_CHECKING:
+    from yolokf.promote import Promotion
+    from yolokf.sweep import Sweep
 
 PIPELINE_NAME = "yolov8-train"
 SWEEP_PIPELINE_NAME = "yolov8-tune"
@@ -66,6 +68,8 @@ class Job:
 
     def with_promotion(self, options: PromoteOptions) -> Job:
         """This job with the steps after training that `options` ask for (none: a plain training pipeline)."""
+        if not (options.active or self.evaluate_only or options.champion or options.registered_model):
+            return self  # a plain training pipeline; nothing to check or import
         from yolokf.promote import plan_promotion
         from yolokf.tasks import model_task
 

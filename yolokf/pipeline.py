@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kfp import compiler, dsl
 from kfp.dsl import (
@@ -33,7 +33,9 @@ from yolokf.errors import UsageError
 from yolokf.job import EVALUATE_PIPELINE_NAME, PIPELINE_NAME, SWEEP_PIPELINE_NAME, Job
 from yolokf.settings import training_fields
 from yolokf.step_options import apply_fetch_options, apply_select_options, apply_step_options
-from yolokf.sweep import Sweep
+
+if TYPE_CHECKING:
+    from yolokf.sweep import Sweep
 
 # Replaced per task by step_options.apply_step_options (the image build-image made, or --image).
 PLACEHOLDER_IMAGE = f"yolokf:{__version__}"
@@ -378,7 +380,7 @@ def build_evaluate_pipeline(job: Job) -> Any:
     return _pipeline(job, yolov8_evaluate, EVALUATE_PIPELINE_NAME, {}, returns, description)
 
 
-def build_sweep_pipeline(job: Job, sweep: Sweep) -> Any:
+def build_sweep_pipeline(job: Job, sweep: "Sweep") -> Any:
     """The `yolov8-tune` pipeline: the training fields and `trials` (the drawn trials) as parameters; each round
     a ParallelFor of the training component over the trials still in, limited to `sweep.parallel` at once, and
     a selection step; the last round's report step hands on the best weights."""
