@@ -8,9 +8,7 @@ over the same training component. With `--halving ETA` every trial trains a shor
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from yolokf.errors import UsageError
@@ -111,17 +109,10 @@ def plan_sweep(config: TrainConfig, options: SweepOptions, *, run_key: str | Non
 
 def _sweep_key(config: TrainConfig, trials: tuple[dict[str, Any], ...], rounds: tuple[Round, ...]) -> str:
     """The same sweep gets the same folder, so a re-run finds its trials' checkpoints and resumes them."""
-    import hashlib
-    import json
+    from yolokf.steps.checkpoint import default_run_key  # plain Python: hashes the fields like a run's key
 
-    identity = {
-        "config": {k: v for k, v in config.parameters().items() if k not in ("device", "workers")},
-        "trials": trials,
-        "rounds": [(r.trials, r.epochs) for r in rounds],
-    }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(config.model).stem)[:40] or "sweep"
-    return f"{stem}-sweep-{digest}"
+    extra = {"trials": trials, "rounds": [(r.trials, r.epochs) for r in rounds]}
+    return default_run_key(config, kind="sweep", extra=extra)
 
 
 def trial_name(trial: dict[str, Any]) -> str:

@@ -13,19 +13,22 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from yolokf.settings import TrainConfig
 
 
-def default_run_key(config: TrainConfig) -> str:
+def default_run_key(config: TrainConfig, *, kind: str = "", extra: dict[str, Any] | None = None) -> str:
     """A run key from what defines the training, so the same inputs find the same checkpoint.
 
-    Device and workers are left out: a retry on another node (other GPUs) still resumes.
+    Device and workers are left out: a retry on another node (other GPUs) still resumes. A sweep adds its
+    trials and rounds (`extra`) and names itself (`kind`): `yolov8n-sweep-<digest>`.
     """
-    identity = {name: value for name, value in config.parameters().items() if name not in ("device", "workers")}
+    fields = {name: value for name, value in config.parameters().items() if name not in ("device", "workers")}
+    identity = {"config": fields, **extra} if extra else fields
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(config.model).stem)[:40] or "run"
-    return f"{stem}-{digest}"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(config.model).stem)[:40] or (kind or "run")
+    return "-".join(part for part in (stem, kind, digest) if part)
 
 
 @dataclass(frozen=True)
