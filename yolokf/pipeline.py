@@ -6,11 +6,12 @@ nothing at start (the image holds yolokf, kfp and ultralytics) and hands over to
 training fields (`yolokf.settings.TrainConfig`), so a field is never listed here.
 """
 
+import contextlib
 import inspect
 import linecache
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -243,10 +244,15 @@ def _dataset_inputs(job: Job, data: Any) -> dict[str, Any]:
 
 
 def _pipeline(
-    job: Job, body: Any, name: str, extra: Mapping[str, tuple[Any, Any]], returns: type, description: str
+    job: Job,
+    body: Callable[[dict[str, Any]], Any],
+    name: str,
+    extra: Mapping[str, tuple[Any, Any]],
+    returns: type,
+    description: str,
 ) -> Any:
-    """`body` as a KFP pipeline whose parameters are the training fields (`job.config`'s values as defaults),
-    then `extra` (name: (type, default)); kfp reads them from the signature and calls `body` in that order."""
+    """A KFP pipeline whose parameters are the training fields (`job.config`'s values as defaults), then `extra`
+    (name: (type, default)); `body` gets them as one dict, by name."""
     defaults = job.arguments()
     parameters = [
         inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[f.name], annotation=f.type)
@@ -255,8 +261,14 @@ def _pipeline(
         inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
         for name, (kind, default) in extra.items()
     ]
-    body.__signature__ = inspect.Signature(parameters, return_annotation=returns)
-    return dsl.pipeline(name=name, description=description)(body)
+
+    def pipeline(*values: Any) -> Any:
+        return body(dict(zip((p.name for p in parameters), values, strict=True)))
+
+    # kfp reads the pipeline's parameters, types and defaults from the signature, and calls it with them in order.
+    pipeline.__name__ = body.__name__
+    pipeline.__signature__ = inspect.Signature(parameters, return_annotation=returns)  # type: ignore[attr-defined]
+    return dsl.pipeline(name=name, description=description)(pipeline)
 
 
 def _outputs(name: str, base: type, job: Job) -> Any:
@@ -299,25 +311,6 @@ def _promote(job: Job, weights: Any, params: dict[str, Any], inputs: dict[str, A
             export.outputs["model"],
             export.outputs["table"],
         )
-    if promotion.registry:
-        register = {
-            "weights": weights,
-            "evaluation": evaluation.outputs["summary"],
-            "exports": exports,
-            "registry": promotion.registry,
-            "registered_model": promotion.registered_model,
-            "token_file": promotion.token_file,
-            "ca_bundle": promotion.ca_bundle,
-            "champion_metric": promotion.champion_metric,
-            "champion_margin": promotion.champion_margin,
-            "data": params["data"],
-            "image": job.step.image,
-            "epochs": params["epochs"],
-            "imgsz": params["imgsz"],
-            "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            "run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-            "pipeline_name": job.pipeline_name,
-        }
     if promotion.gates:
         gate = quality_gate(
             evaluation=evaluation.outputs["summary"],
@@ -325,11 +318,28 @@ def _promote(job: Job, weights: Any, params: dict[str, Any], inputs: dict[str, A
             action=promotion.gate_action,
         )
         apply_select_options(gate, job.step, "quality gate")
-        if promotion.registry:
-            with dsl.If(gate.output == "pass", name="gate-passed"):
-                apply_select_options(yolo_register(**register), job.step, "register")
-    elif promotion.registry:
-        apply_select_options(yolo_register(**register), job.step, "register")
+    if promotion.registry:
+        passed = dsl.If(gate.output == "pass", name="gate-passed") if promotion.gates else contextlib.nullcontext()
+        with passed:
+            register = yolo_register(
+                weights=weights,
+                evaluation=evaluation.outputs["summary"],
+                exports=exports,
+                registry=promotion.registry,
+                registered_model=promotion.registered_model,
+                token_file=promotion.token_file,
+                ca_bundle=promotion.ca_bundle,
+                champion_metric=promotion.champion_metric,
+                champion_margin=promotion.champion_margin,
+                data=params["data"],
+                image=job.step.image,
+                epochs=params["epochs"],
+                imgsz=params["imgsz"],
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                pipeline_name=job.pipeline_name,
+            )
+            apply_select_options(register, job.step, "register")
     return outputs
 
 
@@ -339,11 +349,9 @@ def build_pipeline(job: Job) -> Any:
     A remote dataset adds a download step (s3://, gs://, https://); a PVC dataset is mounted (step options).
     With promote flags, evaluation, exports, a quality gate and registration follow the training step.
     """
-    names = [f.name for f in training_fields()]
     returns = _outputs("Outputs", PipelineOutputs, job)
 
-    def yolov8_train(*values: Any) -> Any:
-        params = dict(zip(names, values, strict=True))
+    def yolov8_train(params: dict[str, Any]) -> Any:
         inputs = _dataset_inputs(job, params["data"])
         task = yolo_train(**params, checkpoint_dir=job.step.checkpoint_path, run_key=job.step.run_key or "", **inputs)
         apply_step_options(task, job.step)
@@ -366,11 +374,9 @@ class EvaluateOutputs(NamedTuple):
 
 def build_evaluate_pipeline(job: Job) -> Any:
     """The `yolov8-evaluate` pipeline: the promote steps on existing weights (`--model`, imported by URI)."""
-    names = [f.name for f in training_fields()]
     returns = _outputs("Outputs", EvaluateOutputs, job)
 
-    def yolov8_evaluate(*values: Any) -> Any:
-        params = dict(zip(names, values, strict=True))
+    def yolov8_evaluate(params: dict[str, Any]) -> Any:
         inputs = _dataset_inputs(job, params["data"])
         weights = dsl.importer(artifact_uri=params["model"], artifact_class=Model, reimport=False)
         weights.set_display_name("weights")
@@ -384,13 +390,10 @@ def build_sweep_pipeline(job: Job, sweep: "Sweep") -> Any:
     """The `yolov8-tune` pipeline: the training fields and `trials` (the drawn trials) as parameters; each round
     a ParallelFor of the training component over the trials still in, limited to `sweep.parallel` at once, and
     a selection step; the last round's report step hands on the best weights."""
-    names = [f.name for f in training_fields()]
     rounds = sweep.rounds
-
     returns = _outputs("Outputs", SweepOutputs, job)
 
-    def yolov8_tune(*values: Any) -> Any:
-        params = dict(zip([*names, "trials"], values, strict=True))
+    def yolov8_tune(params: dict[str, Any]) -> Any:
         items: Any = params.pop("trials")
         history: Any = []
         inputs = _dataset_inputs(job, params["data"])
