@@ -122,9 +122,21 @@ def split_images(data: str, split: str, limit: int = 8) -> list[Path]:
 
 
 def export_and_check(
-    weights: Path, data: str, fmt: str, settings: ExportSettings, *, batch: int, device: str, workdir: Path
+    weights: Path,
+    data: str,
+    fmt: str,
+    settings: ExportSettings,
+    *,
+    batch: int,
+    device: str,
+    workdir: Path,
+    reference: tuple[dict[str, float], float] | None = None,
 ) -> dict[str, Any]:
-    """Export, validate the export and the .pt alike, compare, time both; the result record (raises on parity)."""
+    """Export, validate the export and the .pt alike, compare, time both; the result record (raises on parity).
+
+    `reference`: the .pt's metrics and latency, as an earlier export of the same run measured them with the same
+    settings; measured here when None.
+    """
     from ultralytics import YOLO
 
     task = str(YOLO(str(weights)).task)
@@ -142,19 +154,21 @@ def export_and_check(
         )  # fmt: skip
         return readable_metrics(results.results_dict)
 
-    reference, checked = check(copy), check(exported)
     images = split_images(data, split)
-    difference = round(checked[metric] - reference[metric], 6)
+    if reference is None:
+        reference = check(copy), latency_ms(copy, images, task=task, imgsz=settings.imgsz, device=device)
+    (expected, expected_latency), checked = reference, check(exported)
+    difference = round(checked[metric] - expected[metric], 6)
     record: dict[str, Any] = {
         "format": fmt,
         "task": task,
         "split": split,
         "metric": metric,
         "metrics": checked,
-        "reference": reference,
+        "reference": expected,
         "difference": difference,
         "latency_ms": latency_ms(exported, images, task=task, imgsz=settings.imgsz, device=device),
-        "reference_latency_ms": latency_ms(copy, images, task=task, imgsz=settings.imgsz, device=device),
+        "reference_latency_ms": expected_latency,
         "size_bytes": size_bytes(exported),
         "opset": opset(exported) or 0,  # 0: not ONNX (KFP parameters cannot hold None)
         "format_version": format_version(fmt, exported),
@@ -163,7 +177,7 @@ def export_and_check(
     }
     if abs(difference) > settings.tolerance:
         raise QualityGateError(
-            f"--export {fmt}: {metric} {checked[metric]:.4f} against the .pt model's {reference[metric]:.4f} on the "
+            f"--export {fmt}: {metric} {checked[metric]:.4f} against the .pt model's {expected[metric]:.4f} on the "
             f"{split} split, a difference of {difference:+.4f}, beyond --export-tolerance "
             f"{settings.tolerance}."
         )
@@ -224,8 +238,11 @@ def export_step(
     with tempfile.TemporaryDirectory(prefix="yolokf-export-") as tmp:
         workdir = Path(tmp)
         local = step_data(data, dataset, workdir)
+        # Every export of a run shares its settings: the .pt is measured once, by the first.
+        reference = (records[0]["reference"], float(records[0]["reference_latency_ms"])) if records else None
+        best = weights_file(weights)
         record = export_and_check(
-            weights_file(weights), local, fmt, settings, batch=batch, device=device, workdir=workdir
+            best, local, fmt, settings, batch=batch, device=device, workdir=workdir, reference=reference
         )
         exported = Path(record.pop("file"))
         folder = Path(model.path)
