@@ -62,27 +62,27 @@ def readable_metrics(results: dict[str, Any]) -> dict[str, float]:
     return readable
 
 
-def metrics_from_csv(results_csv: Path) -> dict[str, float]:
-    """The last epoch's validation metrics from results.csv (DDP runs return no metrics object)."""
-    with results_csv.open() as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return {}
-    last = {key.strip(): value for key, value in rows[-1].items()}
-    return readable_metrics({key: value for key, value in last.items() if key.startswith("metrics/")})
+def results_rows(save_dir: Path) -> list[dict[str, str]]:
+    """A run folder's results.csv, one row per epoch (ultralytics appends to it on resume); [] when absent."""
+    results = save_dir / "results.csv"
+    if not results.exists():
+        return []
+    with results.open() as handle:
+        return [{key.strip(): value for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
-def val_loss_from_csv(results_csv: Path) -> float | None:
-    """The last epoch's total validation loss (box + cls + dfl, or the task's own terms) from results.csv.
+def validation_metrics(values: dict[str, Any]) -> dict[str, float]:
+    """The validation metrics among an epoch's values (a results.csv row, `trainer.metrics`), not the losses."""
+    return readable_metrics({key: value for key, value in values.items() if key.startswith("metrics/")})
+
+
+def validation_loss(row: dict[str, str]) -> float | None:
+    """An epoch's total validation loss (box + cls + dfl, or the task's own terms).
 
     A sweep ranks trials by it when their metric ties: in the first epochs every mAP is often 0, while the loss
     already tells a learning trial from one that is not (yolokf.steps.select.rank).
     """
-    if not results_csv.exists():
-        return None
-    with results_csv.open() as handle:
-        rows = list(csv.DictReader(handle))
-    losses = [float(v) for k, v in (rows[-1].items() if rows else ()) if k.strip().startswith("val/") and v]
+    losses = [float(value) for key, value in row.items() if key.startswith("val/") and value]
     return round(sum(losses), 6) if losses else None
 
 
@@ -102,19 +102,9 @@ def _stop_after(epochs: int) -> Any:
     def on_fit_epoch_end(trainer: Any) -> None:
         done = trainer.epoch + 1
         if epochs <= done < trainer.epochs:
-            validation = {k: v for k, v in trainer.metrics.items() if k.startswith("metrics/")}  # not val losses
-            raise _BudgetReached({**readable_metrics(validation), "fitness": round(float(trainer.fitness), 6)})
+            raise _BudgetReached({**validation_metrics(trainer.metrics), "fitness": round(float(trainer.fitness), 6)})
 
     return on_fit_epoch_end
-
-
-def epochs_trained(save_dir: Path) -> int:
-    """Epochs in a run folder's results.csv (ultralytics appends one row per epoch, resumed runs too)."""
-    results = save_dir / "results.csv"
-    if not results.exists():
-        return 0
-    with results.open() as handle:
-        return max(0, sum(1 for line in handle if line.strip()) - 1)
 
 
 def prepare_environment() -> None:
@@ -199,9 +189,10 @@ def train(
         raise TrainingError("ultralytics returned without a trainer; see the log above.")
     if model.trainer is not None:
         save_dir = Path(model.trainer.save_dir)
+    rows = results_rows(save_dir)
     metrics = budget_metrics or readable_metrics(getattr(results, "results_dict", None) or {})
-    if not metrics and (save_dir / "results.csv").exists():
-        metrics = metrics_from_csv(save_dir / "results.csv")
+    if not metrics and rows:  # DDP runs return no metrics object: the last epoch's
+        metrics = validation_metrics(rows[-1])
     kpt_shape = (getattr(model.trainer, "data", None) or {}).get("kpt_shape") if model.trainer is not None else None
     kpt_shape = kpt_shape or getattr(getattr(model, "model", None), "kpt_shape", None)
     weights = save_dir / "weights"
@@ -215,8 +206,8 @@ def train(
         epochs=config.epochs,
         ultralytics_version=ultralytics.__version__,
         resumed_from_epoch=ckpt.epochs_done if ckpt is not None and not ckpt.finished else None,
-        epochs_done=epochs_trained(save_dir),
-        val_loss=val_loss_from_csv(save_dir / "results.csv"),
+        epochs_done=len(rows),
+        val_loss=validation_loss(rows[-1]) if rows else None,
         extra={
             **({"checkpoint": str(save_dir), "already_finished": True} if ckpt is not None and ckpt.finished else {}),
             **({"kpt_shape": list(kpt_shape)} if kpt_shape else {}),
@@ -307,8 +298,9 @@ def train_step(
 
         traceback.print_exc()
         print(f"yolokf: {run_key} failed: {exc}", flush=True)
-        _write_failed_outputs(f"{type(exc).__name__}: {exc}", weights=weights, report=report, run_dir=run_dir)
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:500], metrics={}, epochs=0, weights="")
+        error = f"{type(exc).__name__}: {exc}"
+        _write_failed_outputs(error, weights=weights, report=report, run_dir=run_dir)
+        record.update(status="failed", error=error[:500], metrics={}, epochs=0, weights="")
     else:
         best = result.best or result.last
         record.update(
