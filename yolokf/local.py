@@ -39,7 +39,6 @@ class LocalRun:
     seconds: float
     log: Path
     trials: list[dict[str, Any]] = field(default_factory=list)  # a sweep's trials, best first
-    evaluation: dict[str, float] = field(default_factory=dict)  # the held-out split's metrics (promote steps)
     tables: dict[str, str] = field(default_factory=dict)  # Markdown outputs: per-class results, the exports
 
 
@@ -178,7 +177,6 @@ def run_local(
             raise TrainingError(f"{what} failed: {output.failure()} (full log: {log_path})") from None
     outputs: dict[str, Any] = task.outputs if hasattr(task, "outputs") else {}
     metrics = _ordered(outputs["metrics"].metadata) if "metrics" in outputs else {}
-    evaluation = _ordered(outputs["evaluation"].metadata) if "evaluation" in outputs else {}
     tables: dict[str, str] = {
         name: Path(outputs[name].path).read_text() for name in ("classes", "exports") if name in outputs
     }
@@ -186,7 +184,7 @@ def run_local(
     artifacts = {name: Path(a.path) for name, a in outputs.items() if hasattr(a, "path") and Path(a.path).exists()}
     trials = list(outputs.get("trials") or [])
     seconds = time.perf_counter() - started
-    return LocalRun(pipeline_root, metrics, artifacts, seconds, log_path, trials, evaluation, tables)
+    return LocalRun(pipeline_root, metrics, artifacts, seconds, log_path, trials, tables)
 
 
 def _ordered(logged: dict[str, Any]) -> dict[str, float]:

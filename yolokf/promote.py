@@ -81,10 +81,11 @@ def plan_promotion(
     """
     from yolokf.tasks import primary_metric, task_metrics
 
+    if options.champion and not options.registry:
+        raise UsageError("--champion needs --registry URL.")
     if not options.active:
-        for flag, given in (("--champion", options.champion), ("--registered-model", options.registered_model)):
-            if given:
-                raise UsageError(f"{flag} needs --registry URL.")
+        if options.registered_model:
+            raise UsageError("--registered-model needs --registry URL.")
         return None
     formats: list[str] = []
     for fmt in (part.strip().lower() for item in options.exports for part in item.split(",")):
@@ -107,8 +108,6 @@ def plan_promotion(
     for gate in gates:
         if known and gate.metric not in known:
             raise UsageError(f"--gate {gate.text}: a {task} model reports {', '.join(known)}.")
-    if options.champion and not options.registry:
-        raise UsageError("--champion needs --registry URL.")
     if options.champion_margin < 0:
         raise UsageError(f"--champion-margin must be 0 or more, got {options.champion_margin}.")
     registry = options.registry.rstrip("/") if options.registry else None

@@ -59,9 +59,9 @@ def _check_some_succeeded(records: list[dict[str, Any]], ranked: list[dict[str, 
 
 
 def _merge(history: list[Any], records: list[dict[str, Any]], round_: int) -> list[dict[str, Any]]:
-    merged = {int(r["trial"]): r for r in _records(history)}
+    merged = {r["trial"]: r for r in _records(history)}
     for record in records:
-        merged[int(record["trial"])] = {**record, "round": round_}
+        merged[record["trial"]] = {**record, "round": round_}
     return [merged[k] for k in sorted(merged)]
 
 
