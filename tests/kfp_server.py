@@ -95,6 +95,21 @@ def _check_state(state: str) -> None:
         raise ValueError(f"{state!r} is not a RuntimeState; use one of {', '.join(RUNTIME_STATES)}")
 
 
+def _in_dependency_order(dag: dict[str, Any]) -> list[str]:
+    """The DAG's task names (taskInfo), each after the tasks it depends on: the order a cluster starts them."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name not in order:
+            for upstream in dag[name].get("dependentTasks", []):
+                visit(upstream)
+            order.append(name)
+
+    for name in dag:
+        visit(name)
+    return [dag[n].get("taskInfo", {}).get("name", n) for n in order]
+
+
 @dataclass
 class Poll:
     """What one get_run answers for a run on a `schedule`: the run's state, and its tasks' states.
@@ -1158,7 +1173,7 @@ class KfpServer:
         if self.reject_runs:
             raise ApiError(400, self.reject_runs)
         spec_inner = spec.get("pipeline_spec", spec)
-        tasks = [t.get("taskInfo", {}).get("name", n) for n, t in spec_inner["root"]["dag"]["tasks"].items()]
+        tasks = _in_dependency_order(spec_inner["root"]["dag"]["tasks"])
         unknown = sorted({t for p in self.outcome.schedule or [] for t in p.tasks or {}} - set(tasks))
         if unknown:  # a mistake in the test, said where the test sees it
             raise ApiError(500, f"loopback server: the outcome names tasks {unknown}; the pipeline has {tasks}")

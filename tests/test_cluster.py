@@ -33,6 +33,10 @@ def container(spec: pipeline_spec_pb2.PipelineSpec, executor: str):
     return spec.deployment_spec["executors"][executor]["container"]
 
 
+def accelerator_count(spec: pipeline_spec_pb2.PipelineSpec, executor: str = "exec-yolo-train") -> int:
+    return int(container(spec, executor)["resources"]["accelerator"]["resourceCount"])
+
+
 def test_every_cluster_flag_lands_in_the_compiled_training_step(cli, tmp_path):
     spec, configs = compiled(
         cli,
@@ -48,8 +52,11 @@ def test_every_cluster_flag_lands_in_the_compiled_training_step(cli, tmp_path):
         "--step-timeout", "1h30m", "--retries", "3",
         "--checkpoint-pvc", "yolo-ckpt", "--run-key", "pets-v1",
     )  # fmt: skip
-    assert set(configs) == {"exec-yolo-train"}, "no download step for a local dataset"
-    train = configs["exec-yolo-train"]
+    # The download step runs for every kind of data (decided at run time), but holds no GPU, PVC or shm.
+    assert set(configs) == {"exec-yolo-train", "exec-fetch-dataset"}
+    train, fetch = configs["exec-yolo-train"], configs["exec-fetch-dataset"]
+    assert not fetch.pvc_mount and not fetch.empty_dir_mounts and not fetch.node_selector.labels
+    assert "resources" not in container(spec, "exec-fetch-dataset")
 
     resources = container(spec, "exec-yolo-train")["resources"]
     assert resources["accelerator"]["resourceType"] == "amd.com/gpu"
@@ -110,12 +117,13 @@ def test_gpus_zero_trains_on_cpu_and_shm_can_be_left_out(cli, tmp_path):
     assert not configs  # no platform spec at all
 
 
-def test_one_gpu_uses_device_0_and_explicit_device_wins(cli, tmp_path):
+def test_one_gpu_uses_device_0_and_an_explicit_device_names_every_gpu_of_the_pod(cli, tmp_path):
     spec, _ = compiled(cli, tmp_path, "--data", "data/pets.yaml", "--gpus", "1")
     assert spec.root.input_definitions.parameters["device"].default_value.string_value == "0"
     assert "env" not in container(spec, "exec-yolo-train"), "DDP settings only for more than one GPU"
-    spec, _ = compiled(cli, tmp_path, "--data", "data/pets.yaml", "--gpus", "2", "--device", "1")
-    assert spec.root.input_definitions.parameters["device"].default_value.string_value == "1"
+    spec, _ = compiled(cli, tmp_path, "--data", "data/pets.yaml", "--gpus", "2", "--device", "0,1")
+    assert spec.root.input_definitions.parameters["device"].default_value.string_value == "0,1"
+    assert accelerator_count(spec) == 2
 
 
 def test_s3_dataset_adds_a_cached_download_step_with_secret_env_and_no_credential_values(cli, tmp_path):
@@ -150,7 +158,12 @@ def test_s3_dataset_adds_a_cached_download_step_with_secret_env_and_no_credentia
     tasks = spec.root.dag.tasks
     assert tasks["fetch-dataset"].inputs.parameters["uri"].component_input_parameter == "data"
     assert tasks["fetch-dataset"].caching_options.enable_cache
-    assert tasks["fetch-dataset"].retry_policy.max_retry_count == 2
+    # --retries restarts training only; the download retries network errors itself and fails at once on 403.
+    assert not tasks["fetch-dataset"].HasField("retry_policy")
+    assert tasks["yolo-train"].retry_policy.max_retry_count == 2
+    fetched = tasks["fetch-dataset"].inputs.parameters
+    assert fetched["credentials"].runtime_value.constant.string_value == "s3-creds"
+    assert fetched["data_pvc"].runtime_value.constant.string_value == ""
     dataset = tasks["yolo-train"].inputs.artifacts["dataset"].task_output_artifact
     assert (dataset.producer_task, dataset.output_artifact_key) == ("fetch-dataset", "dataset")
     assert list(tasks["yolo-train"].dependent_tasks) == ["fetch-dataset"]
@@ -160,12 +173,14 @@ def test_s3_dataset_adds_a_cached_download_step_with_secret_env_and_no_credentia
 def test_pvc_dataset_is_mounted_not_downloaded(cli, tmp_path):
     for args in (["--data", "pvc://datasets/coco/data.yaml"], ["--data-pvc", "datasets", "--data", "coco/data.yaml"]):
         spec, configs = compiled(cli, tmp_path, *args)
-        assert set(configs) == {"exec-yolo-train"}
+        assert set(configs) == {"exec-yolo-train"}, "the download step mounts nothing and needs no settings"
         (pvc,) = configs["exec-yolo-train"].pvc_mount
         assert pvc.pvc_name_parameter.runtime_value.constant.string_value == "datasets"
         assert pvc.mount_path == "/mnt/yolokf/data"
         data = spec.root.input_definitions.parameters["data"].default_value.string_value
-        assert data == "/mnt/yolokf/data/coco/data.yaml", "the step receives the path where the PVC is mounted"
+        assert data == "pvc://datasets/coco/data.yaml", "the run form shows the PVC dataset as given"
+        fetched = spec.root.dag.tasks["fetch-dataset"].inputs.parameters
+        assert fetched["data_pvc"].runtime_value.constant.string_value == "datasets", "the mount, compile-time"
 
 
 def test_ambient_credentials_map_no_secret(cli, tmp_path):
@@ -200,6 +215,17 @@ def test_local_run_ignores_cluster_flags(tmp_path):
     ("args", "message"),
     [
         (["--gpus", "-1"], "--gpus must be a whole number of at least 0 (0 trains on CPU), got -1."),
+        # A pod's GPUs are 0..N-1: device 1 does not exist in a 1-GPU pod, and a 2-GPU pod would idle one.
+        (
+            ["--gpus", "1", "--device", "1"],
+            "--gpus 1 gives the step 1 GPU(s), numbered 0 inside its pod; --device 1 must name all of them (0)",
+        ),
+        (
+            ["--gpus", "2", "--device", "1"],
+            "--gpus 2 gives the step 2 GPU(s), numbered 0,1 inside its pod; --device 1 must name all of them (0,1)",
+        ),
+        (["--gpus", "2", "--device", "0,0"], "--device 0,0 must name all of them (0,1)"),
+        (["--gpus", "0", "--device", "0"], "--gpus 0 trains on CPU, but --device 0 names another device"),
         (
             ["--gpus", "2", "--accelerator-type", "gpu"],
             "--accelerator-type 'gpu' is not a Kubernetes extended resource",

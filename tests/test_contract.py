@@ -105,13 +105,14 @@ def dry_run(cli, kfp: KfpServer, args: list[str]) -> dict[str, Any]:
     [
         (["--gpus", "2"], {"device": "0,1"}),
         (["--gpus", "0"], {"device": "cpu"}),
-        (["--gpus", "2", "--device", "1"], {"device": "1"}),
+        (["--gpus", "2", "--device", "1,0"], {"device": "1,0"}),
         (["--device", "cpu"], {"device": "cpu"}),
         (["--workers", "3"], {"workers": 3}),
         (["--set", "lr0=0.02", "--set", "cos_lr=true"], {"train_args": {"lr0": 0.02, "cos_lr": True}}),
         (["--data", "s3://datasets/pets.zip", "--data-secret", "s3-creds"], {"data": "s3://datasets/pets.zip"}),
-        (["--data", "pvc://datasets/coco/data.yaml"], {"data": "/mnt/yolokf/data/coco/data.yaml"}),
-        (["--data-pvc", "datasets", "--data", "coco/data.yaml"], {"data": "/mnt/yolokf/data/coco/data.yaml"}),
+        # A PVC dataset stays a pvc:// URI (the download step maps it onto the mount at run time).
+        (["--data", "pvc://datasets/coco/data.yaml"], {"data": "pvc://datasets/coco/data.yaml"}),
+        (["--data-pvc", "datasets", "--data", "coco/data.yaml"], {"data": "pvc://datasets/coco/data.yaml"}),
         (["--checkpoint-pvc", "ckpt"], {}),
     ],
 )
@@ -166,7 +167,7 @@ def test_the_component_signature_is_the_training_fields():
     names = [f.name for f in training_fields()]
     component_inputs = list(yolo_train.component_spec.inputs)
     assert component_inputs[: len(names)] == names
-    assert component_inputs[len(names) :] == ["dataset", "checkpoint_dir", "run_key", "trial", "stop_after"]
+    assert component_inputs[len(names) :] == ["dataset", "checkpoint_dir", "run_key", "trial", "trials", "sweep"]
     pipeline = build_pipeline(plan_job(TrainConfig(epochs=7), StepOptions(), image=IMAGE))
     assert list(pipeline.component_spec.inputs) == names
     assert pipeline.component_spec.inputs["epochs"].default == 7

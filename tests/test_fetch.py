@@ -162,7 +162,8 @@ def test_s3_prefix_through_the_download_step(s3, dataset_dir, tmp_path):
     count = upload_folder(s3, dataset_dir, "vision/shapes")
     artifact = FakeArtifact(str(tmp_path / "artifact"))
     fetch_step(uri="s3://datasets/vision/shapes", dataset=artifact)
-    assert artifact.metadata == {"source": "s3://datasets/vision/shapes", "files": count, "data": "data.yaml"}
+    expected = {"source": "s3://datasets/vision/shapes", "files": count, "kind": "downloaded", "data": "data.yaml"}
+    assert artifact.metadata == expected
     local = prepare_dataset(Path(artifact.path), tmp_path / "work")
     assert_usable(local, dataset_dir)
     # the artifact itself is left as fetched (KFP may cache and share it)

@@ -157,8 +157,10 @@ def test_compile_pins_the_resolved_image(cli, record_dir: Path, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     docs = list(yaml.safe_load_all(out.read_text()))
     executors = docs[0]["deploymentSpec"]["executors"]
-    images = [e["container"]["image"] for e in executors.values()]
-    assert len(images) == 1 and images == [resolve_image(None)], images
+    images = {name: e["container"]["image"] for name, e in executors.items()}
+    assert sorted(images) == ["exec-fetch-dataset", "exec-yolo-train"], "every pipeline has its download step"
+    assert set(images.values()) == {resolve_image(None)}, images
+    images = list(images.values())
     assert re.fullmatch(rf"yolokf:{re.escape(__version__)}-[0-9a-f]{{12}}", images[0]), "never a floating tag"
 
 

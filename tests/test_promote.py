@@ -108,7 +108,8 @@ def test_promote_steps_follow_training_in_the_same_pipeline(cli, tmp_path):
     )  # fmt: skip
     tasks = spec["root"]["dag"]["tasks"]
     assert sorted(tasks) == [
-        "condition-1", "quality-gate", "yolo-evaluate", "yolo-export", "yolo-export-2", "yolo-export-3", "yolo-train",
+        "condition-1", "fetch-dataset", "quality-gate", "yolo-evaluate", "yolo-export", "yolo-export-2",
+        "yolo-export-3", "yolo-train",
     ]  # fmt: skip
     evaluate = tasks["yolo-evaluate"]["inputs"]
     assert evaluate["artifacts"]["weights"]["taskOutputArtifact"] == {
@@ -151,7 +152,7 @@ def test_promote_steps_follow_training_in_the_same_pipeline(cli, tmp_path):
 
 def test_a_plain_run_has_only_the_training_step_and_tune_hands_its_best_on(cli, tmp_path):
     spec, _ = compiled(cli, tmp_path)
-    assert sorted(spec["root"]["dag"]["tasks"]) == ["yolo-train"]
+    assert sorted(spec["root"]["dag"]["tasks"]) == ["fetch-dataset", "yolo-train"]
     out = tmp_path / "tune.yaml"
     args = [*TRAIN, *CLUSTER, "--set", "optimizer=SGD", "--space", "lr0=uniform:0.001:0.01", "--checkpoint-pvc", "c"]
     result = cli(["tune", *args, "--export", "onnx", "--out", out])

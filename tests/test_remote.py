@@ -182,7 +182,7 @@ def test_cache_flag_is_set_on_every_task_of_the_submitted_spec(kfp, flag, expect
     result = cli(run_args(kfp, flag))
     assert result.exit_code == 0, result.output
     tasks = spec_of(kfp.calls("POST", r"/runs$")[0])["root"]["dag"]["tasks"]
-    assert sorted(tasks) == ["yolo-train"], tasks
+    assert sorted(tasks) == ["fetch-dataset", "yolo-train"], tasks
     assert all(t["cachingOptions"].get("enableCache", False) is expected for t in tasks.values())
 
 
@@ -245,7 +245,7 @@ def test_upload_registers_the_pipeline_then_a_new_version(kfp):
     assert all("pipeline_spec" not in r for r in runs)  # the run uses the registered version
     # --no-cache was compiled into the uploaded spec, since the run only references it.
     first_tasks = versions[0]["pipeline_spec"]["root"]["dag"]["tasks"]
-    assert sorted(first_tasks) == ["yolo-train"], first_tasks
+    assert sorted(first_tasks) == ["fetch-dataset", "yolo-train"], first_tasks
     assert all(t["cachingOptions"].get("enableCache", False) is False for t in first_tasks.values())
 
 

@@ -17,7 +17,7 @@ from yolokf.errors import TrainingError, UsageError, YolokfError
 from yolokf.search_space import parse_space, sample, sobol
 from yolokf.settings import SweepOptions, TrainConfig
 from yolokf.steps.select import rank, report_step, select_step
-from yolokf.sweep import Round, halving_rounds, plan_sweep
+from yolokf.sweep import Round, halving_rounds, plan_sweep, round_keep, round_stop
 
 BASE = ["--model", "yolov8n.yaml", "--data", "shapes", "--set", "optimizer=SGD"]
 SPACE = ["--space", "lr0=loguniform:1e-4:1e-1", "--space", "mosaic=choice:0,0.5,1.0"]
@@ -100,7 +100,8 @@ def record(trial: int, value: float | None, status: str = "succeeded", epochs: i
 
 def test_selection_keeps_the_best_and_skips_failed_trials():
     results = [json.dumps(record(0, 0.2)), record(1, None, "failed", 0), record(2, 0.5), record(3, 0.4)]
-    kept, history = select_step(results, [], "fitness", "max", keep=2, round_=0)
+    # 4 trials, halving by 2 over 3 rounds: round 1 keeps 2 (yolokf.sweep.round_keep).
+    kept, history = select_step(results, [], "fitness", "max", [{}] * 4, 8, {"round": 0, "rounds": 3, "eta": 2})
     assert kept == [{"trial": 2, "values": {"lr0": 0.03}}, {"trial": 3, "values": {"lr0": 0.04}}]
     assert [r["trial"] for r in history] == [0, 1, 2, 3] and {r["round"] for r in history} == {0}
     assert [r["trial"] for r in rank([record(0, 0.2), record(2, 0.5)], "fitness", "min")] == [0, 2]
@@ -114,7 +115,8 @@ def test_a_tie_on_the_metric_goes_to_the_lower_validation_loss():
 
 def test_a_sweep_fails_only_when_every_trial_failed():
     with pytest.raises(TrainingError, match=r"All 2 trials failed; trial 0: CUDA out of memory"):
-        select_step([record(0, None, "failed"), record(1, None, "failed")], [], "fitness", "max", 1, 0)
+        select_step([record(0, None, "failed"), record(1, None, "failed")], [], "fitness", "max", [{}] * 2, 2,
+                    {"round": 0, "rounds": 2, "eta": 2})  # fmt: skip
 
 
 def test_report_hands_on_the_best_weights_and_lists_every_trial(tmp_path):
@@ -244,7 +246,8 @@ def test_the_sweep_pipeline_runs_trials_in_parallel_then_picks_the_best(cli, tmp
     (trial,) = body.values()
     assert trial["componentRef"]["name"] == "comp-yolo-train"
     inputs = trial["inputs"]["parameters"]
-    assert inputs["stop_after"]["runtimeValue"]["constant"] == 0
+    assert inputs["sweep"]["runtimeValue"]["constant"] == {"round": 0, "rounds": 1, "eta": 0, "name": ""}
+    assert inputs["trials"]["componentInputParameter"] == "pipelinechannel--trials", "the key's trials: the run's"
     assert inputs["trial"]["componentInputParameter"].startswith("pipelinechannel--trials-loop-item")
     tasks = spec["root"]["dag"]["tasks"]
     assert "sweep-report" in tasks and not any(name.startswith("select-trials") for name in tasks)
@@ -260,18 +263,24 @@ def test_halving_compiles_to_rounds_that_stop_at_their_epochs(cli, tmp_path):
     rounds = loops(spec)
     assert len(rounds) == 4
     assert all(r["iteratorPolicy"] == {"parallelismLimit": 4} for r in rounds)
-    stops = []
+    specs = []
     for loop in rounds:
         (trial,) = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"].values()
-        stops.append(trial["inputs"]["parameters"]["stop_after"]["runtimeValue"]["constant"])
-    assert stops == [1, 2, 4, 0]  # the last round trains to --epochs
+        specs.append(trial["inputs"]["parameters"]["sweep"]["runtimeValue"]["constant"])
+    assert specs == [{"round": k, "rounds": 4, "eta": 2, "name": ""} for k in range(4)]
+    # The budgets follow from the run's own epochs and trials: compiled 8 and 8 ...
+    assert [round_stop(s, 8, 8) for s in specs] == [1, 2, 4, 0]  # the last round trains to --epochs
+    assert [round_keep(s, 8, 8) for s in specs[:3]] == [4, 2, 1]
+    # ... a run form edited to 16 epochs and 4 trials: the same 4 rounds, stopping later and keeping fewer.
+    assert [round_stop(s, 4, 16) for s in specs] == [2, 4, 8, 0]
+    assert [round_keep(s, 4, 16) for s in specs[:3]] == [2, 1, 1]
     tasks = spec["root"]["dag"]["tasks"]
-    keeps = sorted(
-        (t["inputs"]["parameters"]["round_index"]["runtimeValue"]["constant"],
-         t["inputs"]["parameters"]["keep"]["runtimeValue"]["constant"])
-        for name, t in tasks.items() if name.startswith("select-trials")
-    )  # fmt: skip
-    assert keeps == [(0, 4), (1, 2), (2, 1)]
+    selections = [t for name, t in tasks.items() if name.startswith("select-trials")]
+    assert len(selections) == 3
+    for selection in selections:
+        received = selection["inputs"]["parameters"]
+        assert received["trials"]["componentInputParameter"] == "trials"
+        assert received["epochs"]["componentInputParameter"] == "epochs"
     assert rounds[1]["parameterIterator"]["items"]["inputParameter"].startswith("pipelinechannel--select-trials")
 
 

@@ -208,12 +208,41 @@ def dataset_hash(data: str) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+# The download step's note to the steps after it, in its Dataset artifact: what they read, decided at run time.
+DESCRIPTOR = "yolokf-dataset.json"
+PASSTHROUGH, DOWNLOADED, MOUNTED = "passthrough", "downloaded", "mounted"
+
+
+def write_descriptor(folder: Path, kind: str, **details: Any) -> dict[str, Any]:
+    """Record in the download step's artifact `folder` how the dataset reaches the next steps."""
+    import json
+
+    descriptor = {"kind": kind, **details}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / DESCRIPTOR).write_text(json.dumps(descriptor))
+    return descriptor
+
+
+def read_descriptor(folder: Path) -> dict[str, Any]:
+    """The download step's note in `folder`; an artifact without one holds downloaded data (yolokf 0.1)."""
+    import json
+
+    path = folder / DESCRIPTOR
+    return json.loads(path.read_text()) if path.is_file() else {"kind": DOWNLOADED}
+
+
 def step_data(data: str, dataset: Any, workdir: Path) -> str:
-    """The local dataset a step uses: the download step's output (`dataset`), a mounted PVC, or `data` resolved."""
+    """The local dataset a step uses, as the download step (`dataset`) decided for the run's `data`: data it
+    downloaded into its artifact, a path on the mounted PVC, or `data` itself, resolved here."""
     from yolokf.step_options import DATA_PVC_PATH
 
     if dataset is not None:
-        return prepare_dataset(Path(dataset.path), workdir / "data")
+        descriptor = read_descriptor(Path(dataset.path))
+        if descriptor["kind"] == DOWNLOADED:
+            return prepare_dataset(Path(dataset.path), workdir / "data")
+        if descriptor["kind"] == MOUNTED:
+            return prepare_dataset(Path(descriptor["path"]), workdir / "data")
+        return resolve_data(descriptor.get("data", data))
     if Path(data).is_relative_to(DATA_PVC_PATH):  # a PVC the pipeline mounted (step_options)
         return prepare_dataset(Path(data), workdir / "data")
     return resolve_data(data)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from yolokf.data_sources import DataSource, is_remote, parse_data_uri, pvc_source
+from yolokf.devices import device_for_gpus
 from yolokf.errors import UsageError
 from yolokf.settings import PromoteOptions, TrainConfig
-from yolokf.step_options import AMBIENT_CREDENTIALS, DATA_PVC_PATH, StepOptions, ultralytics_device
+from yolokf.step_options import AMBIENT_CREDENTIALS, StepOptions
 
 if TYPE_CHECKING:
     from yolokf.promote import Promotion
@@ -37,11 +37,6 @@ class Job:
     sweep: Sweep | None = None  # `yolokf tune`: the trials and rounds the pipeline runs
     promotion: Promotion | None = None  # evaluate, export, gate, register after training (promote flags)
     evaluate_only: bool = False  # `yolokf evaluate`: `config.model` is existing weights, nothing trains
-
-    @property
-    def fetches_data(self) -> bool:
-        """Whether the pipeline has a download step before training."""
-        return self.source is not None and self.source.fetched
 
     @property
     def stem(self) -> str:
@@ -108,9 +103,10 @@ def plan_job(config: TrainConfig, step: StepOptions, *, image: str) -> Job:
     step = replace(step, image=image)
     source = _data_source(config.data, step)
     if source is not None and source.scheme == "pvc":
+        # The run parameter stays a pvc:// URI (the download step maps it onto the mount); the mount is fixed.
         step = replace(step, data_pvc=source.bucket)
-        config = config.with_overrides(data=str(PurePosixPath(DATA_PVC_PATH) / source.path))
-    config = config.with_overrides(device=ultralytics_device(step.gpus, config.device))
+        config = config.with_overrides(data=source.uri)
+    config = config.with_overrides(device=device_for_gpus(step.gpus, config.device))
     return Job(config, step, source)
 
 

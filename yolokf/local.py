@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from yolokf.datasets import resolve_data
+from yolokf.devices import check_visible
 from yolokf.errors import TrainingError, UsageError
 from yolokf.job import Job
 from yolokf.offline import check_model
@@ -115,23 +116,12 @@ def preflight(job: Job) -> None:
 
 def check_device(device: str) -> None:
     """Refuse a CUDA device this machine lacks (`0`, `0,1`, `cuda:1`); other backends are left to ultralytics."""
-    wanted = device.strip().lower().replace(" ", "")
-    if re.fullmatch(r"cuda|-1", wanted):
-        indexes = [0]
-    elif match := re.fullmatch(r"(?:cuda:)?(\d+(?:,\d+)*)", wanted):
-        indexes = [int(i) for i in match[1].split(",")]
-    else:
-        return  # '', cpu, mps, npu:0, xpu:0 ...
-    import torch
-
-    count = torch.cuda.device_count()
-    if count == 0:
-        raise UsageError(
-            f"--device {device}: this machine has no CUDA GPU that torch can use. Leave --device out or use "
-            "--device cpu here, or train on a cluster with --host URL --gpus N."
-        )
-    if max(indexes) >= count:
-        raise UsageError(f"--device {device}: this machine has {count} CUDA GPU(s), numbered 0 to {count - 1}.")
+    check_visible(
+        device,
+        where="this machine",
+        flag="--device",
+        advice="Leave --device out or use --device cpu here, or train on a cluster with --host URL --gpus N.",
+    )
 
 
 def run_local(

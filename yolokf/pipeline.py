@@ -33,7 +33,13 @@ from yolokf import __version__
 from yolokf.errors import UsageError
 from yolokf.job import EVALUATE_PIPELINE_NAME, PIPELINE_NAME, SWEEP_PIPELINE_NAME, Job
 from yolokf.settings import training_fields
-from yolokf.step_options import apply_fetch_options, apply_select_options, apply_step_options
+from yolokf.step_options import (
+    NO_CREDENTIALS,
+    apply_fetch_options,
+    apply_retries,
+    apply_select_options,
+    apply_step_options,
+)
 
 if TYPE_CHECKING:
     from yolokf.sweep import Sweep
@@ -55,7 +61,8 @@ def yolo_train(
     checkpoint_dir: str = "",
     run_key: str = "",
     trial: dict = {{}},
-    stop_after: int = 0,
+    trials: list = [],
+    sweep: dict = {{}},
 ):
     """Train an Ultralytics YOLO model (yolokf)."""
     inputs = dict(locals())
@@ -92,11 +99,12 @@ yolo_train = dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=Fal
 
 
 @dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
-def fetch_dataset(uri: str, dataset: Output[Dataset]):
-    """Download a dataset from s3://, gs:// or https:// (yolokf); cached by KFP for the same URI."""
+def fetch_dataset(uri: str, credentials: str, data_pvc: str, dataset: Output[Dataset]):
+    """Download the run's dataset from s3://, gs:// or https://, or pass a local or PVC one on (yolokf)."""
+    inputs = dict(locals())
     from yolokf.steps.fetch import fetch_step
 
-    fetch_step(uri=uri, dataset=dataset)
+    fetch_step(**inputs)
 
 
 @dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
@@ -105,8 +113,9 @@ def select_trials(
     history: list,
     metric: str,
     mode: str,
-    keep: int,
-    round_index: int,
+    trials: list,
+    epochs: int,
+    sweep: dict,
     records: OutputPath(list),  # type: ignore[valid-type]
 ) -> list:
     """Keep the best trials of a sweep round to continue (yolokf); returns them, the next round's items."""
@@ -114,7 +123,7 @@ def select_trials(
 
     from yolokf.steps.select import select_step
 
-    kept, merged = select_step(results, history, metric, mode, keep, round_index)
+    kept, merged = select_step(results, history, metric, mode, trials, epochs, sweep)
     with open(records, "w") as handle:
         json.dump(merged, handle)
     # The next round iterates over the return value: kfp.local (2.17) cannot loop over a named output.
@@ -235,10 +244,14 @@ class SweepOutputs(NamedTuple):
 
 
 def _dataset_inputs(job: Job, data: Any) -> dict[str, Any]:
-    """The training step's `dataset` input: the download step's output for a remote dataset."""
-    if not job.fetches_data:
-        return {}
-    fetched = fetch_dataset(uri=data)
+    """The `dataset` input of the steps that read data: the download step's output, which says what to read.
+
+    The step runs whatever `data` was compiled with, so a run whose `data` is edited (Kubeflow UI) to another
+    kind of source still works: the kind is decided from the run's value, in the step (docs/cluster.md).
+    """
+    fetched = fetch_dataset(
+        uri=data, credentials=job.step.data_secret or NO_CREDENTIALS, data_pvc=job.step.data_pvc or ""
+    )
     apply_fetch_options(fetched, job.step)
     return {"dataset": fetched.outputs["dataset"]}
 
@@ -355,6 +368,7 @@ def build_pipeline(job: Job) -> Any:
         inputs = _dataset_inputs(job, params["data"])
         task = yolo_train(**params, checkpoint_dir=job.step.checkpoint_path, run_key=job.step.run_key or "", **inputs)
         apply_step_options(task, job.step)
+        apply_retries(task, job.step)
         promoted = _promote(job, task.outputs["weights"], params, inputs)
         return returns(
             weights=task.outputs["weights"],
@@ -394,21 +408,23 @@ def build_sweep_pipeline(job: Job, sweep: "Sweep") -> Any:
     returns = _outputs("Outputs", SweepOutputs, job)
 
     def yolov8_tune(params: dict[str, Any]) -> Any:
-        items: Any = params.pop("trials")
-        history: Any = []
+        trials: Any = params.pop("trials")
+        history: Any
+        items, history = trials, []
         inputs = _dataset_inputs(job, params["data"])
-        for index, round_ in enumerate(rounds):
+        for index in range(len(rounds)):
             last = index == len(rounds) - 1
             with dsl.ParallelFor(items, parallelism=sweep.parallel) as item:
                 task = yolo_train(
                     **params,
                     trial=item,
-                    stop_after=0 if last else round_.epochs,
+                    trials=trials,
+                    sweep=sweep.round_spec(index),
                     checkpoint_dir=job.step.checkpoint_path,
-                    run_key=sweep.key,
                     **inputs,
                 )
                 apply_step_options(task, job.step)
+                apply_retries(task, job.step)
                 task.set_display_name(f"trial round {index + 1}" if sweep.halving else "trial")
             results = dsl.Collected(task.outputs["summary"])
             if last:
@@ -418,8 +434,9 @@ def build_sweep_pipeline(job: Job, sweep: "Sweep") -> Any:
                 history=history,
                 metric=sweep.metric,
                 mode=sweep.mode,
-                keep=rounds[index + 1].trials,
-                round_index=index,
+                trials=trials,
+                epochs=params["epochs"],
+                sweep=sweep.round_spec(index),
             )
             apply_select_options(selection, job.step, f"select round {index + 1}")
             items, history = selection.outputs["Output"], selection.outputs["records"]

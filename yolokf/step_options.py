@@ -22,6 +22,8 @@ DATA_PVC_PATH = "/mnt/yolokf/data"
 CHECKPOINT_PVC_PATH = "/mnt/yolokf/checkpoints"
 # `--data-secret -`: the pod has object-storage credentials already (IRSA, Workload Identity, node role).
 AMBIENT_CREDENTIALS = "-"
+# What the download step is told when no --data-secret was compiled: an s3:// or gs:// `data` fails at once.
+NO_CREDENTIALS = ""
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # Secret keys (as `kubectl create secret generic NAME --from-literal=KEY=...` writes them) -> environment
@@ -115,15 +117,6 @@ class StepOptions:
             checkpoint_dir=local_dir,
             run_key=self.run_key,
         )
-
-
-def ultralytics_device(gpus: int | None, device: str) -> str:
-    """The ultralytics `device` for `--gpus N`: '' or an explicit --device wins; 0 -> cpu, N -> '0,..,N-1' (DDP)."""
-    if device or gpus is None:
-        return device
-    if gpus == 0:
-        return "cpu"
-    return ",".join(str(i) for i in range(gpus))
 
 
 def parse_pair(item: str, flag: str) -> tuple[str, str]:
@@ -321,6 +314,13 @@ def _apply_common(task: Any, options: StepOptions) -> None:
         kubernetes.add_pod_annotation(task, annotation_key=key, annotation_value=value)
     for tol in options.tolerations:
         kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)  # type: ignore[arg-type]
+
+
+def apply_retries(task: Any, options: StepOptions) -> None:
+    """`--retries`: restart the training pod after a failure (a reclaimed node, an OOM kill, a network error),
+    resuming from its checkpoint. Only training: a retry cannot fix a missed gate, a failed parity check or
+    refused credentials, so those steps fail at once; the download and registration steps retry network errors
+    themselves, in the step (docs/cluster.md, "Retries")."""
     if options.retries:
         task.set_retry(
             num_retries=options.retries,

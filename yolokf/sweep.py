@@ -38,11 +38,17 @@ class Sweep:
     metric: str
     mode: str
     sampler: str
-    key: str  # the sweep's folder under the checkpoint storage: trials keep `<key>/trial-NN` there
+    eta: int | None = None  # --halving: each round keeps the best 1/eta
+    name: str = ""  # --run-key: the stem of the sweep's folder (the step adds what the run received)
 
     @property
     def halving(self) -> bool:
         return len(self.rounds) > 1
+
+    def round_spec(self, index: int) -> dict[str, Any]:
+        """What a round's steps are told at compile time (the graph's shape); the budgets follow from the run's
+        `epochs` and `trials`, in the steps (`round_budgets`)."""
+        return {"round": index, "rounds": len(self.rounds), "eta": self.eta or 0, "name": self.name}
 
     def trial_epochs(self) -> int:
         """Trial-epochs the rounds spend when no trial fails: the sweep's compute budget."""
@@ -54,13 +60,37 @@ class Sweep:
 
 
 def halving_rounds(trials: int, epochs: int, eta: int | None) -> tuple[Round, ...]:
-    """Successive halving: round k runs trials // eta**k trials to epochs // eta**(R-1-k) epochs."""
+    """Successive halving: as many rounds as `trials` and `epochs` allow (each round keeps 1/eta of the trials
+    and trains eta times the epochs of the one before), budgets from `round_budgets`."""
     if eta is None:
         return (Round(trials, epochs),)
     count = 1
     while trials // eta**count >= 1 and epochs // eta**count >= 1:
         count += 1
+    return round_budgets(trials, epochs, eta, count)
+
+
+def round_budgets(trials: int, epochs: int, eta: int | None, count: int) -> tuple[Round, ...]:
+    """Round k of `count` runs trials // eta**k trials to epochs // eta**(count-1-k) epochs, at least one of
+    each. The number of rounds is the compiled graph's; the steps call this with the run's own `trials` and
+    `epochs`, so an edited run form changes the budgets, never the shape."""
+    if not eta or count == 1:
+        return (Round(trials, epochs),)
     return tuple(Round(max(1, trials // eta**k), max(1, epochs // eta ** (count - 1 - k))) for k in range(count))
+
+
+def round_stop(spec: dict[str, Any], trials: int, epochs: int) -> int:
+    """The epoch a trial stops at in the round `spec` describes (0: train to `epochs`, the last round)."""
+    index, count = int(spec.get("round", 0)), int(spec.get("rounds", 1))
+    if index >= count - 1:
+        return 0
+    return round_budgets(trials, epochs, int(spec.get("eta") or 0), count)[index].epochs
+
+
+def round_keep(spec: dict[str, Any], trials: int, epochs: int) -> int:
+    """How many trials go on to the round after the one `spec` describes."""
+    index, count = int(spec.get("round", 0)), int(spec.get("rounds", 1))
+    return round_budgets(trials, epochs, int(spec.get("eta") or 0), count)[min(index + 1, count - 1)].trials
 
 
 def plan_sweep(config: TrainConfig, options: SweepOptions, *, run_key: str | None = None) -> Sweep:
@@ -103,16 +133,21 @@ def plan_sweep(config: TrainConfig, options: SweepOptions, *, run_key: str | Non
         metric=options.metric,
         mode=options.mode,
         sampler=options.sampler,
-        key=run_key or _sweep_key(config, trials, rounds),
+        eta=options.halving,
+        name=run_key or "",
     )
 
 
-def _sweep_key(config: TrainConfig, trials: tuple[dict[str, Any], ...], rounds: tuple[Round, ...]) -> str:
-    """The same sweep gets the same folder, so a re-run finds its trials' checkpoints and resumes them."""
+def sweep_key(config: TrainConfig, trials: list[dict[str, Any]], spec: dict[str, Any]) -> str:
+    """The sweep's folder under the checkpoint storage, from what the run received: its training fields, its
+    trials and its rounds. A resubmission with the same values finds its trials' checkpoints and resumes them;
+    a run with any value edited (the Kubeflow UI's run form) gets a folder of its own. `--run-key` names it."""
     from yolokf.steps.checkpoint import default_run_key  # plain Python: hashes the fields like a run's key
 
-    extra = {"trials": trials, "rounds": [(r.trials, r.epochs) for r in rounds]}
-    return default_run_key(config, kind="sweep", extra=extra)
+    normal = [{"trial": int(t["trial"]), "values": dict(t["values"])} for t in trials]  # kfp.local: floats
+    extra = {"trials": normal, "rounds": int(spec.get("rounds", 1)), "eta": int(spec.get("eta") or 0)}
+    key = default_run_key(config, kind="sweep", extra=extra)
+    return f"{spec['name']}-{key.rsplit('-', 1)[-1]}" if spec.get("name") else key
 
 
 def trial_name(trial: dict[str, Any]) -> str:

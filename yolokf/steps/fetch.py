@@ -1,8 +1,9 @@
 """The download step: datasets from object storage (s3://, gs://) and HTTP(S) archives into a `Dataset` artifact.
 
-`fetch_step` is what the pipeline's download component runs. It fetches into the step's `Dataset` artifact, so
-KFP caching skips the download next time; the training step then finds the dataset in it with
-`yolokf.datasets.prepare_dataset`.
+`fetch_step` is what the pipeline's download component runs, in every pipeline, whatever `data` was compiled
+with: the kind of dataset is decided from the run's own `data` (docs/cluster.md, "What a run can change"). It
+fetches remote data into the step's `Dataset` artifact, so KFP caching skips the download next time, and notes
+in it what the next steps read (`yolokf.datasets.step_data`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from yolokf.data_sources import DataSource, parse_data_uri
+from yolokf.data_sources import DataSource, is_remote, parse_data_uri
 from yolokf.datasets import find_dataset
 from yolokf.errors import DataError, UsageError
+from yolokf.step_options import AMBIENT_CREDENTIALS, DATA_PVC_PATH, NO_CREDENTIALS
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
 
@@ -150,14 +152,50 @@ def _unpack(archive: Path, dest: Path) -> None:
     raise DataError(f"{archive.name} is not a zip or tar archive; give a dataset folder, .zip, .tar or .tar.gz.")
 
 
-def fetch_step(*, uri: str, dataset: Any) -> None:
-    """Entry point of the pipeline's download component: fetch `uri` into the `dataset` artifact."""
+def fetch_step(*, uri: str, dataset: Any, credentials: str = AMBIENT_CREDENTIALS, data_pvc: str = "") -> None:
+    """Entry point of the pipeline's download component, which every pipeline runs before its first step that
+    reads data: it decides from the run's `data` (`uri`), at run time, what the next steps read.
+
+    s3://, gs://, https:// are downloaded into the `dataset` artifact; pvc:// names a path on the PVC the pipeline
+    mounts (`data_pvc`, compile-time); anything else (a built-in or ultralytics name, a path in the image) is
+    passed through. `credentials` says how the pipeline was compiled: a Secret, the pod's own, or none.
+    """
+    from yolokf.datasets import DOWNLOADED, MOUNTED, PASSTHROUGH, write_descriptor
+
     dest = Path(dataset.path)
     if dest.exists():  # a retried step: start clean rather than mix two downloads
         shutil.rmtree(dest)
+    if not is_remote(uri):
+        if data_pvc and PurePosixPath(uri).is_relative_to(DATA_PVC_PATH):
+            descriptor = write_descriptor(dest, MOUNTED, path=uri)
+        else:
+            descriptor = write_descriptor(dest, PASSTHROUGH, data=uri)
+        dataset.metadata.update({"source": uri, **descriptor})
+        print(f"yolokf: dataset {uri} is read where it is ({descriptor['kind']})", flush=True)
+        return
+    source = parse_data_uri(uri)
+    if source.scheme == "pvc":
+        path = str(PurePosixPath(DATA_PVC_PATH) / source.path)
+        if source.bucket != data_pvc:
+            mounted = f"mounts PVC {data_pvc}" if data_pvc else "mounts no dataset PVC"
+            raise DataError(
+                f"{uri} is on PVC {source.bucket}, but this pipeline {mounted} (volumes are fixed when it is "
+                f"compiled): compile it with --data-pvc {source.bucket}, or give data as a path or URI."
+            )
+        descriptor = write_descriptor(dest, MOUNTED, path=path)
+        dataset.metadata.update({"source": uri, **descriptor})
+        print(f"yolokf: dataset {uri} is read on the mounted PVC at {path}", flush=True)
+        return
+    if source.scheme in ("s3", "gs") and credentials == NO_CREDENTIALS:
+        raise DataError(
+            f"{uri} needs object-storage credentials, and this pipeline was compiled without them: compile it with "
+            f"--data-secret NAME (a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or with --data-secret "
+            f"{AMBIENT_CREDENTIALS} to use the pod's own (IRSA, Workload Identity, a public bucket)."
+        )
     fetch(uri, dest)
     found = find_dataset(dest)  # fail here, not an hour later in the training step
     files = sum(1 for p in dest.rglob("*") if p.is_file())
     relative = str(found.relative_to(dest)) if found != dest else "."
-    dataset.metadata.update({"source": uri, "files": files, "data": relative})
+    descriptor = write_descriptor(dest, DOWNLOADED, data=relative)
+    dataset.metadata.update({"source": uri, "files": files, **descriptor})
     print(f"yolokf: fetched {uri}: {files} files, dataset {relative}", flush=True)

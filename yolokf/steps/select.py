@@ -66,9 +66,20 @@ def _merge(history: list[Any], records: list[dict[str, Any]], round_: int) -> li
 
 
 def select_step(
-    results: list[Any], history: list[Any], metric: str, mode: str, keep: int, round_: int
+    results: list[Any],
+    history: list[Any],
+    metric: str,
+    mode: str,
+    trials: list[Any],
+    epochs: int,
+    sweep: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """After round `round_`: the `keep` best trials to continue (as trial items), and every trial's record."""
+    """After the round `sweep` describes: the best trials to continue (as trial items), and every trial's record.
+
+    How many go on follows from the run's own `trials` and `epochs` (`yolokf.sweep.round_keep`)."""
+    from yolokf.sweep import round_keep
+
+    round_, keep = int(sweep["round"]), round_keep(sweep, len(trials), int(epochs))
     records = _records(results)
     ranked = rank(records, metric, mode)
     _check_some_succeeded(records, ranked, metric)

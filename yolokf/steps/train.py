@@ -18,6 +18,7 @@ from typing import Any
 
 from yolokf import offline
 from yolokf.datasets import resolve_data, step_data
+from yolokf.devices import check_visible
 from yolokf.errors import TrainingError
 from yolokf.settings import TrainConfig
 from yolokf.tasks import check_task
@@ -25,6 +26,7 @@ from yolokf.tasks import check_task
 RUN_NAME = "train"
 STOPPED_METRICS = "yolokf-stopped-metrics.json"  # the metrics at a sweep round's stop, next to results.csv
 _KIND_PREFIX = {"B": "", "M": "mask_", "P": "pose_"}
+DEVICE_ADVICE = "Set device to cpu, or compile with --gpus N so that the step's pod gets GPUs."
 _RENAMES = {"accuracy_top1": "top1_accuracy", "accuracy_top5": "top5_accuracy"}
 
 
@@ -74,6 +76,23 @@ def results_rows(save_dir: Path) -> list[dict[str, str]]:
 def validation_metrics(values: dict[str, Any]) -> dict[str, float]:
     """The validation metrics among an epoch's values (a results.csv row, `trainer.metrics`), not the losses."""
     return readable_metrics({key: value for key, value in values.items() if key.startswith("metrics/")})
+
+
+def final_metrics(results: Any, rows: list[dict[str, str]]) -> dict[str, float]:
+    """The metrics of a finished training, fitness included, the same on one device as under DDP.
+
+    On one device `YOLO.train` returns the final validation's metrics object; under DDP the training runs in
+    ultralytics' subprocesses and `YOLO.train` returns the `train_metrics` dict it saved in best.pt (the same
+    `metrics/...` keys and `fitness`, beside the validation losses). results.csv, which has no fitness, is the
+    last resort: a run that returned neither.
+    """
+    if hasattr(results, "results_dict"):
+        values = dict(results.results_dict)
+    elif isinstance(results, dict):
+        values = {key: value for key, value in results.items() if key.startswith("metrics/") or key == "fitness"}
+    else:
+        values = {}
+    return readable_metrics(values) or (validation_metrics(rows[-1]) if rows else {})
 
 
 def validation_loss(row: dict[str, str]) -> float | None:
@@ -132,6 +151,8 @@ def train(
     (a sweep round's budget, docs/tune.md).
     """
     prepare_environment()
+    # A device edited in the run form may name GPUs this pod was not given (compiled --gpus): say so, not CUDA.
+    check_visible(config.device, where="this step", flag="device", advice=DEVICE_ADVICE)
     offline.check_model(config.model)
     data_path = data or resolve_data(config.data)
 
@@ -190,9 +211,7 @@ def train(
     if model.trainer is not None:
         save_dir = Path(model.trainer.save_dir)
     rows = results_rows(save_dir)
-    metrics = budget_metrics or readable_metrics(getattr(results, "results_dict", None) or {})
-    if not metrics and rows:  # DDP runs return no metrics object: the last epoch's
-        metrics = validation_metrics(rows[-1])
+    metrics = budget_metrics or final_metrics(results, rows)
     kpt_shape = (getattr(model.trainer, "data", None) or {}).get("kpt_shape") if model.trainer is not None else None
     kpt_shape = kpt_shape or getattr(getattr(model, "model", None), "kpt_shape", None)
     weights = save_dir / "weights"
@@ -262,21 +281,26 @@ def train_step(
     checkpoint_dir: str = "",
     run_key: str = "",
     trial: dict[str, Any] | None = None,
-    stop_after: int = 0,
+    trials: list[Any] | None = None,
+    sweep: dict[str, Any] | None = None,
     **parameters: Any,
 ) -> None:
     """Entry point of the pipeline's training component: `parameters` are its training fields.
 
-    A sweep trial (`trial`: its index and values) trains in `<checkpoint_dir>/<run_key>/trial-NN`; a trial
-    that fails is recorded as failed in `summary` instead of failing the step, so the sweep goes on.
+    A sweep trial (`trial`: its index and values, `trials`: the run's whole list, `sweep`: its round) trains in
+    `<checkpoint_dir>/<sweep key>/trial-NN`, the key and the round's stop epoch derived here from the values
+    this run received; a trial that fails is recorded as failed in `summary`, so the sweep goes on.
     """
     config = TrainConfig.from_parameters(parameters)
     record: dict[str, Any] = {}
+    stop_after = 0
     if trial:
-        from yolokf.sweep import trial_name
+        from yolokf.sweep import round_stop, sweep_key, trial_name
 
+        spec, every = sweep or {}, list(trials or [trial])
         record = {"trial": int(trial["trial"]), "values": dict(trial["values"])}
-        checkpoint_dir, run_key = str(Path(checkpoint_dir) / run_key), trial_name(trial)
+        stop_after = round_stop(spec, len(every), config.epochs)
+        checkpoint_dir, run_key = str(Path(checkpoint_dir) / sweep_key(config, every, spec)), trial_name(trial)
     try:
         if trial:
             config = config.with_values(trial["values"])
