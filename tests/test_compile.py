@@ -93,24 +93,3 @@ def test_python_dash_m_works(tmp_path):
     done = subprocess.run([sys.executable, "-m", "yolokf", "--version"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("yolokf ")
-
-
-def test_help_skips_rich_markdown_and_traceback_until_something_uses_them():
-    """`--help` renders without loading rich.markdown and rich.traceback; a later use still gets the real classes."""
-    probe = (
-        "import sys\n"
-        "from yolokf.cli import main\n"
-        "try:\n"
-        "    main(['run', '--help'])\n"
-        "except SystemExit as exc:\n"
-        "    assert exc.code == 0, exc.code\n"
-        "names = ('rich.markdown', 'markdown_it', 'pygments')\n"
-        "loaded = [m for m in names if getattr(sys.modules.get(m), '__file__', None)]\n"
-        "from rich.markdown import Markdown\n"
-        "from rich.traceback import Traceback\n"
-        "real = type(Markdown('# x')).__module__, Traceback.from_exception.__qualname__\n"
-        "print(loaded, real)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert "Usage: yolokf run [OPTIONS]" in done.stdout and "--checkpoint-pvc" in done.stdout
-    assert done.stdout.strip().splitlines()[-1] == "[] ('rich.markdown', 'Traceback.from_exception')"

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import sys
-import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,6 +15,7 @@ from yolokf import __version__
 from yolokf.cli_options import (
     DryRun,
     Image,
+    InsteadOut,
     Out,
     PollInterval,
     RunOptions,
@@ -133,9 +132,7 @@ def tune(
     promote: PromoteOptions,
     connection: Connection,
     run: RunOptions,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write the sweep pipeline's YAML here instead of running it.")
-    ] = None,
+    out: InsteadOut = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials (and, with --host, the run).")] = False,
 ) -> None:
     """Sweep hyperparameters: trials in parallel on the cluster (--host), one after another here.
@@ -191,6 +188,7 @@ def evaluate(
     promote: PromoteOptions,
     connection: Connection,
     run: RunOptions,
+    out: InsteadOut = None,
     dry_run: DryRun = False,
 ) -> None:
     """Evaluate existing weights (--model best.pt) on the held-out split; export, gate and register them too.
@@ -201,27 +199,39 @@ def evaluate(
     """
     from dataclasses import replace
 
-    if not connection.host:
+    if not connection.host and out is None:
         if dry_run:
             raise UsageError("--dry-run shows what a --host run would submit; add --host URL (or set KFP_HOST).")
         from yolokf.job import plan_local_job
 
-        weights = Path(config.model).expanduser()
-        if weights.suffix != ".pt" or not weights.is_file():
-            raise UsageError(f"--model {config.model}: give the weights file to evaluate, e.g. --model runs/best.pt.")
-        config = config.with_overrides(model=str(weights.resolve()))
+        config = config.with_overrides(model=_weights_file(config.model))
         _run_local(replace(plan_local_job(config, step), evaluate_only=True).with_promotion(promote), run)
         return
     from yolokf.image.records import resolve_image
     from yolokf.job import plan_job
 
     if not re.match(r"^(s3|gs|minio|https?)://", config.model):
-        raise UsageError(
-            f"--model {config.model}: on a cluster the weights must be an object-store URI the pipeline can import, "
-            "e.g. s3://models/yolov8n/best.pt (the weights artifact's URI of a training run)."
-        )
+        if connection.host:
+            raise UsageError(
+                f"--model {config.model}: on a cluster the weights must be an object-store URI the pipeline can "
+                "import, e.g. s3://models/yolov8n/best.pt (the weights artifact's URI of a training run)."
+            )
+        config = config.with_overrides(model=_weights_file(config.model))  # a YAML for kfp.local
     job = replace(plan_job(config, step, image=resolve_image(run.image)), evaluate_only=True).with_promotion(promote)
+    if out is not None:
+        from yolokf.pipeline import compile_pipeline
+
+        say(f"Wrote {compile_pipeline(job, out)}")
+        return
     _submit(job, connection, run, dry_run)
+
+
+def _weights_file(model: str) -> str:
+    """`--model` of `yolokf evaluate` here: an existing .pt file, as an absolute path."""
+    weights = Path(model).expanduser()
+    if weights.suffix != ".pt" or not weights.is_file():
+        raise UsageError(f"--model {model}: give the weights file to evaluate, e.g. --model runs/best.pt.")
+    return str(weights.resolve())
 
 
 @app.command()
@@ -373,37 +383,6 @@ def _follow(cluster: Cluster, run_id: str, timeout: str | None, terminate: bool,
     say(f"Run {report.name} SUCCEEDED in {format_seconds(report.seconds)}: {report.url}")
 
 
-class _Deferred(type):
-    """A class that stands for a rich class until it is used: then the real module is imported and used."""
-
-    _module: str
-
-    def _real(cls) -> Any:
-        module = sys.modules.get(cls._module)
-        if module is None or getattr(module, "_yolokf_stand_in", False):
-            sys.modules.pop(cls._module, None)
-            module = importlib.import_module(cls._module)
-        return getattr(module, cls.__name__)
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        return cls._real()(*args, **kwargs)
-
-    def __getattr__(cls, name: str) -> Any:
-        return getattr(cls._real(), name)
-
-
-def _defer_unused_rich_modules() -> None:
-    """typer's help formatter imports rich.markdown and rich.traceback (85 ms of a 0.3 s `--help`) for markdown
-    help text and tracebacks that `--help` never draws; stand-ins import them only if something uses them."""
-    for name, attribute in (("rich.markdown", "Markdown"), ("rich.traceback", "Traceback")):
-        if name in sys.modules:
-            continue
-        module = types.ModuleType(name)
-        module._yolokf_stand_in = True  # type: ignore[attr-defined]
-        setattr(module, attribute, _Deferred(attribute, (), {"_module": name}))
-        sys.modules[name] = module
-
-
 def _only(name: str) -> typer.Typer:
     """The app with just the command `name` when it is one: typer builds every command's options on each start
     (40 ms for seven commands), and a run needs one. Anything else gets the whole app (usage errors, hints)."""
@@ -419,8 +398,6 @@ def _only(name: str) -> typer.Typer:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: errors become one line on stderr and an exit code."""
     args = sys.argv[1:] if argv is None else argv
-    if {"--help", "-h"} & set(args):
-        _defer_unused_rich_modules()
     command = typer.main.get_command(_only(args[0]) if args else app)
     try:
         code = command.main(args=argv, prog_name="yolokf", standalone_mode=False)

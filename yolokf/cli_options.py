@@ -483,6 +483,9 @@ Verbose = Annotated[
     typer.Option("--verbose", "-v", help="Local runs: also show kfp.local's own output (executor input, artifacts)."),
 ]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Pipeline YAML to write.")]
+InsteadOut = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Write the pipeline's YAML here instead of running it.")
+]
 
 Wait = Annotated[
     bool,

@@ -83,10 +83,11 @@ class Job:
 
     def with_sweep(self, sweep: Sweep) -> Job:
         """This job as a sweep; refuses what a sweep cannot do with these step settings."""
-        if self.step.image != "local" and not self.step.checkpoint_pvc:
+        if self.step.image != "local" and not self.step.checkpoint_path:
             raise UsageError(
                 "yolokf tune --host needs --checkpoint-pvc NAME: the trials keep their weights and checkpoints "
-                "there for the selection steps and --halving (ReadWriteMany when trials run on several nodes)."
+                "there for the selection steps and --halving (ReadWriteMany when trials run on several nodes); "
+                "or --checkpoint-dir PATH for a volume every step's pod already mounts there."
             )
         if sweep.halving and "," in self.config.device:
             raise UsageError(

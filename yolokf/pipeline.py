@@ -11,7 +11,7 @@ import inspect
 import linecache
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -30,6 +30,7 @@ from kfp.dsl import (
 )
 
 from yolokf import __version__
+from yolokf.contract import run_parameters
 from yolokf.errors import UsageError
 from yolokf.job import EVALUATE_PIPELINE_NAME, PIPELINE_NAME, SWEEP_PIPELINE_NAME, Job
 from yolokf.settings import training_fields
@@ -256,23 +257,12 @@ def _dataset_inputs(job: Job, data: Any) -> dict[str, Any]:
     return {"dataset": fetched.outputs["dataset"]}
 
 
-def _pipeline(
-    job: Job,
-    body: Callable[[dict[str, Any]], Any],
-    name: str,
-    extra: Mapping[str, tuple[Any, Any]],
-    returns: type,
-    description: str,
-) -> Any:
-    """A KFP pipeline whose parameters are the training fields (`job.config`'s values as defaults), then `extra`
-    (name: (type, default)); `body` gets them as one dict, by name."""
-    defaults = job.arguments()
+def _pipeline(job: Job, body: Callable[[dict[str, Any]], Any], name: str, returns: type, description: str) -> Any:
+    """A KFP pipeline whose parameters are `job`'s run parameters (`yolokf.contract`), its values as defaults;
+    `body` gets them as one dict, by name."""
     parameters = [
-        inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[f.name], annotation=f.type)
-        for f in training_fields()
-    ] + [
         inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
-        for name, (kind, default) in extra.items()
+        for name, (kind, default) in run_parameters(job).items()
     ]
 
     def pipeline(*values: Any) -> Any:
@@ -346,7 +336,7 @@ def _promote(job: Job, weights: Any, params: dict[str, Any], inputs: dict[str, A
                 champion_margin=promotion.champion_margin,
                 data=params["data"],
                 image=job.step.image,
-                epochs=params["epochs"],
+                epochs=params.get("epochs", 0),  # `yolokf evaluate` trains nothing: 0 until read from the weights
                 imgsz=params["imgsz"],
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
@@ -379,7 +369,7 @@ def build_pipeline(job: Job) -> Any:
         )
 
     description = f"Train an Ultralytics YOLO model (yolokf {__version__})."
-    return _pipeline(job, yolov8_train, PIPELINE_NAME, {}, returns, description)
+    return _pipeline(job, yolov8_train, PIPELINE_NAME, returns, description)
 
 
 class EvaluateOutputs(NamedTuple):
@@ -397,7 +387,7 @@ def build_evaluate_pipeline(job: Job) -> Any:
         return returns(**_promote(job, weights.output, params, inputs))
 
     description = f"Evaluate, export and register an Ultralytics YOLO model (yolokf {__version__})."
-    return _pipeline(job, yolov8_evaluate, EVALUATE_PIPELINE_NAME, {}, returns, description)
+    return _pipeline(job, yolov8_evaluate, EVALUATE_PIPELINE_NAME, returns, description)
 
 
 def build_sweep_pipeline(job: Job, sweep: "Sweep") -> Any:
@@ -454,8 +444,7 @@ def build_sweep_pipeline(job: Job, sweep: "Sweep") -> Any:
         )
 
     description = f"Tune an Ultralytics YOLO model: {len(sweep.trials)} trials (yolokf {__version__})."
-    trials = {"trials": (list, job.arguments()["trials"])}
-    return _pipeline(job, yolov8_tune, SWEEP_PIPELINE_NAME, trials, returns, description)
+    return _pipeline(job, yolov8_tune, SWEEP_PIPELINE_NAME, returns, description)
 
 
 def build(job: Job) -> Any:

@@ -1,0 +1,203 @@
+"""The compiled YAML as a contract: what a user uploads in the Kubeflow UI and runs with an edited run form.
+
+Each test compiles a pipeline with the CLI, loads the YAML with `kfp.components.load_component_from_file` (as
+the UI's upload does), and runs it through kfp.local with arguments other than the compiled defaults: another
+dataset folder, a bucket on the loopback S3 server, a PVC path, other epochs and imgsz, another trials list.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kfp import components, local
+
+from tests import test_fetch
+from yolokf.contract import EVALUATE_PARAMETERS, run_parameters
+from yolokf.settings import training_fields
+
+s3_server, s3 = test_fetch.s3_server, test_fetch.s3  # the loopback S3 server and its client, as fixtures here
+IMAGE = "registry.example.com/ml/yolokf:0.1.0"
+TINY = ["--model", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0"]
+TINY += ["--set", "plots=false"]
+
+
+@pytest.fixture(scope="module")
+def other_dataset(tmp_path_factory) -> Path:
+    """A dataset folder the pipeline was not compiled with: 16 training images, 6 held out."""
+    from yolokf.shapes import write_dataset
+
+    root = tmp_path_factory.mktemp("other") / "parts"
+    write_dataset(root, train=16, val=6, test=6, imgsz=64, seed=7)
+    return root
+
+
+@pytest.fixture
+def kfp_local(tmp_path) -> Path:
+    root = tmp_path / "pipeline-root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    return root
+
+
+def compile_yaml(cli, path: Path, command: str, *args: Any) -> Any:
+    """`yolokf COMMAND --out PATH ARGS`, then the YAML loaded as the Kubeflow UI's upload does."""
+    result = cli([command, "--out", path, "--image", IMAGE, *args])
+    assert result.exit_code == 0, result.output
+    return components.load_component_from_file(str(path))
+
+
+def train_args(weights: Any) -> dict[str, Any]:
+    """The training arguments ultralytics saved in the run's checkpoint."""
+    from ultralytics.utils.patches import torch_load
+
+    files = sorted(Path(weights.path).glob("*.pt"))
+    assert files, f"no weights in {weights.path}"
+    return torch_load(files[0], map_location="cpu")["train_args"]
+
+
+def failed_step_output(capfd, run) -> str:
+    """Run a pipeline that must fail; what its steps printed."""
+    with pytest.raises(RuntimeError):
+        run()
+    captured = capfd.readouterr()
+    return captured.out + captured.err
+
+
+@pytest.mark.parametrize("command", ["compile", "tune", "evaluate"])
+def test_every_root_input_is_a_run_parameter_of_the_contract(cli, tmp_path, command):
+    from yolokf.job import plan_job
+    from yolokf.settings import TrainConfig
+    from yolokf.step_options import StepOptions
+
+    args = {"compile": ["--data", "shapes", "--evaluate"]}
+    args["tune"] = ["--space", "lr0=uniform:0.001:0.01", "--set", "optimizer=SGD", "--checkpoint-pvc", "ckpt"]
+    args["evaluate"] = ["--model", "s3://models/best.pt", "--data", "shapes", "--data-secret", "-", "--export", "onnx"]
+    out = tmp_path / "p.yaml"
+    result = cli([command, "--out", out, "--image", IMAGE, *args[command]])
+    assert result.exit_code == 0, result.output
+    spec = next(yaml.safe_load_all(out.read_text()))
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    fields = [f.name for f in training_fields()]
+    expected = {"compile": fields, "tune": [*fields, "trials"], "evaluate": list(EVALUATE_PARAMETERS)}[command]
+    assert sorted(inputs) == sorted(expected)
+    job = plan_job(TrainConfig(model="x.pt", data="shapes"), StepOptions(), image=IMAGE)
+    assert list(run_parameters(job)) == fields  # the builder's one source
+    # Every compile-time setting is a constant in the IR: the download step's mount and credentials, for one.
+    fetch = spec["root"]["dag"]["tasks"]["fetch-dataset"]["inputs"]["parameters"]
+    assert fetch["uri"] == {"componentInputParameter": "data"}
+    assert "runtimeValue" in fetch["credentials"] and "runtimeValue" in fetch["data_pvc"]
+
+
+def test_docs_list_the_run_parameters_of_every_pipeline():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cluster.md").read_text()
+    section = text.split("## What a run can change", 1)[1].split("\n## ", 1)[0]
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `(yolov8-\w+)` \| (.+?) \|", section, re.M)}
+    fields = [f.name for f in training_fields()]
+    expected = {"yolov8-train": fields, "yolov8-tune": [*fields, "trials"], "yolov8-evaluate": EVALUATE_PARAMETERS}
+    assert sorted(rows) == sorted(expected)
+    for pipeline, names in expected.items():
+        assert re.findall(r"`(\w+)`", rows[pipeline]) == list(names), pipeline
+
+
+@pytest.mark.slow
+def test_a_compiled_pipeline_trains_on_another_dataset_folder_with_other_epochs_and_imgsz(
+    cli, tmp_path, kfp_local, other_dataset
+):
+    # Compiled for the built-in data at 1 epoch, 64 px, evaluation after training; run on another folder.
+    pipeline = compile_yaml(cli, tmp_path / "train.yaml", "compile", *TINY, "--data", "shapes", "--evaluate")
+    run = pipeline(data=str(other_dataset), epochs=2, imgsz=96)
+    args = train_args(run.outputs["weights"])
+    assert (args["epochs"], args["imgsz"]) == (2, 96)
+    assert Path(args["data"]) == other_dataset / "data.yaml"
+    received = run.outputs["weights"].metadata["parameters"]
+    assert (received["data"], received["epochs"], received["imgsz"]) == (str(other_dataset), 2, 96)
+    # The evaluation ran on the edited data's held-out split too (6 images, not the built-in set's 32).
+    table = Path(run.outputs["classes"].path).read_text()
+    assert "Evaluation on the test split" in table
+    assert re.search(r"^\| all \| 6 \|", table, re.M), table
+
+
+@pytest.mark.slow
+def test_a_pipeline_compiled_for_local_data_downloads_s3_data_given_at_run_time(
+    cli, tmp_path, kfp_local, other_dataset, s3, capfd
+):
+    test_fetch.upload_folder(s3, other_dataset, "vision/parts")
+    # Compiled without credentials: an s3:// run form fails in the download step, in its first seconds.
+    plain = compile_yaml(cli, tmp_path / "plain.yaml", "compile", *TINY, "--data", "shapes")
+    output = failed_step_output(capfd, lambda: plain(data="s3://datasets/vision/parts"))
+    assert "s3://datasets/vision/parts needs object-storage credentials, and this pipeline was compiled " in output
+    assert "compile it with --data-secret NAME" in output
+    assert "Epoch" not in output, "nothing trained"
+    # Compiled with the pod's own credentials (here: this machine's environment, the loopback server).
+    ambient = compile_yaml(cli, tmp_path / "ambient.yaml", "compile", *TINY, "--data", "shapes", "--data-secret", "-")
+    run = ambient(data="s3://datasets/vision/parts")
+    args = train_args(run.outputs["weights"])
+    assert "fetch-dataset" in args["data"] and args["data"].endswith("data.yaml"), args["data"]
+    assert Path(args["data"]).parent.name == "data", "a copy of the fetched YAML in the step's work folder"
+    assert run.outputs["weights"].metadata["parameters"]["data"] == "s3://datasets/vision/parts"
+
+
+@pytest.mark.slow
+def test_a_pipeline_compiled_for_s3_trains_on_a_local_folder_or_a_builtin_name(cli, tmp_path, kfp_local, other_dataset):
+    args = [*TINY, "--data", "s3://datasets/nowhere", "--data-secret", "s3-creds"]
+    pipeline = compile_yaml(cli, tmp_path / "s3.yaml", "compile", *args)
+    run = pipeline(data=str(other_dataset / "data.yaml"))
+    assert Path(train_args(run.outputs["weights"])["data"]) == other_dataset / "data.yaml"
+
+
+def test_a_pvc_path_works_only_on_the_pvc_the_pipeline_mounts(cli, tmp_path, kfp_local, capfd):
+    plain = compile_yaml(cli, tmp_path / "plain.yaml", "compile", *TINY, "--data", "shapes")
+    output = failed_step_output(capfd, lambda: plain(data="pvc://datasets/coco/data.yaml"))
+    assert "pvc://datasets/coco/data.yaml is on PVC datasets, but this pipeline mounts no dataset PVC" in output
+    assert "compile it with --data-pvc datasets" in output
+    mounted = compile_yaml(cli, tmp_path / "pvc.yaml", "compile", *TINY, "--data", "pvc://other/a/data.yaml")
+    output = failed_step_output(capfd, lambda: mounted(data="pvc://datasets/coco/data.yaml"))
+    assert "but this pipeline mounts PVC other (volumes are fixed when it is compiled)" in output
+
+
+@pytest.mark.slow
+def test_a_tune_pipeline_run_with_another_trials_list_keeps_to_its_own_folders(cli, tmp_path, kfp_local):
+    sweeps = tmp_path / "sweeps"
+    args = [*TINY, "--data", "shapes", "--set", "optimizer=SGD", "--space", "lr0=choice:0.001,0.002"]
+    args += ["--sampler", "grid", "--checkpoint-dir", sweeps, "--parallel", "1"]
+    pipeline = compile_yaml(cli, tmp_path / "tune.yaml", "tune", *args)
+    first = [{"trial": 0, "values": {"lr0": 0.011}}, {"trial": 1, "values": {"lr0": 0.012}}]
+    second = [{"trial": 0, "values": {"lr0": 0.021}}, {"trial": 1, "values": {"lr0": 0.022}}]
+    pipeline(trials=first)
+    (first_folder,) = sweeps.iterdir()
+    before = {p: p.stat().st_mtime_ns for p in first_folder.rglob("*")}
+    run = pipeline(trials=second)
+    folders = sorted(sweeps.iterdir())
+    assert len(folders) == 2, "the edited run has a sweep folder of its own"
+    (second_folder,) = [f for f in folders if f != first_folder]
+    for folder, trials in ((first_folder, first), (second_folder, second)):
+        for trial in trials:
+            saved = yaml.safe_load((folder / f"trial-{trial['trial']:02d}" / "args.yaml").read_text())
+            assert saved["lr0"] == trial["values"]["lr0"]
+    assert {p: p.stat().st_mtime_ns for p in first_folder.rglob("*")} == before, "the first sweep was not touched"
+    best = run.outputs["best"].metadata
+    assert best["values"]["lr0"] in (0.021, 0.022)
+    table = Path(run.outputs["table"].path).read_text()
+    assert "0.021" in table and "0.022" in table and "0.011" not in table and "0.012" not in table
+    # The same trials again: the second sweep's folder is found, its finished trials reported, not retrained.
+    again = pipeline(trials=second)
+    assert sorted(sweeps.iterdir()) == folders
+    assert again.outputs["best"].metadata["values"] == best["values"]
+
+
+@pytest.mark.slow
+def test_an_evaluate_pipeline_takes_other_weights_and_data_at_run_time(
+    cli, tmp_path, kfp_local, trained, other_dataset
+):
+    result, root = trained
+    assert result.exit_code == 0, result.output
+    (weights,) = root.glob("yolov8-train-*/yolo-train/weights/best.pt")
+    pipeline = compile_yaml(cli, tmp_path / "eval.yaml", "evaluate", "--model", weights, "--data", "shapes")
+    run = pipeline(data=str(other_dataset), imgsz=64)
+    table = Path(run.outputs["classes"].path).read_text()
+    assert re.search(r"^\| all \| 6 \|", table, re.M), table
+    assert json.loads(json.dumps(run.outputs["evaluation"].metadata))["split"] == "test"
