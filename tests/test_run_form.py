@@ -59,6 +59,20 @@ def train_args(weights: Any) -> dict[str, Any]:
     return torch_load(files[0], map_location="cpu")["train_args"]
 
 
+def evaluated_instances(run: Any) -> int:
+    """The objects the evaluation step counted, from its per-class table."""
+    table = Path(run.outputs["classes"].path).read_text()
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| ")]
+    start = next(i for i, row in enumerate(rows) if row[0] == "Class")  # the per-class table, after the metrics
+    header, classes = rows[start], rows[start + 1 :]
+    assert len(classes) == 3, table  # circle, square, triangle
+    return sum(int(row[header.index("Instances")]) for row in classes)
+
+
+def held_out_objects(dataset: Path) -> int:
+    return sum(len(p.read_text().split("\n")) - 1 for p in (dataset / "labels" / "test").glob("*.txt"))
+
+
 def failed_step_output(capfd, run) -> str:
     """Run a pipeline that must fail; what its steps printed."""
     with pytest.raises(RuntimeError):
@@ -115,10 +129,9 @@ def test_a_compiled_pipeline_trains_on_another_dataset_folder_with_other_epochs_
     assert Path(args["data"]) == other_dataset / "data.yaml"
     received = run.outputs["weights"].metadata["parameters"]
     assert (received["data"], received["epochs"], received["imgsz"]) == (str(other_dataset), 2, 96)
-    # The evaluation ran on the edited data's held-out split too (6 images, not the built-in set's 32).
-    table = Path(run.outputs["classes"].path).read_text()
-    assert "Evaluation on the test split" in table
-    assert re.search(r"^\| all \| 6 \|", table, re.M), table
+    # The evaluation ran on the edited data's held-out split too, not the built-in set's.
+    assert "Evaluation on the test split" in Path(run.outputs["classes"].path).read_text()
+    assert evaluated_instances(run) == held_out_objects(other_dataset) == 10
 
 
 @pytest.mark.slow
@@ -135,10 +148,14 @@ def test_a_pipeline_compiled_for_local_data_downloads_s3_data_given_at_run_time(
     # Compiled with the pod's own credentials (here: this machine's environment, the loopback server).
     ambient = compile_yaml(cli, tmp_path / "ambient.yaml", "compile", *TINY, "--data", "shapes", "--data-secret", "-")
     run = ambient(data="s3://datasets/vision/parts")
-    args = train_args(run.outputs["weights"])
-    assert "fetch-dataset" in args["data"] and args["data"].endswith("data.yaml"), args["data"]
-    assert Path(args["data"]).parent.name == "data", "a copy of the fetched YAML in the step's work folder"
     assert run.outputs["weights"].metadata["parameters"]["data"] == "s3://datasets/vision/parts"
+    # It trained on what the download step fetched: the uploaded files, in the step's Dataset output.
+    (fetched,) = kfp_local.glob("yolov8-train-*/fetch-dataset/dataset")
+    assert json.loads((fetched / "yolokf-dataset.json").read_text()) == {"kind": "downloaded", "data": "data.yaml"}
+    images = sorted(p.name for p in (fetched / "images" / "train").iterdir())
+    assert len(images) == 16 and images == sorted(p.name for p in (other_dataset / "images" / "train").iterdir())
+    args = train_args(run.outputs["weights"])
+    assert Path(args["data"]).name == "data.yaml" and args["epochs"] == 1
 
 
 @pytest.mark.slow
@@ -198,6 +215,16 @@ def test_an_evaluate_pipeline_takes_other_weights_and_data_at_run_time(
     (weights,) = root.glob("yolov8-train-*/yolo-train/weights/best.pt")
     pipeline = compile_yaml(cli, tmp_path / "eval.yaml", "evaluate", "--model", weights, "--data", "shapes")
     run = pipeline(data=str(other_dataset), imgsz=64)
-    table = Path(run.outputs["classes"].path).read_text()
-    assert re.search(r"^\| all \| 6 \|", table, re.M), table
-    assert json.loads(json.dumps(run.outputs["evaluation"].metadata))["split"] == "test"
+    assert evaluated_instances(run) == held_out_objects(other_dataset)
+    assert run.outputs["evaluation"].metadata["split"] == "test"
+
+
+def test_a_device_the_pod_lacks_fails_in_the_step_with_one_line(cli, tmp_path, kfp_local, capfd):
+    import torch
+
+    assert torch.cuda.device_count() == 0, "this test is for a machine without a GPU (CI's)"
+    pipeline = compile_yaml(cli, tmp_path / "gpu.yaml", "compile", *TINY, "--data", "shapes", "--gpus", "0")
+    output = failed_step_output(capfd, lambda: pipeline(device="0,1"))
+    line = "device 0,1: this step has no CUDA GPU that torch can use. Set device to cpu, or compile with --gpus N"
+    assert line in output
+    assert "Epoch" not in output and "Invalid CUDA" not in output, "stopped before ultralytics"

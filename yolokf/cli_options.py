@@ -323,7 +323,8 @@ SWEEP_OPTIONS: dict[str, tuple[Any, Any]] = {
             typer.Option(
                 metavar="ETA",
                 help="Successive halving: all trials train a short budget, the best 1/ETA continue from their "
-                "checkpoint, until --epochs.",
+                "checkpoint, until --epochs. The number of rounds is fixed when compiled; each round's epochs and "
+                "kept trials follow the run's epochs and trials.",
                 rich_help_panel=SWEEP_PANEL,
             ),
         ],

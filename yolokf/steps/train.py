@@ -83,8 +83,8 @@ def final_metrics(results: Any, rows: list[dict[str, str]]) -> dict[str, float]:
 
     On one device `YOLO.train` returns the final validation's metrics object; under DDP the training runs in
     ultralytics' subprocesses and `YOLO.train` returns the `train_metrics` dict it saved in best.pt (the same
-    `metrics/...` keys and `fitness`, beside the validation losses). results.csv, which has no fitness, is the
-    last resort: a run that returned neither.
+    `metrics/...` keys and `fitness`, beside the validation losses), which is also what a finished checkpoint
+    found again reports. results.csv, which has no fitness, is the last resort: a run that returned neither.
     """
     if hasattr(results, "results_dict"):
         values = dict(results.results_dict)
@@ -169,11 +169,14 @@ def train(
     save_dir = project / name
     ckpt = find_checkpoint(save_dir, config.epochs) if checkpoint_dir else None
     budget = stop_after if stop_after and stop_after < config.epochs else None
-    results, budget_metrics = None, None
+    results, budget_metrics, saved_metrics = None, None, None
     try:
         if ckpt is not None and ckpt.finished:
             print(f"yolokf: {save_dir} already holds a finished training; reporting it.", flush=True)
             model = YOLO(str(ckpt.path))
+            # The metrics it reported then, fitness included: those ultralytics saved with the best weights.
+            best = save_dir / "weights" / "best.pt"
+            saved_metrics = (YOLO(str(best)) if best.is_file() else model).ckpt.get("train_metrics")
         elif ckpt is not None and budget and ckpt.epochs_done >= budget:
             print(f"yolokf: {save_dir} has trained {ckpt.epochs_done} epochs already; reporting it.", flush=True)
             model = YOLO(str(ckpt.path))
@@ -211,7 +214,7 @@ def train(
     if model.trainer is not None:
         save_dir = Path(model.trainer.save_dir)
     rows = results_rows(save_dir)
-    metrics = budget_metrics or final_metrics(results, rows)
+    metrics = budget_metrics or final_metrics(results if results is not None else saved_metrics, rows)
     kpt_shape = (getattr(model.trainer, "data", None) or {}).get("kpt_shape") if model.trainer is not None else None
     kpt_shape = kpt_shape or getattr(getattr(model, "model", None), "kpt_shape", None)
     weights = save_dir / "weights"
