@@ -261,8 +261,8 @@ def _pipeline(job: Job, body: Callable[[dict[str, Any]], Any], name: str, return
     """A KFP pipeline whose parameters are `job`'s run parameters (`yolokf.contract`), its values as defaults;
     `body` gets them as one dict, by name."""
     parameters = [
-        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
-        for name, (kind, default) in run_parameters(job).items()
+        inspect.Parameter(parameter, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
+        for parameter, (kind, default) in run_parameters(job).items()
     ]
 
     def pipeline(*values: Any) -> Any:
