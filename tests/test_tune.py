@@ -358,9 +358,13 @@ def test_a_local_sweep_picks_the_trial_that_learns(cli, tmp_path):
     assert result.exit_code == 0, result.output
     trials, metrics = printed_rows(result.stdout)
     assert [row[:4] for row in trials] == [["1", "succeeded", "8", "0.0015"], ["0", "succeeded", "8", "1e-07"]]
-    # Measured (seed 0, 2 CPUs): the trial that learns 0.080 mAP50-95 / 0.157 mAP50, the other 0.0005 / 0.0018.
-    assert metrics["mAP50"] >= 0.13 and float(trials[0][4]) == metrics["fitness"] >= 0.07
-    assert float(trials[1][4]) < 0.01
+    # What the sweep promises: it picks the trial that learns, which beats the other by a wide margin. After 8
+    # epochs the curve is still steep, so the learning trial's own figure moves with the processor and the seed;
+    # fitness measured on this machine kind, seeds 0/1/2 (learning trial vs lr0 1e-7): 0.0633 vs 0.00048,
+    # 0.0883 vs 0.00077, 0.0286 vs 0.0028 (at least 10x and +0.026). Bounds at half of the lowest of those.
+    learner, other = float(trials[0][4]), float(trials[1][4])
+    assert learner == metrics["fitness"]
+    assert learner >= 5 * other and learner - other >= 0.013, (learner, other)
     assert metrics["trials"] == 2 and metrics["trial_epochs"] == 16 and metrics["failed_trials"] == 0
 
     (run,) = [p for p in root.iterdir() if p.name.startswith("yolov8-tune-")]
