@@ -96,7 +96,7 @@ def _check_state(state: str) -> None:
 
 
 def _in_dependency_order(dag: dict[str, Any]) -> list[str]:
-    """The DAG's task names (taskInfo), each after the tasks it depends on: the order a cluster starts them."""
+    """The DAG's task keys, each after the tasks it depends on: the order a cluster starts them."""
     order: list[str] = []
 
     def visit(name: str) -> None:
@@ -107,7 +107,7 @@ def _in_dependency_order(dag: dict[str, Any]) -> list[str]:
 
     for name in dag:
         visit(name)
-    return [dag[n].get("taskInfo", {}).get("name", n) for n in order]
+    return order
 
 
 @dataclass
@@ -115,12 +115,18 @@ class Poll:
     """What one get_run answers for a run on a `schedule`: the run's state, and its tasks' states.
 
     `tasks` maps a task's name (its taskInfo name in the pipeline spec, e.g. "fetch-dataset") to its
-    state. Only the tasks named appear in run_details.task_details, as on a cluster, where a task is
-    listed once its pod exists. None: every task of the pipeline is there with the run's state.
+    state; inside a sweep's loop, "trial" names every iteration and "trial#1" the second one. Only the
+    tasks named appear in run_details.task_details, as on a cluster, where a task is listed once its
+    pod exists. None: every task of the pipeline is there with the run's state.
+
+    `logs` appends text to a task's pod log as this poll is answered (a log that grows between polls);
+    `gone` names tasks whose pods are deleted from then on (only an archived log remains).
     """
 
     state: str
     tasks: dict[str, str] | None = None
+    logs: dict[str, str] = field(default_factory=dict)
+    gone: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for state in [self.state, *(self.tasks or {}).values()]:
@@ -213,7 +219,33 @@ class _Run:
     outcome: Outcome
     polls: int = 0
     terminate_polls: int | None = None
-    tasks: dict[str, _Task] = field(default_factory=dict)  # the tasks listed so far, by name
+    tasks: dict[str, _Task] = field(default_factory=dict)  # the tasks listed so far, by label
+    steps: dict[str, _StepSpec] = field(default_factory=dict)  # every step the pipeline can run, by label
+    workflow: str = ""  # the Argo workflow's name
+    logs: dict[str, PodLog] = field(default_factory=dict)  # by label
+
+
+@dataclass
+class PodLog:
+    """A step's pod log: `text` so far; `gone` once the pod is deleted (then only the archive has it)."""
+
+    text: str = ""
+    gone: bool = False
+
+
+@dataclass(frozen=True)
+class _StepSpec:
+    """A container task of the pipeline as Argo runs it: its task key, its UI name, the DAGs around it."""
+
+    key: str
+    name: str
+    trial: int | None
+    dags: tuple[tuple[str, int | None], ...]  # enclosing DAG task keys, with the loop iteration where one is
+    template: str  # the executor's Argo template (argocompiler/container.go addContainerExecutorTemplate)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.trial is None else f"{self.name}#{self.trial}"
 
 
 def _timestamp(moment: datetime.datetime) -> str:
@@ -628,6 +660,9 @@ class KfpServer:
         self.tls = tls
         self.outcome = Outcome()
         self.reject_runs: str | None = None  # accept uploads, refuse the run with this message
+        self.archive_logs = True  # Argo archives each pod's log when it ends (KFP's workflow-controller config)
+        self.ui_logs = True  # the UI server's /k8s/pod/logs is there (off: --host is the bare API server)
+        self.api_logs = True  # the API server's /apis/v1alpha1/runs/{run}/nodes/{node}/log is there
         self.faults: list[Fault] = []
         self.requests: list[Request] = []
         self.experiments: dict[str, dict[str, Any]] = {}
@@ -1173,8 +1208,12 @@ class KfpServer:
         if self.reject_runs:
             raise ApiError(400, self.reject_runs)
         spec_inner = spec.get("pipeline_spec", spec)
-        tasks = _in_dependency_order(spec_inner["root"]["dag"]["tasks"])
-        unknown = sorted({t for p in self.outcome.schedule or [] for t in p.tasks or {}} - set(tasks))
+        parameters = (body.get("runtime_config") or {}).get("parameters") or {}
+        _check_run_parameters(spec_inner, parameters)
+        steps = {step.label: step for step in _pipeline_steps(spec, parameters)}
+        tasks = list(steps)
+        named = {t for p in self.outcome.schedule or [] for t in [*(p.tasks or {}), *p.logs, *p.gone]}
+        unknown = sorted(named - set(tasks) - {step.name for step in steps.values()})
         if unknown:  # a mistake in the test, said where the test sees it
             raise ApiError(500, f"loopback server: the outcome names tasks {unknown}; the pipeline has {tasks}")
         experiment_id = body.get("experiment_id")
@@ -1205,7 +1244,9 @@ class KfpServer:
             run["pipeline_spec"] = body["pipeline_spec"]
         if reference:
             run["pipeline_version_reference"] = reference
-        self.runs[run["run_id"]] = _Run(run, self.outcome)
+        workflow = re.sub(r"[^a-z0-9-]+", "-", spec_inner["pipelineInfo"]["name"].lower()).strip("-")
+        workflow += "-" + format(fnv1a32(run["run_id"]), "x")[:5]  # generateName: the pipeline's name, a suffix
+        self.runs[run["run_id"]] = _Run(run, self.outcome, steps=steps, workflow=workflow)
         run["_tasks"] = tasks
         experiment["last_run_created_at"] = run["created_at"]
         return _run_json(run)
@@ -1251,7 +1292,11 @@ class KfpServer:
         if poll.tasks is None:
             states = dict.fromkeys(data["_tasks"], "CANCELED" if state == "CANCELING" else state)
         else:
-            states = {n: poll.tasks[n] for n in data["_tasks"] if n in poll.tasks}
+            states = {n: s for n in data["_tasks"] if (s := _named(poll.tasks, run.steps[n])) is not None}
+        for label, step in run.steps.items():
+            log = run.logs.setdefault(label, PodLog())
+            log.text += _named(poll.logs, step) or ""
+            log.gone = log.gone or step.label in poll.gone or step.name in poll.gone
         for name, task_state in states.items():
             task = run.tasks.setdefault(name, _Task(data["_tasks"].index(name), "", now))
             if task_state != task.state:
@@ -1268,43 +1313,101 @@ class KfpServer:
         }
 
     def _task_details(self, run: _Run, error: dict[str, Any] | None) -> list[dict[str, Any]]:
-        """server/api_converter.go toApiPipelineTaskDetail: the run's DAG task, then one per step."""
-        data = run.data
-        run_id = data["run_id"]
-        tasks = sorted(run.tasks.items(), key=lambda item: (item[1].created, item[1].index))  # as they appeared
-        details = [
-            _emit(
-                {
-                    "run_id": run_id,
-                    "task_id": f"{run_id}-root",
-                    "display_name": data["display_name"],
-                    "create_time": data["created_at"],
-                    "start_time": data["created_at"],
-                    "end_time": data.get("finished_at") or EPOCH,
-                    "state": data["state"],
-                    "child_tasks": [{"pod_name": f"{n}-pod-{t.index}"} for n, t in tasks],
-                }
+        """The run's task details as 2.17 lists them: one per Argo node (common/util/workflow.go NodeStatuses,
+        server/api_converter.go toApiPipelineTaskDetail): display name, state, times and children's node IDs;
+        no pod name, no parent. Every task is wrapped in a retry node, as on a default install."""
+        return _ArgoNodes(run, error).details()
+
+    def pod_name(self, run_id: str, label: str) -> str:
+        """The pod Argo made for the step `label` ("train", "trial#1"): <workflow>-<template>-<fnv hash>."""
+        run = self.runs[run_id]
+        return f"{run.workflow}-{run.steps[label].template}-{fnv1a32(_ArgoNodes.executor_path(run, label))}"
+
+    def node_id(self, run_id: str, label: str) -> str:
+        run = self.runs[run_id]
+        return f"{run.workflow}-{fnv1a32(_ArgoNodes.executor_path(run, label))}"
+
+    def _pod(self, name: str) -> tuple[_Run, str] | None:
+        """The run and step label of a pod, by pod name or node ID."""
+        for run in self.runs.values():
+            for label in run.tasks:
+                if name in (self.pod_name(run.data["run_id"], label), self.node_id(run.data["run_id"], label)):
+                    return run, label
+        return None
+
+    def _pod_namespace(self, run: _Run) -> str:
+        return self.experiments[run.data["experiment_id"]]["namespace"] or "kubeflow"
+
+    def _live_log(self, name: str, namespace: str) -> str | None:
+        """What the Kubernetes API answers for the pod's log: only a pod that exists (by its pod name), has
+        started, and lives in `namespace`."""
+        found = self._pod(name)
+        if found is None:
+            return None
+        run, label = found
+        if name != self.pod_name(run.data["run_id"], label) or namespace != self._pod_namespace(run):
+            return None
+        task, log = run.tasks[label], run.logs.get(label)
+        if log is None or log.gone or task.state in ("PENDING", "RUNTIME_STATE_UNSPECIFIED"):
+            return None
+        return log.text
+
+    def _archived_log(self, name: str) -> str | None:
+        """Argo's archived log (archiveLogs): written when the pod ends, found by node ID or pod name."""
+        found = self._pod(name) if self.archive_logs else None
+        if found is None:
+            return None
+        run, label = found
+        if run.tasks[label].state not in FINAL_STATES:
+            return None
+        return run.logs[label].text
+
+    def ui_pod_log(self, query: dict[str, str]) -> tuple[int, str]:
+        """frontend/server/handlers/pod-logs.ts getPodLogsHandler (2.17.0, lines 81-137)."""
+        if not query.get("podname"):
+            return 400, "podname argument is required"
+        namespace = query.get("podnamespace") or None
+        if self.multi_user and not namespace:
+            return 422, "podnamespace argument is required"
+        if namespace and self.multi_user and namespace not in self.namespaces:
+            return 403, "Access denied to namespace"
+        live = self._live_log(query["podname"], namespace or "kubeflow")  # k8s-helper.ts getPodLogs
+        if live is not None:
+            return 200, live
+        archived = self._archived_log(query["podname"])  # workflow-helper.ts getPodLogsStreamFromWorkflow
+        if archived is not None:
+            return 200, archived
+        return 500, "Could not get main container logs: Error: Unable to find corresponding log artifact in node."
+
+    def api_node_log(self, run_id: str, node_id: str) -> dict[str, str] | str:
+        """server/run_log_server.go ReadRunLogV1 and resource_manager.go ReadLog: status 200 always (the header
+        is written before reading), errors as {"error_message", "error_details"}; `follow` is ignored."""
+        run = self.runs.get(run_id)
+        if run is None:
+            message = (
+                f"BadRequestError: Failed to read logs for run {run_id} due to run fetching error: "
+                f"ResourceNotFoundError: Run {run_id} not found"
             )
-        ]
-        for name, task in tasks:
-            detail: dict[str, Any] = {
-                "run_id": run_id,
-                "task_id": f"{run_id}-{task.index}",
-                "display_name": name,
-                "create_time": task.created,
-                "start_time": task.started or EPOCH,
-                "end_time": task.ended or EPOCH,
-                "state": task.state,
-                "pod_name": f"{name}-pod-{task.index}",
-                "parent_task_id": f"{run_id}-root",
-                "state_history": [_emit(h) for h in task.history],
-            }
-            if task.state == "SUCCEEDED":
-                detail["outputs"] = {"metrics": {"artifact_ids": ["101"]}, "weights": {"artifact_ids": ["102"]}}
-            if task.state == "FAILED" and error:
-                detail["error"] = error
-            details.append(_emit(detail))
-        return details
+            return {"error_message": message, "error_details": message}
+        # The pod is read in the run's namespace: "" in single-user mode, which no pod is in.
+        namespace = self.experiments[run.data["experiment_id"]]["namespace"]
+        live = self._live_log(node_id, namespace) if namespace else None
+        if live is not None:
+            return live
+        archived = self._archived_log(node_id)
+        if archived is not None:
+            return archived
+        if self.archive_logs:
+            cause = (
+                f"Failed to read logs from archive {node_id} due to error fetching the log file: "
+                "The specified key does not exist."
+            )
+        else:
+            cause = (
+                f'Failed to read logs from pod {node_id} due to error opening log stream: pods "{node_id}" not found'
+            )
+        message = f"BadRequestError: Failed to read logs for run {run_id}: InternalServerError: {cause}"
+        return {"error_message": message, "error_details": message}
 
     def _terminate(self, run_id: str) -> dict[str, Any]:
         run = self.runs.get(run_id)
@@ -1314,6 +1417,212 @@ class KfpServer:
             raise ApiError(400, f"Invalid input error: run {run_id} has already finished")
         run.terminate_polls = run.polls
         return {}
+
+
+def fnv1a32(text: str) -> int:
+    """Go's hash/fnv New32a, as Argo hashes node names (workflow_types.go NodeID, util/pod_name.go)."""
+    value = 2166136261
+    for byte in text.encode():
+        value = ((value ^ byte) * 16777619) % 2**32
+    return value
+
+
+def _named(values: dict[str, Any], step: _StepSpec) -> Any:
+    """A Poll's entry for `step`: by its label ("trial#1"), else by its name ("trial", every iteration)."""
+    return values.get(step.label, values.get(step.name))
+
+
+_PARAMETER_KINDS = {
+    "NUMBER_DOUBLE": ((int, float), "double or integer", "number"),
+    "NUMBER_INTEGER": ((int, float), "double or integer", "number"),
+    "STRING": ((str,), "string", "string"),
+    "BOOLEAN": ((bool,), "bool", "bool"),
+    "LIST": ((list,), "list", "list"),
+    "STRUCT": ((dict,), "struct", "struct"),
+}
+
+
+def _check_run_parameters(spec: dict[str, Any], parameters: dict[str, Any]) -> None:
+    """template/v2_template.go validatePipelineJobInputs (2.17.0, lines 442-530), wrapped as CreateRun wraps it:
+    a parameter the root does not define, one of the wrong type, or a required one missing is a 400."""
+    defined = ((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters") or {}
+
+    def invalid(message: str) -> ApiError:
+        return ApiError(
+            400,
+            "Failed to create a new run: Failed to generate the ExecutionSpec: invalid pipeline job inputs: "
+            f"Invalid input error: {message}",
+            message,
+        )
+
+    for name, definition in sorted(defined.items()):
+        if name not in parameters:
+            if not definition.get("isOptional") and "defaultValue" not in definition:
+                raise invalid(
+                    f"parameter {name} is not optional, yet has neither default value nor user provided value"
+                )
+            continue
+        kind = definition.get("parameterType", "PARAMETER_TYPE_ENUM_UNSPECIFIED")
+        if kind not in _PARAMETER_KINDS:
+            raise invalid(f"input parameter {name} has unspecified type")
+        types, wanted, value_type = _PARAMETER_KINDS[kind]
+        value = parameters[name]
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            the = "parameter value" if value_type == "number" else "input parameter"
+            raise invalid(
+                f"input parameter {name} requires type {wanted}, but the {the} is not of {value_type} value type"
+            )
+    extra = [name for name in parameters if name not in defined]
+    if extra:
+        raise invalid(f"parameter(s) provided are not required by pipeline: {', '.join(extra)}")
+
+
+def _pipeline_steps(spec: dict[str, Any], parameters: dict[str, Any]) -> list[_StepSpec]:
+    """Every container task the pipeline runs, loop iterations apart, with its executor's Argo template."""
+    platform = spec.get("platform_spec") or {}
+    executors = ((platform.get("platforms") or {}).get("kubernetes") or {}).get("deploymentSpec", {})
+    executors = executors.get("executors") or {}
+    spec = spec.get("pipeline_spec", spec)
+    components = spec["components"]
+    root_inputs = (spec["root"].get("inputDefinitions") or {}).get("parameters") or {}
+    steps: list[_StepSpec] = []
+
+    def count(iterator: dict[str, Any]) -> int:
+        items = iterator.get("items") or {}
+        if "raw" in items:
+            return len(json.loads(items["raw"]))
+        name = (items.get("inputParameter") or "").removeprefix("pipelinechannel--")
+        value = parameters.get(name, (root_inputs.get(name) or {}).get("defaultValue"))
+        return len(value) if isinstance(value, list) else 1
+
+    def walk(dag: dict[str, Any], dags: tuple[tuple[str, int | None], ...], trial: int | None) -> None:
+        for key in _in_dependency_order(dag["tasks"]):
+            task = dag["tasks"][key]
+            component = components[task["componentRef"]["name"]]
+            if "dag" in component:
+                iterator = task.get("parameterIterator")
+                for i in range(count(iterator)) if iterator else [None]:
+                    walk(component["dag"], (*dags, (key, i)), i if i is not None else trial)
+                continue
+            template = ("retry-" if task.get("retryPolicy") else "") + "system-container-impl"
+            metadata = (executors.get(component.get("executorLabel", "")) or {}).get("podMetadata")
+            if metadata is not None:
+                annotations, labels = metadata.get("annotations") or {}, metadata.get("labels") or {}
+                template = f"metadata-{len(annotations)}-{len(labels)}-{template}"
+            steps.append(_StepSpec(key, (task.get("taskInfo") or {}).get("name", key), trial, dags, template))
+
+    walk(spec["root"]["dag"], (), None)
+    return steps
+
+
+class _ArgoNodes:
+    """The nodes of a KFP v2 workflow as argocompiler builds it (2.17.0 backend/src/v2/compiler/argocompiler:
+    dag.go, container.go): entrypoint -> root-driver, root -> <task>-driver, <task> -> executor; a ParallelFor
+    as <task>-iterations with one (i:i) node per iteration holding iteration-item. Every task node is a retry
+    node whose one child is <name>(0). Node names join with "." (or add the suffix); IDs hash them."""
+
+    def __init__(self, run: _Run, error: dict[str, Any] | None):
+        self.run, self.error = run, error
+        self.nodes: dict[str, dict[str, Any]] = {}
+
+    @staticmethod
+    def executor_path(run: _Run, label: str) -> str:
+        step = run.steps[label]
+        path = _ArgoNodes._task(run.workflow, "root")
+        for key, iteration in step.dags:
+            if iteration is None:
+                path = _ArgoNodes._task(path, key)
+            else:
+                path = _ArgoNodes._task(f"{path}.{key}-iterations({iteration}:{iteration})(0)", "iteration-item")
+        return f"{_ArgoNodes._task(_ArgoNodes._task(path, step.key), 'executor')}"
+
+    @staticmethod
+    def _task(parent: str, key: str) -> str:
+        """The node a retried DAG task `key` runs in: <parent>.<key>(0)."""
+        return f"{parent}.{key}(0)"
+
+    def _node(self, path: str, display: str, parent: str | None) -> dict[str, Any]:
+        if path not in self.nodes:
+            self.nodes[path] = {"display": display, "children": [], "pods": []}
+            if parent is not None:
+                self.nodes[parent]["children"].append(path)
+        return self.nodes[path]
+
+    def _retried(self, parent: str, path: str, display: str) -> str:
+        self._node(path, display, parent)
+        self._node(f"{path}(0)", f"{display}(0)", path)
+        return f"{path}(0)"
+
+    def _dag_task(self, parent: str, key: str) -> str:
+        self._retried(parent, f"{parent}.{key}-driver", f"{key}-driver")
+        return self._retried(parent, f"{parent}.{key}", key)
+
+    def details(self) -> list[dict[str, Any]]:
+        run, workflow = self.run, self.run.workflow
+        self._node(workflow, workflow, None)
+        for label, task in sorted(run.tasks.items(), key=lambda item: (item[1].created, item[1].index)):
+            step = run.steps[label]
+            path = self._dag_task(workflow, "root")
+            for key, iteration in step.dags:
+                if iteration is None:
+                    path = self._dag_task(path, key)
+                    continue
+                self._retried(path, f"{path}.{key}-driver", f"{key}-driver")
+                group = f"{path}.{key}-iterations"
+                self._node(group, f"{key}-iterations", path)
+                item = self._retried(
+                    group, f"{group}({iteration}:{iteration})", f"{key}-iterations({iteration}:{iteration})"
+                )
+                path = self._dag_task(item, "iteration-item")
+            top = self._dag_task(path, step.key)
+            pod = self._retried(top, f"{top}.executor", "executor")
+            self.nodes[pod]["task"] = task
+            self.nodes[top.removesuffix("(0)")]["outputs_of"] = task
+        return [self._detail(path) for path in self.nodes]
+
+    def _pods(self, path: str) -> list[_Task]:
+        node = self.nodes[path]
+        found = [node["task"]] if "task" in node else []
+        for child in node["children"]:
+            found += self._pods(child)
+        return found
+
+    def _detail(self, path: str) -> dict[str, Any]:
+        run, node = self.run, self.nodes[path]
+        data, workflow = run.data, run.workflow
+        pods = self._pods(path)
+        if path == workflow:
+            state, created, started, ended = (
+                data["state"],
+                data["created_at"],
+                data["created_at"],
+                data.get("finished_at"),
+            )
+        elif not pods:  # a driver: it ran before its task's pod was listed
+            state, created, started, ended = "SUCCEEDED", data["created_at"], data["created_at"], data["created_at"]
+        else:
+            states = [t.state for t in pods]
+            mixed = next((s for s in ("FAILED", "RUNNING", "PENDING", "CANCELED") if s in states), "SUCCEEDED")
+            state = states[0] if len(set(states)) == 1 else mixed
+            created = min(t.created for t in pods)
+            started = min((t.started for t in pods if t.started), default=None)
+            ended = max(t.ended for t in pods) if all(t.ended for t in pods) else None
+        detail: dict[str, Any] = {
+            "run_id": data["run_id"],
+            "task_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{data['run_id']}/{path}")),
+            "display_name": node["display"],
+            "create_time": created,
+            "start_time": started or EPOCH,
+            "end_time": ended or EPOCH,
+            "state": state,
+            "child_tasks": [{"pod_name": f"{workflow}-{fnv1a32(child)}"} for child in node["children"]],
+        }
+        if "task" in node:
+            if state == "FAILED" and self.error:
+                detail["error"] = self.error
+        if node.get("outputs_of") is not None and node["outputs_of"].state == "SUCCEEDED":
+            detail["outputs"] = {"metrics": {"artifact_ids": ["101"]}, "weights": {"artifact_ids": ["102"]}}
+        return _emit(detail)
 
 
 def _page_size(size: int) -> int:
@@ -1391,6 +1700,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kfp.token and self.headers.get("Authorization") != f"Bearer {kfp.token}":
             return self._error(record, 401, "Unauthenticated: Request header error: there is no user identity header.")
+        if self.command == "GET" and re.fullmatch(r"(/pipeline)?/k8s/pod/logs", url.path) and kfp.ui_logs:
+            with kfp._lock:
+                status, text = kfp.ui_pod_log(query)
+            return self._send_text(record, status, text)
+        node_log = re.fullmatch(r"/apis/v1alpha1/runs/([^/]+)/nodes/([^/]+)/log", url.path)
+        if self.command == "GET" and node_log and kfp.api_logs:
+            with kfp._lock:
+                answer = kfp.api_node_log(node_log[1], node_log[2])
+            return self._send_text(record, 200, answer if isinstance(answer, str) else json.dumps(answer))
         try:
             result = kfp.dispatch(self.command, url.path, query, body, self.headers.get("Content-Type", ""))
         except ApiError as exc:
@@ -1408,6 +1726,15 @@ class _Handler(BaseHTTPRequestHandler):
             [{"@type": "type.googleapis.com/google.rpc.Status", "code": code, "message": detail}] if detail else []
         )
         self._send(record, status, {"error": message, "code": code, "message": message, "details": details})
+
+    def _send_text(self, record: Request, status: int, text: str) -> None:
+        record.status = status
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _send(self, record: Request, status: int, payload: Any) -> None:
         record.status = status

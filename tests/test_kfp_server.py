@@ -8,13 +8,14 @@ each list accepts), server/api_converter.go (what a run and its tasks look like)
 # No `from __future__ import annotations`: kfp.dsl reads the components' annotations as types.
 import datetime
 import json
+import re
 
 import pytest
 from kfp import compiler, dsl
 from kfp.client import Client
 from kfp_server_api.exceptions import ApiException
 
-from tests.kfp_server import EPOCH, KfpServer, Outcome, Poll
+from tests.kfp_server import EPOCH, KfpServer, Outcome, Poll, fnv1a32
 
 pytestmark = pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline")
 
@@ -327,34 +328,75 @@ def test_tasks_in_different_states_at_once(server, client, experiment, package):
 
     server.clock.at(10)
     first = client.get_run(run_id)
-    steps = [t for t in first.run_details.task_details if t.parent_task_id]
-    assert len(steps) == 1  # train has no pod yet, so it is not listed
-    assert (steps[0].display_name, steps[0].state) == ("fetch-dataset", "RUNNING")
+    pods = [t for t in first.run_details.task_details if t.display_name == "executor(0)"]
+    assert len(pods) == 1  # train has no pod yet, so it is not listed
+    assert pods[0].state == "RUNNING"
+    assert "train" not in names(first.run_details.task_details)
 
     server.clock.at(70)
     second = client.get_run(run_id)
     assert second.state == "RUNNING"
     assert second.finished_at == datetime.datetime.fromisoformat(EPOCH)  # not finished: time.Unix(0, 0)
-    steps = {t.display_name: t for t in second.run_details.task_details if t.parent_task_id}
-    assert len(steps) == 2
-    fetched, training = steps["fetch-dataset"], steps["train"]
+    fetched, training = executors(second)["fetch-dataset"], executors(second)["train"]
     assert fetched.state == "SUCCEEDED" and training.state == "RUNNING"
     assert (fetched.start_time, fetched.end_time) == (
         T0 + datetime.timedelta(seconds=10),
         T0 + datetime.timedelta(seconds=70),
     )
-    assert len(fetched.outputs) == 2
-    assert sorted(fetched.outputs) == ["metrics", "weights"]
-    assert training.end_time == datetime.datetime.fromisoformat(EPOCH) and not training.outputs
-    assert len(fetched.state_history) == 2
-    assert [s.state for s in fetched.state_history] == ["RUNNING", "SUCCEEDED"]
-    (root,) = [t for t in second.run_details.task_details if not t.parent_task_id]
-    assert len(root.child_tasks) == 2 and root.state == "RUNNING"
+    assert training.end_time == datetime.datetime.fromisoformat(EPOCH)
+    assert not fetched.state_history, "NodeStatuses carry no history"
+    (step,) = [t for t in second.run_details.task_details if t.display_name == "fetch-dataset"]
+    assert sorted(step.outputs) == ["metrics", "weights"], "a step's artifacts, on its task's node"
+    (running,) = [t for t in second.run_details.task_details if t.display_name == "train"]
+    assert not running.outputs
+    (root,) = [t for t in second.run_details.task_details if t.display_name.startswith("two-steps-")]
+    assert len(root.child_tasks) == 2 and root.state == "RUNNING"  # root-driver, root
 
     third = client.get_run(run_id)
     assert third.state == "SUCCEEDED" and third.finished_at != datetime.datetime.fromisoformat(EPOCH)
-    assert len(third.run_details.task_details) == 3
-    assert [t.state for t in third.run_details.task_details] == ["SUCCEEDED"] * 3
+    assert len(third.run_details.task_details) == 17  # the entrypoint, root and each step, all in retry nodes
+    assert {t.state for t in third.run_details.task_details} == {"SUCCEEDED"}
+
+
+def executors(run) -> dict:
+    """The executor node of each step, by task key, found as yolokf finds them (yolokf.steplogs)."""
+    from yolokf.steplogs import Node, step_pods
+
+    details = run.run_details.task_details
+    nodes = [
+        Node(t.display_name, t.state, tuple(c.pod_name for c in t.child_tasks or []), i) for i, t in enumerate(details)
+    ]
+    found = step_pods(nodes)
+    return {pod.key: details[pod.node.index] for pod in found}
+
+
+def test_task_details_are_argo_nodes_without_pod_names(server, client, experiment, package):
+    """2.17 lists a run's Argo nodes (common/util/workflow.go NodeStatuses) through toApiPipelineTaskDetail, which
+    sets neither pod_name nor parent_task_id; child_tasks carry node IDs, <workflow>-<fnv1a32(node name)>."""
+    server.outcome = Outcome(schedule=[Poll("RUNNING", tasks={"fetch-dataset": "RUNNING"})])
+    run_id = client.run_pipeline(experiment.experiment_id, "r", package).run_id
+    details = client.get_run(run_id).run_details.task_details
+    workflow = server.runs[run_id].workflow
+    assert re.fullmatch(r"two-steps-[0-9a-f]{5}", workflow)
+    assert sorted(names(details)) == sorted(
+        [workflow, "root-driver", "root-driver(0)", "root", "root(0)", "fetch-dataset-driver"]
+        + ["fetch-dataset-driver(0)", "fetch-dataset", "fetch-dataset(0)", "executor", "executor(0)"]
+    )
+    assert not any(t.pod_name or t.parent_task_id for t in details)
+    children = [c.pod_name for t in details for c in t.child_tasks or []]
+    assert len(children) == 10 and all(c.startswith(workflow + "-") for c in children)
+    executor = f"{workflow}.root(0).fetch-dataset(0).executor(0)"
+    (retry,) = [t for t in details if t.display_name == "executor"]
+    assert [c.pod_name for c in retry.child_tasks] == [f"{workflow}-{fnv1a32(executor)}"]
+    assert server.node_id(run_id, "fetch-dataset") == f"{workflow}-{fnv1a32(executor)}"
+    assert server.pod_name(run_id, "fetch-dataset") == f"{workflow}-system-container-impl-{fnv1a32(executor)}"
+
+
+def test_fnv1a32_is_gos_hash_fnv_new32a():
+    # Values of Go's fnv.New32a().Sum32(), the hash Argo names nodes and pods with.
+    assert fnv1a32("") == 2166136261
+    assert fnv1a32("a") == 3826002220
+    assert fnv1a32("foobar") == 3214735720
 
 
 def test_paused_run_is_served_then_goes_on(server, client, experiment, package):
@@ -372,9 +414,9 @@ def test_paused_outcome_stays_paused_until_terminated(server, client, experiment
     server.outcome = Outcome("PAUSED", polls=1)
     run_id = client.run_pipeline(experiment.experiment_id, "r", package).run_id
     assert [client.get_run(run_id).state for _ in range(3)] == ["PAUSED"] * 3
-    tasks = client.get_run(run_id).run_details.task_details
-    assert len(tasks) == 3
-    assert {t.state for t in tasks} == {"PAUSED"}
+    steps = executors(client.get_run(run_id))
+    assert len(steps) == 2
+    assert {t.state for t in steps.values()} == {"PAUSED"}
     client.terminate_run(run_id)
     assert [client.get_run(run_id).state for _ in range(2)] == ["CANCELING", "CANCELED"]
 
@@ -384,8 +426,9 @@ def test_unspecified_state_is_left_out_as_protojson_does(server, client, experim
     run_id = client.run_pipeline(experiment.experiment_id, "r", package).run_id
     run = client.get_run(run_id)
     assert run.state is None  # enum 0 is not emitted (EmitUnpopulated: false)
-    assert len(run.run_details.task_details) == 3
-    assert all(t.state is None for t in run.run_details.task_details)
+    steps = executors(run)
+    assert len(steps) == 2
+    assert all(t.state is None for t in steps.values())
 
 
 def test_a_schedule_naming_a_task_the_pipeline_lacks_fails_the_create(server, client, experiment, package):

@@ -467,3 +467,44 @@ def _tls_problem(host: str, message: str) -> _Problem:
         "--insecure-skip-tls-verify skips the check (not recommended).",
         False,
     )
+
+
+@dataclass(frozen=True)
+class TextAnswer:
+    """A plain-text answer: the log endpoints of the UI and the API server answer text, not the API's JSON."""
+
+    status: int
+    text: str
+
+
+def get_text(cluster: Cluster, action: str, path: str, query: dict[str, str], *, ui: bool = False) -> TextAnswer:
+    """GET `path` (under the API host, or the UI's with `ui`) with the client's credentials, TLS and timeouts.
+
+    Any HTTP answer comes back as it is (the caller knows what a 404 or a 500 of that endpoint means); transport
+    failures, 401 and login redirects are retried or worded as for every other call.
+    """
+    import kfp_server_api
+
+    api_client = cluster.client._run_api.api_client  # the one ApiClient kfp.Client's services share
+
+    def get() -> TextAnswer:
+        try:
+            api_client.call_api(
+                path,
+                "GET",
+                query_params=list(query.items()),
+                header_params={"Accept": "text/plain, application/json"},
+                auth_settings=["Bearer"],
+                _return_http_data_only=True,
+                _host=cluster.ui if ui else None,
+            )
+        except kfp_server_api.ApiException as exc:
+            if exc.status in (0, 401) or 300 <= (exc.status or 0) < 400:
+                raise
+            body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+            return TextAnswer(exc.status, body)
+        response = api_client.last_response
+        data = response.data  # kfp_server_api decodes it (utf-8) unless asked for bytes
+        return TextAnswer(response.status, data.decode(errors="replace") if isinstance(data, bytes) else data)
+
+    return cluster.call(action, get)

@@ -50,7 +50,6 @@ _EXECUTOR_RECORD = "[KFP Executor "
 _STEP_INDENT = "    "  # kfp.local indents the step's lines (logging_utils.indented_print)
 _TRACEBACK = "Traceback (most recent call last)"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 
 
 class _StepOutput(io.TextIOBase):
@@ -96,11 +95,10 @@ class _StepOutput(io.TextIOBase):
 
     def failure(self) -> str:
         """The step's own error: the exception line after its last traceback, else its last lines."""
+        from yolokf.progress import step_error
+
         lines = [_ANSI.sub("", line) for line in self.tail]
-        starts = [i for i, line in enumerate(lines) if line.startswith(_TRACEBACK)]
-        after = lines[starts[-1] + 1 :] if starts else []
-        found = next((line for line in after if _EXCEPTION_LINE.match(line)), None)
-        return found.strip() if found else " | ".join(line.strip() for line in lines[-3:]) or "no output"
+        return step_error(lines) or " | ".join(line.strip() for line in lines[-3:]) or "no output"
 
 
 def preflight(job: Job) -> None:
