@@ -30,12 +30,13 @@ from yolokf.cli_options import (
     training_options,
 )
 from yolokf.console import errs, say
-from yolokf.errors import Interrupted, UsageError, YolokfError
+from yolokf.errors import Interrupted, RunFailedError, UsageError, YolokfError
 from yolokf.kfp_api import Connection
 from yolokf.settings import PromoteOptions, SweepOptions, TrainConfig
 from yolokf.step_options import StepOptions
 
 if TYPE_CHECKING:
+    from yolokf.follow import Failure, RunReport
     from yolokf.job import Job
     from yolokf.kfp_api import Cluster
     from yolokf.local import LocalRun
@@ -249,9 +250,45 @@ def status(
     from yolokf.follow import get_report
 
     cluster = _connect(connection)
-    print_run_report(get_report(cluster, run_id))
+    report = get_report(cluster, run_id)
+    print_run_report(report, _failure(cluster, report))
     if wait:
         _follow(cluster, run_id, timeout, terminate_on_interrupt, poll_interval)
+
+
+@app.command()
+@connection_options
+def logs(
+    run_id: Annotated[str, typer.Argument(help="The run id `yolokf run --host` printed.")],
+    connection: Connection,
+    step: Annotated[
+        str | None, typer.Option(help="The step, as `yolokf status` names it. Default: the training.")
+    ] = None,
+    trial: Annotated[int | None, typer.Option(help="For a sweep: the trial's number.", min=0)] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the step ends.")
+    ] = False,
+    tail: Annotated[int | None, typer.Option(help="Print only the last N lines.", min=0)] = None,
+    poll_interval: PollInterval = 5.0,
+) -> None:
+    """Print a step's log (the training's by default).  Example: yolokf logs RUN_ID --follow --host http://localhost:8080"""
+    from yolokf.console import stdout_writer
+    from yolokf.follow import stream_log
+
+    cluster = _connect(connection)
+    task = stream_log(
+        cluster,
+        run_id,
+        stdout_writer(),
+        step=step,
+        trial=trial,
+        tail=tail,
+        follow=follow,
+        poll_interval=poll_interval,
+        notify=lambda line: say(line, err=True),
+    )
+    if follow and task.state != "SUCCEEDED":
+        raise RunFailedError(f"Step {task.name} of run {run_id} ended {task.state}.")
 
 
 @app.command("build-image")
@@ -361,16 +398,23 @@ def _connect(connection: Connection) -> Cluster:
 
 
 def _follow(cluster: Cluster, run_id: str, timeout: str | None, terminate: bool, poll_interval: float) -> None:
-    """Follow the run live; Ctrl-C terminates it (asked, or --terminate-on-interrupt) or leaves it running."""
-    from yolokf.console import RunDisplay, ask_terminate
-    from yolokf.follow import format_seconds, wait
+    """Follow the run live, with the training's epochs from its log; Ctrl-C terminates the run (asked, or
+    --terminate-on-interrupt) or leaves it running. A failed step's last log lines print before the error."""
+    from yolokf.console import RunDisplay, ask_terminate, print_log_tail
+    from yolokf.follow import ProgressWatch, StepFailedError, format_seconds, wait
     from yolokf.follow import terminate as terminate_run
     from yolokf.step_options import parse_duration
 
     seconds = parse_duration(timeout, "--timeout")
+    watch = ProgressWatch(cluster, run_id, notify=lambda line: say(line, err=True))
     try:
         with RunDisplay() as display:
-            report = wait(cluster, run_id, timeout=seconds, poll_interval=poll_interval, on_update=display.update)
+            report = wait(
+                cluster, run_id, timeout=seconds, poll_interval=poll_interval, on_update=display.update, watch=watch
+            )
+    except StepFailedError as exc:
+        print_log_tail(exc.tail)
+        raise
     except KeyboardInterrupt:
         if terminate or ask_terminate(run_id):
             terminate_run(cluster, run_id)
@@ -381,6 +425,12 @@ def _follow(cluster: Cluster, run_id: str, timeout: str | None, terminate: bool,
             f"Stopped following run {run_id}; it keeps running. Check it with: yolokf status {run_id}"
         ) from None
     say(f"Run {report.name} SUCCEEDED in {format_seconds(report.seconds)}: {report.url}")
+
+
+def _failure(cluster: Cluster, report: RunReport) -> Failure | None:
+    from yolokf.follow import explain_failure
+
+    return explain_failure(cluster, report) if report.state == "FAILED" else None
 
 
 def _only(name: str) -> typer.Typer:

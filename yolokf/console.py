@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from yolokf.follow import RunReport
+    from yolokf.follow import Failure, RunReport
     from yolokf.image.engine import LayerSink, Step
     from yolokf.local import LocalRun
 
@@ -94,8 +94,8 @@ def print_trials(records: list[dict[str, Any]], metric: str | None, title: str) 
     out().print(table)
 
 
-def print_run_report(run: RunReport) -> None:
-    """`yolokf status`: state, error, a table of the tasks, and the UI link."""
+def print_run_report(run: RunReport, failure: Failure | None = None) -> None:
+    """`yolokf status`: state, error, a table of the tasks, the failed step's own error, and the UI link."""
     from rich.table import Table
 
     from yolokf.follow import format_seconds
@@ -110,9 +110,28 @@ def print_run_report(run: RunReport) -> None:
         outputs = ", ".join(f"{k}: {' '.join(v)}" for k, v in sorted(task.outputs.items()))
         table.add_row(task.name, task.state, format_seconds(task.seconds), outputs or "-")
     out().print(table)
+    if failure is not None:
+        print_failure(failure)
     if run.state == "SUCCEEDED":
         say("Metrics, report and weights: open the run's artifacts in the UI (KFP's API does not serve them).")
     say(f"Details: {run.url}")
+
+
+def print_failure(failure: Failure) -> None:
+    """The failed step's own error line, or its last log lines, and the command for its whole log."""
+    if failure.error:
+        say(f"Step {failure.step} failed: {failure.error}")
+    elif failure.tail:
+        say(f"Step {failure.step} failed; the last {len(failure.tail)} lines of its log:")
+        print_log_tail(failure.tail, err=False)
+    else:
+        say(f"Step {failure.step} failed; its log could not be read ({failure.problem}).")
+    say(f"Whole log: {failure.command}")
+
+
+def print_log_tail(lines: list[str], *, err: bool = True) -> None:
+    for line in lines:
+        say(f"  | {line}", err=err)
 
 
 def ask_terminate(run_id: str) -> bool:
@@ -130,12 +149,14 @@ def ask_terminate(run_id: str) -> bool:
 
 
 class RunDisplay:
-    """A followed run's state: live on a terminal, one line per change elsewhere (CI logs, pipes)."""
+    """A followed run's state and its trainings' epochs: live on a terminal; elsewhere (CI logs, pipes) one line
+    per change of state and one per new epoch."""
 
     def __init__(self, console: Console | None = None):
         self.console = console or out()
         self.live: Any = None
         self.last: tuple[str, str] | None = None
+        self.epochs: dict[str, int] = {}  # the last epoch printed, by step
 
     def __enter__(self) -> RunDisplay:
         if self.console.is_terminal:
@@ -155,13 +176,24 @@ class RunDisplay:
         task = run.current_task
         task_text = f"task {task.name}: {task.state}" if task else "no task started yet"
         line = f"{run.state:<9} {format_seconds(run.seconds):>9}  {task_text}"
+        sweep = len(run.progress) > 1 or any(t.trial is not None for t in run.tasks)
+        rows = [p.line(best=sweep) for p in run.progress]
         if self.live is not None:
+            from rich.console import Group
             from rich.spinner import Spinner
+            from rich.text import Text
 
             done = run.state in TERMINAL_STATES
-            self.live.update(line if done else Spinner("dots", text=line))
-        elif self.last != (run.state, task_text):
-            self.console.print(line, markup=False, highlight=False)
+            head = Text(line) if done else Spinner("dots", text=line)
+            self.live.update(Group(head, *(Text(f"  {row}") for row in rows)) if rows else head)
+        else:
+            if self.last != (run.state, task_text):
+                self.console.print(line, markup=False, highlight=False)
+            for progress in run.progress:
+                epoch = progress.epoch.epoch if progress.epoch else 0
+                if epoch > self.epochs.get(progress.name, 0):
+                    self.console.print(progress.line(best=sweep), markup=False, highlight=False)
+                    self.epochs[progress.name] = epoch
         self.last = (run.state, task_text)
 
 

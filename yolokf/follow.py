@@ -134,7 +134,7 @@ def _task_state(task: Any, pod: StepPod | None, names: PipelineNames, members: l
         for key, value in (member.outputs or {}).items():
             outputs.setdefault(key, []).extend(value.artifact_ids or [])
     step = names.name(pod.key) if pod else task.display_name or task.task_id
-    label = f"{step} [trial {pod.trial}]" if pod and pod.trial is not None else step
+    label = f"{step} #{pod.trial}" if pod and pod.trial is not None else step
     return TaskState(
         label,
         str(task.state or "PENDING"),
@@ -370,12 +370,12 @@ def wait(
     head = f"Run {current.name} ({run_id}) {current.state} after {format_seconds(current.seconds)}"
     if failure is not None and failure.error:
         raise StepFailedError(
-            f"{head}: step {failure.step}: {failure.error}. Whole log: {failure.command}  Details: {current.url}", []
+            f"{head}: step {failure.step}: {failure.error}. Whole log: {failure.command}; details: {current.url}", []
         )
     if failure is not None and failure.tail:
         raise StepFailedError(
             f"{head}: step {failure.step} failed; its last {len(failure.tail)} log lines are above. "
-            f"Whole log: {failure.command}  Details: {current.url}",
+            f"Whole log: {failure.command}; details: {current.url}",
             failure.tail,
         )
     error = f": {current.error}" if current.error else " (the server gave no error message)"
@@ -385,3 +385,79 @@ def wait(
 def terminate(cluster: Cluster, run_id: str) -> None:
     """Ask the cluster to terminate run `run_id` (it ends as CANCELED)."""
     cluster.call(f"Terminating run {run_id}", cluster.client.terminate_run, run_id)
+
+
+def find_step(run: RunReport, step: str | None, trial: int | None) -> TaskState:
+    """The step `step` (its name as `status` shows it, or its task key; default the training) of `run`."""
+    steps = [t for t in run.tasks if t.pod is not None]
+    if not steps:
+        raise UsageError(
+            f"Run {run.name} ({run.run_id}) is {run.state} and no step has a pod yet; try again once a step started."
+        )
+    named = [t for t in steps if t.pod and (t.pod.key == TRAIN_STEP if step is None else step in (t.step, t.pod.key))]
+    if not named:
+        have = ", ".join(dict.fromkeys(t.step for t in steps))
+        what = "no training step yet" if step is None else f"no step {step!r}"
+        raise UsageError(f"Run {run.name} ({run.run_id}) has {what}; its steps: {have}. Pick one with --step NAME.")
+    trials = [t.trial for t in named if t.trial is not None]
+    if trial is not None:
+        named = [t for t in named if t.trial == trial]
+        if not named:
+            have = ", ".join(str(t) for t in trials) or "none (it is not in a sweep)"
+            raise UsageError(f"Step {step or TRAIN_STEP} of run {run.run_id} has no trial {trial}; its trials: {have}.")
+    elif len(named) > 1:
+        raise UsageError(
+            f"Step {named[0].step} of run {run.run_id} ran once per trial: add --trial N, one of "
+            f"{', '.join(str(t) for t in trials)}."
+        )
+    return named[0]
+
+
+def stream_log(
+    cluster: Cluster,
+    run_id: str,
+    echo: Callable[[str], None],
+    *,
+    step: str | None = None,
+    trial: int | None = None,
+    tail: int | None = None,
+    follow: bool = False,
+    poll_interval: float = 5.0,
+    notify: Callable[[str], None] = lambda line: None,
+) -> TaskState:
+    """Write a step's log to `echo` (its last `tail` lines); with `follow`, go on writing new lines until the
+    step ends. Returns the step as last seen. A log that cannot be read raises ClusterError, or with `follow`
+    is said once through `notify` while the step is followed by state alone."""
+    run = get_report(cluster, run_id)
+    names: PipelineNames | None = None
+    task = find_step(run, step, trial)
+    pod_name, written, told = "", 0, False
+    while True:
+        assert task.pod is not None
+        if task.pod.pod_name != pod_name:
+            if pod_name:
+                notify(f"Step {task.name} is retried: attempt {task.pod.attempt}, pod {task.pod.pod_name}")
+            pod_name, written = task.pod.pod_name, 0
+        ended = task.state in TERMINAL_STATES
+        log = read_log(cluster, run_id, task.pod)
+        if log.text is None:
+            message = f"No log of step {task.name} could be read: {log.problem}."
+            if not follow:
+                raise ClusterError(f"{message} Its pod is {task.pod.pod_name}.")
+            if not told:
+                notify(f"{message} Following its state alone.")
+                told = True
+        else:
+            text = log.text if (ended or not follow) else log.text[: log.text.rfind("\n") + 1]  # whole lines
+            lines = text.splitlines(keepends=True)
+            if written == 0 and tail is not None:
+                written = max(0, len(lines) - tail)
+            if lines[written:]:
+                echo("".join(lines[written:]))
+            written = max(written, len(lines))
+        if not follow or ended:
+            return task
+        time.sleep(poll_interval)
+        raw = cluster.call(f"Reading run {run_id}", cluster.client.get_run, run_id)
+        names = names if names is not None else run_names(cluster, raw)
+        task = find_step(report(cluster, raw, names), step or task.step, trial if trial is not None else task.trial)
