@@ -1709,6 +1709,8 @@ class _Handler(BaseHTTPRequestHandler):
             with kfp._lock:
                 answer = kfp.api_node_log(node_log[1], node_log[2])
             return self._send_text(record, 200, answer if isinstance(answer, str) else json.dumps(answer))
+        if not url.path.startswith("/apis/"):  # the API server's http.ServeMux (main.go startHttpProxy)
+            return self._send_text(record, 404, "404 page not found\n")
         try:
             result = kfp.dispatch(self.command, url.path, query, body, self.headers.get("Content-Type", ""))
         except ApiError as exc:

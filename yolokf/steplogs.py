@@ -219,7 +219,7 @@ def read_log(cluster: Cluster, run_id: str, pod: StepPod) -> LogRead:
         return LogRead(api.text)
     ui_why = f"the UI's /k8s/pod/logs answered {ui.status}" + (f" ({_short(ui.text)})" if ui.text.strip() else "")
     api_why = (
-        f"the API's log answered: {_short(error)}"
+        f"the API's log answered: {error}"
         if error
         else f"the API's /apis/v1alpha1 log answered {api.status}" + (f" ({_short(api.text)})" if api.text else "")
     )
