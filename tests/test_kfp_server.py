@@ -458,3 +458,145 @@ def test_request_body_json_names_are_accepted(server, client):
     assert created.display_name == "camel"
     assert created.description is None  # "" is not emitted
     assert created.last_run_created_at == datetime.datetime.fromisoformat(EPOCH)
+
+
+def get(server: KfpServer, path: str) -> tuple[int, str]:
+    """A plain GET, as a browser or yolokf's log reader sends it: (status, body)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(server.url + path) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_ui_pod_logs_serve_the_live_log_then_the_archive(server, client, experiment, package):
+    """frontend/server/handlers/pod-logs.ts: podname required; the live log by pod name; the archive after."""
+    server.outcome = Outcome(
+        schedule=[
+            Poll("RUNNING", tasks={"fetch-dataset": "RUNNING"}, logs={"fetch-dataset": "one\n"}),
+            Poll("RUNNING", tasks={"fetch-dataset": "RUNNING"}, logs={"fetch-dataset": "two\n"}),
+            Poll("SUCCEEDED", tasks={"fetch-dataset": "SUCCEEDED"}, gone=("fetch-dataset",)),
+        ]
+    )
+    run_id = client.run_pipeline(experiment.experiment_id, "r", package).run_id
+    pod = server.pod_name(run_id, "fetch-dataset")
+    assert get(server, "/k8s/pod/logs") == (400, "podname argument is required")
+    client.get_run(run_id)
+    assert get(server, f"/k8s/pod/logs?podname={pod}") == (200, "one\n")
+    client.get_run(run_id)
+    assert get(server, f"/pipeline/k8s/pod/logs?podname={pod}") == (200, "one\ntwo\n"), "a log grows between polls"
+    node = server.node_id(run_id, "fetch-dataset")
+    assert get(server, f"/k8s/pod/logs?podname={node}")[0] == 500, "Kubernetes knows pods by name, not node ID"
+    client.get_run(run_id)
+    assert get(server, f"/k8s/pod/logs?podname={pod}") == (200, "one\ntwo\n"), "the pod is gone: its archived log"
+    server.archive_logs = False
+    assert get(server, f"/k8s/pod/logs?podname={pod}") == (
+        500,
+        "Could not get main container logs: Error: Unable to find corresponding log artifact in node.",
+    )
+
+
+def test_ui_pod_logs_need_a_namespace_the_user_may_read_on_multi_user():
+    server = KfpServer(multi_user=True).start()
+    try:
+        client = Client(host=server.url, namespace="kubeflow-user")
+        experiment = client.create_experiment("pets", namespace="kubeflow-user")
+        server.outcome = Outcome(
+            schedule=[Poll("RUNNING", tasks={"fetch-dataset": "RUNNING"}, logs={"fetch-dataset": "x\n"})]
+        )
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            package = f"{folder}/p.yaml"
+            compiler.Compiler().compile(two_steps, package)
+            run_id = client.run_pipeline(experiment.experiment_id, "r", package).run_id
+        client.get_run(run_id)
+        pod = server.pod_name(run_id, "fetch-dataset")
+        assert get(server, f"/k8s/pod/logs?podname={pod}") == (422, "podnamespace argument is required")
+        assert get(server, f"/k8s/pod/logs?podname={pod}&podnamespace=other") == (403, "Access denied to namespace")
+        assert get(server, f"/k8s/pod/logs?podname={pod}&podnamespace=kubeflow-user") == (200, "x\n")
+        status, body = get(server, f"/apis/v1alpha1/runs/{run_id}/nodes/{pod}/log")
+        assert (status, body) == (200, "x\n"), "multi-user: the API server reads the live pod in the run's namespace"
+    finally:
+        server.stop()
+
+
+def test_api_node_log_answers_errors_with_200_and_reads_only_the_archive_single_user(
+    server, client, experiment, package
+):
+    """server/run_log_server.go writes 200 before reading; resource_manager.go ReadLog reads the pod in the run's
+    namespace ("" in single-user mode, so never), then the archive by node ID or pod name; follow is ignored."""
+    server.outcome = Outcome(
+        schedule=[
+            Poll("RUNNING", tasks={"fetch-dataset": "RUNNING"}, logs={"fetch-dataset": "one\n"}),
+            Poll("SUCCEEDED", tasks={"fetch-dataset": "SUCCEEDED"}, gone=("fetch-dataset",)),
+        ]
+    )
+    run_id = client.run_pipeline(experiment.experiment_id, "r", package).run_id
+    client.get_run(run_id)
+    pod, node = server.pod_name(run_id, "fetch-dataset"), server.node_id(run_id, "fetch-dataset")
+    status, body = get(server, f"/apis/v1alpha1/runs/{run_id}/nodes/{pod}/log?follow=true")
+    assert status == 200
+    assert json.loads(body) == {
+        "error_message": f"BadRequestError: Failed to read logs for run {run_id}: InternalServerError: Failed to "
+        f"read logs from archive {pod} due to error fetching the log file: The specified key does not exist.",
+        "error_details": json.loads(body)["error_details"],
+    }
+    client.get_run(run_id)
+    assert get(server, f"/apis/v1alpha1/runs/{run_id}/nodes/{node}/log") == (200, "one\n")
+    assert get(server, f"/apis/v1alpha1/runs/{run_id}/nodes/{pod}/log") == (200, "one\n")
+    status, body = get(server, "/apis/v1alpha1/runs/no-such-run/nodes/x/log")
+    assert status == 200 and json.loads(body)["error_message"].startswith(
+        "BadRequestError: Failed to read logs for run no-such-run due to run fetching error"
+    )
+    server.api_logs = False
+    assert get(server, f"/apis/v1alpha1/runs/{run_id}/nodes/{node}/log")[0] == 404  # a server without the route
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"uri": "s3://b/x", "epochs": 3}, "parameter(s) provided are not required by pipeline: epochs"),
+        (
+            {"uri": 3},
+            "input parameter uri requires type string, but the input parameter is not of string value type",
+        ),
+    ],
+)
+def test_run_parameters_are_checked_against_the_root_input_definitions(client, experiment, package, params, message):
+    """template/v2_template.go validatePipelineJobInputs, as CreateRun wraps it."""
+    with pytest.raises(ApiException) as raised:
+        client.run_pipeline(experiment.experiment_id, "r", package, params=params)
+    assert status_of(raised) == (
+        "Failed to create a new run: Failed to generate the ExecutionSpec: invalid pipeline job inputs: "
+        f"Invalid input error: {message}",
+        message,
+    )
+
+
+def test_number_parameters_must_be_numbers(server, client, experiment):
+    @dsl.pipeline(name="numbers")
+    def numbers(epochs: int = 3, lr: float = 0.1, cache: bool = False):
+        fetch_dataset(uri="s3://b/x")
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        package = f"{folder}/p.yaml"
+        compiler.Compiler().compile(numbers, package)
+        with pytest.raises(ApiException) as raised:
+            client.run_pipeline(experiment.experiment_id, "r", package, params={"epochs": "7"})
+        assert status_of(raised)[1] == (
+            "input parameter epochs requires type double or integer, but the parameter value is not of number "
+            "value type"
+        )
+        with pytest.raises(ApiException) as raised:
+            client.run_pipeline(experiment.experiment_id, "r", package, params={"cache": 1})
+        assert status_of(raised)[1] == (
+            "input parameter cache requires type bool, but the input parameter is not of bool value type"
+        )
+        ok = client.run_pipeline(experiment.experiment_id, "r", package, params={"epochs": 7, "lr": 1, "cache": True})
+        assert server.runs[ok.run_id].data["runtime_config"]["parameters"] == {"epochs": 7, "lr": 1, "cache": True}
