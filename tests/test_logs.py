@@ -457,4 +457,4 @@ def test_train_step_is_the_task_key_kfp_gives_the_training_component(tmp_path):
     result = invoke(["compile", "--out", tmp_path / "p.yaml"])
     assert result.exit_code == 0, result.output
     spec = next(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
-    assert list(spec["root"]["dag"]["tasks"]) == [TRAIN_STEP]
+    assert spec["root"]["dag"]["tasks"][TRAIN_STEP]["componentRef"]["name"] == "comp-yolo-train"
