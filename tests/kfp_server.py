@@ -1518,8 +1518,10 @@ def _pipeline_steps(spec: dict[str, Any], parameters: dict[str, Any]) -> list[_S
 class _ArgoNodes:
     """The nodes of a KFP v2 workflow as argocompiler builds it (2.17.0 backend/src/v2/compiler/argocompiler:
     dag.go, container.go): entrypoint -> root-driver, root -> <task>-driver, <task> -> executor; a ParallelFor
-    as <task>-iterations with one (i:i) node per iteration holding iteration-item. Every task node is a retry
-    node whose one child is <name>(0). Node names join with "." (or add the suffix); IDs hash them."""
+    as <task>-iterations with one (i:i) node per iteration holding iteration-item. Every node that runs a
+    template is a retry node whose one child is <name>(0): KFP's manifests give Argo templateDefaults with a
+    retryStrategy (manifests/kustomize/third-party/argo/base/workflow-controller-configmap-patch.yaml).
+    Node names join with "." (or add the suffix); IDs hash them."""
 
     def __init__(self, run: _Run, error: dict[str, Any] | None):
         self.run, self.error = run, error
@@ -1528,7 +1530,7 @@ class _ArgoNodes:
     @staticmethod
     def executor_path(run: _Run, label: str) -> str:
         step = run.steps[label]
-        path = _ArgoNodes._task(run.workflow, "root")
+        path = _ArgoNodes._task(f"{run.workflow}(0)", "root")
         for key, iteration in step.dags:
             if iteration is None:
                 path = _ArgoNodes._task(path, key)
@@ -1553,6 +1555,11 @@ class _ArgoNodes:
         self._node(f"{path}(0)", f"{display}(0)", path)
         return f"{path}(0)"
 
+    def _retried_root(self, workflow: str) -> str:
+        """The entrypoint is retried too (templateDefaults apply to every template): <workflow>(0) runs it."""
+        self._node(f"{workflow}(0)", f"{workflow}(0)", workflow)
+        return f"{workflow}(0)"
+
     def _dag_task(self, parent: str, key: str) -> str:
         self._retried(parent, f"{parent}.{key}-driver", f"{key}-driver")
         return self._retried(parent, f"{parent}.{key}", key)
@@ -1560,9 +1567,10 @@ class _ArgoNodes:
     def details(self) -> list[dict[str, Any]]:
         run, workflow = self.run, self.run.workflow
         self._node(workflow, workflow, None)
+        entrypoint = self._retried_root(workflow)
         for label, task in sorted(run.tasks.items(), key=lambda item: (item[1].created, item[1].index)):
             step = run.steps[label]
-            path = self._dag_task(workflow, "root")
+            path = self._dag_task(entrypoint, "root")
             for key, iteration in step.dags:
                 if iteration is None:
                     path = self._dag_task(path, key)

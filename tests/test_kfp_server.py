@@ -349,12 +349,14 @@ def test_tasks_in_different_states_at_once(server, client, experiment, package):
     assert sorted(step.outputs) == ["metrics", "weights"], "a step's artifacts, on its task's node"
     (running,) = [t for t in second.run_details.task_details if t.display_name == "train"]
     assert not running.outputs
-    (root,) = [t for t in second.run_details.task_details if t.display_name.startswith("two-steps-")]
-    assert len(root.child_tasks) == 2 and root.state == "RUNNING"  # root-driver, root
+    (entrypoint,) = [t for t in second.run_details.task_details if t.display_name == server.runs[run_id].workflow]
+    assert len(entrypoint.child_tasks) == 1 and entrypoint.state == "RUNNING"  # its retry: <workflow>(0)
+    (retried,) = [t for t in second.run_details.task_details if t.display_name == f"{server.runs[run_id].workflow}(0)"]
+    assert len(retried.child_tasks) == 2  # root-driver, root
 
     third = client.get_run(run_id)
     assert third.state == "SUCCEEDED" and third.finished_at != datetime.datetime.fromisoformat(EPOCH)
-    assert len(third.run_details.task_details) == 17  # the entrypoint, root and each step, all in retry nodes
+    assert len(third.run_details.task_details) == 18  # the entrypoint, root and each step, all in retry nodes
     assert {t.state for t in third.run_details.task_details} == {"SUCCEEDED"}
 
 
@@ -379,13 +381,13 @@ def test_task_details_are_argo_nodes_without_pod_names(server, client, experimen
     workflow = server.runs[run_id].workflow
     assert re.fullmatch(r"two-steps-[0-9a-f]{5}", workflow)
     assert sorted(names(details)) == sorted(
-        [workflow, "root-driver", "root-driver(0)", "root", "root(0)", "fetch-dataset-driver"]
+        [workflow, f"{workflow}(0)", "root-driver", "root-driver(0)", "root", "root(0)", "fetch-dataset-driver"]
         + ["fetch-dataset-driver(0)", "fetch-dataset", "fetch-dataset(0)", "executor", "executor(0)"]
     )
     assert not any(t.pod_name or t.parent_task_id for t in details)
     children = [c.pod_name for t in details for c in t.child_tasks or []]
-    assert len(children) == 10 and all(c.startswith(workflow + "-") for c in children)
-    executor = f"{workflow}.root(0).fetch-dataset(0).executor(0)"
+    assert len(children) == 11 and all(c.startswith(workflow + "-") for c in children)
+    executor = f"{workflow}(0).root(0).fetch-dataset(0).executor(0)"
     (retry,) = [t for t in details if t.display_name == "executor"]
     assert [c.pod_name for c in retry.child_tasks] == [f"{workflow}-{fnv1a32(executor)}"]
     assert server.node_id(run_id, "fetch-dataset") == f"{workflow}-{fnv1a32(executor)}"

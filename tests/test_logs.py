@@ -83,6 +83,13 @@ def tiny_logs(tmp_path_factory):
     return log_of
 
 
+@pytest.fixture(scope="session")
+def failed_log(tmp_path_factory) -> str:
+    """A real failed training step's log: its dataset does not exist."""
+    work = tmp_path_factory.mktemp("failed")
+    return pod_output(["yolov8n.yaml", str(work / "missing.yaml"), "1", str(work)])
+
+
 def assert_epochs_match(epochs, rows) -> None:
     """The parsed epochs are results.csv's rows: same epochs, same losses and validation figures to the digits
     ultralytics prints (%11.3g for figures, %10.4g for losses)."""
@@ -143,8 +150,8 @@ def test_unexpected_lines_are_ignored(tiny_logs):
     assert [e.epoch for e in parser.epochs] == [int(r["epoch"]) for r in rows]
 
 
-def test_step_error_is_the_exception_line_of_a_real_failed_step(tmp_path):
-    text = pod_output(["yolov8n.yaml", str(tmp_path / "missing.yaml"), "1", str(tmp_path)])
+def test_step_error_is_the_exception_line_of_a_real_failed_step(failed_log):
+    text = failed_log
     assert "Traceback (most recent call last)" in text
     error = step_error(text.splitlines())
     assert error is not None and error.startswith("yolokf.errors.DataError: ")
@@ -345,8 +352,8 @@ def run_on_a_terminal(args: list[str]) -> str:
     return screen.decode(errors="replace")
 
 
-def test_a_failed_run_shows_the_steps_own_error_and_the_logs_command(kfp, tmp_path):
-    failed = pod_output(["yolov8n.yaml", str(tmp_path / "missing.yaml"), "1", str(tmp_path)])
+def test_a_failed_run_shows_the_steps_own_error_and_the_logs_command(kfp, failed_log):
+    failed = failed_log
     error = step_error(failed.splitlines())
     kfp.outcome = Outcome(
         schedule=[

@@ -159,12 +159,12 @@ def step_pods(nodes: list[Node], names: PipelineNames = NO_NAMES) -> list[StepPo
             pod_path = f"{path}.{EXECUTOR}"
             pods = [(pod_path, 0)] if node_id(pod_path) in children and pod_path not in resolved else []
         for pod_path, attempt in pods:
-            parts = pod_path[len(workflow) + 1 :].split(".")
-            if len(parts) < 2:
+            parts = pod_path[len(workflow) :].split(".")  # ["" or "(0)" (a retried entrypoint), ..., "executor(N)"]
+            if len(parts) < 3:
                 continue
             key = _SUFFIX.sub("", parts[-2])
             iteration = next((m for part in parts if (m := _ITERATION.search(part))), None)
-            top = ".".join([workflow, *parts[:-2], key])
+            top = workflow + ".".join([*parts[:-2], key])
             members = sorted(i for i, p in paths.items() if p == top or p.startswith((top + "(", top + ".")))
             digest = fnv1a32(pod_path)
             pod = StepPod(
