@@ -206,11 +206,13 @@ def test_logs_follow_prints_each_new_line_once_until_the_step_ends(kfp, tiny_log
     chunks = epoch_chunks(text)
     assert len(chunks) == len(rows) + 1  # what comes before the first epoch, then one per epoch
     polls = [Poll("RUNNING", tasks={"train": "RUNNING"}, logs={"train": chunk}) for chunk in chunks]
-    kfp.outcome = Outcome(schedule=[*polls, Poll("SUCCEEDED", tasks={"train": "SUCCEEDED"})])
+    starting = [Poll("PENDING", tasks={}), Poll("RUNNING", tasks={"fetch-dataset": "RUNNING", "train": "PENDING"})]
+    kfp.outcome = Outcome(schedule=[*starting, *polls, Poll("SUCCEEDED", tasks={"train": "SUCCEEDED"})])
     run_id = submit(kfp)
     followed = invoke(["logs", run_id, "--host", kfp.url, "--follow"])
     assert followed.exit_code == 0, followed.output
     assert followed.stdout == text
+    assert followed.stderr == f"Run r1 is PENDING; waiting for step {TRAIN_STEP} to start.\n"
     assert len(kfp.calls("GET", r"/k8s/pod/logs$")) >= len(chunks)
 
 

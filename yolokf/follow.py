@@ -15,7 +15,17 @@ from typing import Any
 from yolokf.errors import ClusterError, RunFailedError, UsageError
 from yolokf.kfp_api import Cluster
 from yolokf.progress import TAIL_LINES, Epoch, EpochParser, seconds_left, step_error
-from yolokf.steplogs import NO_NAMES, TRAIN_STEP, Node, PipelineNames, StepPod, pipeline_names, read_log, step_pods
+from yolokf.steplogs import (
+    NO_NAMES,
+    TRAIN_STEP,
+    LogRead,
+    Node,
+    PipelineNames,
+    StepPod,
+    pipeline_names,
+    read_log,
+    step_pods,
+)
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED")
 # A PAUSED run moves again only when someone resumes it; following it would poll forever.
@@ -233,7 +243,8 @@ class ProgressWatch:
                 log = read_log(self.cluster, self.run_id, pod)
                 if log.text is None:
                     if not self.told and log.problem:
-                        self.notify(f"No log of {task.name} could be read ({log.problem}); following by state alone.")
+                        why = log.problem.rstrip(".")
+                        self.notify(f"No log of {task.name} could be read ({why}); following by state alone.")
                         self.told = True
                 else:
                     lines = log.text.splitlines()
@@ -428,9 +439,20 @@ def stream_log(
     """Write a step's log to `echo` (its last `tail` lines); with `follow`, go on writing new lines until the
     step ends. Returns the step as last seen. A log that cannot be read raises ClusterError, or with `follow`
     is said once through `notify` while the step is followed by state alone."""
-    run = get_report(cluster, run_id)
+    waiting = False
+    while True:  # with `follow`, a step that has not started yet is waited for until the run ends
+        run = get_report(cluster, run_id)
+        try:
+            task = find_step(run, step, trial)
+            break
+        except UsageError:
+            if not follow or run.state in TERMINAL_STATES or run.state in STOP_STATES:
+                raise
+        if not waiting:
+            notify(f"Run {run.name} is {run.state}; waiting for step {step or TRAIN_STEP} to start.")
+            waiting = True
+        time.sleep(poll_interval)
     names: PipelineNames | None = None
-    task = find_step(run, step, trial)
     pod_name, written, told = "", 0, False
     while True:
         assert task.pod is not None
@@ -439,12 +461,13 @@ def stream_log(
                 notify(f"Step {task.name} is retried: attempt {task.pod.attempt}, pod {task.pod.pod_name}")
             pod_name, written = task.pod.pod_name, 0
         ended = task.state in TERMINAL_STATES
-        log = read_log(cluster, run_id, task.pod)
+        started = task.state not in ("PENDING", "RUNTIME_STATE_UNSPECIFIED")  # a pod not running has no log yet
+        log = read_log(cluster, run_id, task.pod) if started or not follow else LogRead(None, None)
         if log.text is None:
-            message = f"No log of step {task.name} could be read: {log.problem}."
+            message = f"No log of step {task.name} could be read: {(log.problem or '').rstrip('.')}."
             if not follow:
                 raise ClusterError(f"{message} Its pod is {task.pod.pod_name}.")
-            if not told:
+            if started and not told:
                 notify(f"{message} Following its state alone.")
                 told = True
         else:
