@@ -39,6 +39,7 @@ def _hermetic(monkeypatch, tmp_path):
     empty = tmp_path / "no-token"
     empty.write_text("")
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(empty))
+    monkeypatch.setattr(reg_module, "RETRY_BACKOFF_S", 0.0)  # the in-step retries, without their pauses
     for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
 
@@ -218,8 +219,9 @@ def test_registering_the_same_run_again_changes_nothing(registry):
 
 
 def test_a_retry_after_a_partial_registration_completes_it(registry):
-    # The step dies after the version and its first artifact exist: the onnx artifact is refused.
-    registry.fail(503, method="POST", path=r"/artifacts$", body=r'"modelFormatName": "onnx"')
+    # The step dies after the version and its first artifact exist: the onnx artifact is refused, on every one
+    # of the step's own tries.
+    registry.fail(503, times=reg_module.ATTEMPTS, method="POST", path=r"/artifacts$", body=r'"modelFormatName": "onnx"')
     with pytest.raises(ModelRegistryError, match=re.escape(f"Model Registry at {registry.url} failed (HTTP 503)")):
         register(registration(registry), models())
     client = reader(registry)
@@ -244,7 +246,7 @@ def test_a_retry_after_a_partial_registration_completes_it(registry):
 def test_a_partial_version_never_competes_and_its_retry_is_checked_as_a_champion(registry):
     """A version whose artifacts failed stays ARCHIVED: a later run's champion check ignores it, and the retry
     of the partial run goes through the champion check it had not passed yet (issue 16)."""
-    registry.fail(503, method="POST", path=r"/artifacts$", body=r'"modelFormatName": "onnx"')
+    registry.fail(503, times=reg_module.ATTEMPTS, method="POST", path=r"/artifacts$", body=r'"modelFormatName": "onnx"')
     with pytest.raises(ModelRegistryError, match=r"failed \(HTTP 503\)"):
         register(champion(registry, "run-1"), models(0.90, run="run-1"))
     second = register(champion(registry, "run-2"), models(0.50, run="run-2"))
@@ -257,6 +259,21 @@ def test_a_partial_version_never_competes_and_its_retry_is_checked_as_a_champion
     assert "mAP50-95 0.9 beats version run-2's 0.5" in retry.message
     client = reader(registry)
     assert [(v.name, v.state) for v in client.get_model_versions(MODEL)] == [("run-1", "LIVE"), ("run-2", "LIVE")]
+
+
+def test_a_gateway_error_is_tried_again_inside_the_step_and_a_refusal_is_not(registry, secured):
+    registry.fail(503, method="POST", path=r"/artifacts$", body=r'"modelFormatName": "onnx"')
+    registry.fail(0, method="GET", path=r"/registered_models$")  # a dropped connection first
+
+    result = register(registration(registry), models())
+
+    assert result.status == "completed"  # the second try found the first one's ARCHIVED version and finished it
+    assert [r.status for r in registry.calls("POST", r"/artifacts$")].count(503) == 1
+    mv = reader(registry).get_model_version(MODEL, "run-1")
+    assert mv is not None and mv.state == "LIVE"
+    with pytest.raises(ModelRegistryError, match=r"refused the token \(HTTP 401\)"):
+        register(registration(secured, token="wrong-token-value"), models())
+    assert len(secured.requests) == 1  # a refused credential fails at once
 
 
 def test_a_second_run_is_a_second_version_of_the_same_model(registry):

@@ -24,6 +24,7 @@ import functools
 import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,9 @@ T = TypeVar("T")
 REQUEST_TIMEOUT_S = 60.0
 # Metadata ints must match ^-?([1-9][0-9]{0,8}|0)$ (mr_openapi's MetadataIntValue): larger ones go as text.
 MAX_METADATA_INT = 999_999_999
+# Tries of one registration inside the step, and the first pause between them (doubled each time).
+ATTEMPTS = 3
+RETRY_BACKOFF_S = 2.0
 # The format whose metrics --champion compares when there is one; else the first format given.
 CHAMPION_FORMAT = "pytorch"
 
@@ -90,12 +94,37 @@ def check_registry(url: str, token: str | None, ca_bundle: str | None) -> None:
 
 
 def register(registration: Registration, models: list[ModelFile]) -> RegistrationResult:
-    """Register `models` (one per format) as version `registration.version`; see the module docstring."""
+    """Register `models` (one per format) as version `registration.version`; see the module docstring.
+
+    A network error or a 502/503/504 is tried again inside the step, ATTEMPTS times in all with backoff
+    (docs/cluster.md, "Retries"): a registration is idempotent, so the next try completes what the last left.
+    """
     reg = registration
     _check_input(reg, models)
-    with _errors(reg.url, reg.token):
-        client = _connect(reg.url, reg.token, reg.ca_bundle, author=reg.author)
-        return _register(client, reg, models)
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with _errors(reg.url, reg.token):
+                client = _connect(reg.url, reg.token, reg.ca_bundle, author=reg.author)
+                return _register(client, reg, models)
+        except ModelRegistryError as exc:
+            if attempt == ATTEMPTS or not _transient(exc.__cause__):
+                raise
+            time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _transient(cause: BaseException | None) -> bool:
+    """A failure another try may not meet: no connection, no answer in time, a gateway's 502/503/504."""
+    import aiohttp
+
+    with _quiet_client_logging():
+        from mr_openapi.exceptions import ApiException
+
+    if isinstance(cause, ApiException):
+        return cause.status in (502, 503, 504)
+    if isinstance(cause, aiohttp.ClientSSLError):  # a certificate does not heal by waiting
+        return False
+    return isinstance(cause, aiohttp.ClientConnectionError | asyncio.TimeoutError | ConnectionError)
 
 
 # --- Registration ---------------------------------------------------------------------------------------
