@@ -89,6 +89,76 @@ def test_a_dataset_ultralytics_cannot_find_is_one_line(tmp_path):
         dataset_spec("no-such-set.yaml")
 
 
+def _results(task: str, boxes: list[list[float]], shift: float = 0.0, classes: list[int] | None = None):
+    """ultralytics' own Results for one 100x100 image, as a model of `task` would return them: `boxes` are
+    x1, y1, x2, y2 (moved right by `shift` px), confidence 0.9, the given classes (default 0)."""
+    import torch
+    from ultralytics.engine.results import Results
+
+    image = np.zeros((100, 100, 3), dtype=np.uint8)
+    names = {0: "circle", 1: "square"}
+    if task == "classify":
+        return Results(image, "x.png", names, probs=torch.tensor([0.2, 0.8] if classes == [1] else [0.8, 0.2]))
+    classes = classes or [0] * len(boxes)
+    xyxy = torch.tensor([[x1 + shift, y1, x2 + shift, y2] for x1, y1, x2, y2 in boxes], dtype=torch.float32)
+    rows = torch.cat([xyxy, torch.full((len(boxes), 1), 0.9), torch.tensor(classes, dtype=torch.float32)[:, None]], 1)
+    if task == "obb":
+        cx, cy = (xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2
+        w, h = xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]
+        xywhr = torch.stack([cx, cy, w, h, torch.full_like(cx, 0.3)], 1)
+        return Results(image, "x.png", names, obb=torch.cat([xywhr, rows[:, 4:]], 1))
+    if task == "segment":
+        masks = torch.zeros((len(boxes), 100, 100))
+        for index, (x1, y1, x2, y2) in enumerate(xyxy.int().tolist()):
+            masks[index, y1:y2, x1:x2] = 1
+        return Results(image, "x.png", names, boxes=rows, masks=masks)
+    if task == "pose":  # the box corners as keypoints, visible
+        kpts = torch.stack([xyxy[:, [0, 1]], xyxy[:, [2, 1]], xyxy[:, [2, 3]], xyxy[:, [0, 3]]], 1)
+        return Results(image, "x.png", names, boxes=rows, keypoints=torch.cat([kpts, torch.ones(len(boxes), 4, 1)], 2))
+    return Results(image, "x.png", names, boxes=rows)
+
+
+@pytest.mark.parametrize("task", ["detect", "segment", "pose", "obb"])
+def test_prediction_agreement_matches_the_tasks_own_outputs(task):
+    """issue 16: an export's boxes (masks, keypoints, rotated boxes) count as the .pt's only when they overlap at
+    IoU (OKS) >= 0.5 with the same class; what the export adds or misses lowers the rate."""
+    from yolokf.steps.export import prediction_agreement
+
+    boxes = [[10, 10, 40, 40], [50, 50, 90, 90]]
+    same = prediction_agreement([_results(task, boxes)], [_results(task, boxes)], task)
+    assert same == (1.0, 2, 2)
+    nudged = prediction_agreement([_results(task, boxes)], [_results(task, boxes, shift=3)], task)
+    assert nudged == (1.0, 2, 2)  # a few pixels off still overlaps
+    moved = prediction_agreement([_results(task, boxes)], [_results(task, boxes, shift=25)], task)
+    assert moved[0] < 0.5 and moved[1:] == (2, 2)  # a quarter of the image off: not the same objects
+    relabelled = prediction_agreement([_results(task, boxes)], [_results(task, boxes, classes=[0, 1])], task)
+    assert relabelled == (0.5, 2, 2)
+    missing = prediction_agreement([_results(task, boxes)], [_results(task, boxes[:1])], task)
+    assert missing == (0.5, 2, 1)
+    extra = prediction_agreement([_results(task, boxes[:1])], [_results(task, boxes)], task)
+    assert extra == (0.5, 1, 2)
+
+
+def test_prediction_agreement_of_classifiers_is_the_same_top1():
+    from yolokf.steps.export import prediction_agreement
+
+    reference = [_results("classify", [], classes=[c]) for c in (0, 1, 1, 0)]
+    exported = [_results("classify", [], classes=[c]) for c in (0, 1, 0, 0)]
+    assert prediction_agreement(reference, exported, "classify") == (0.75, 4, 4)
+
+
+def test_a_classification_folder_hashes_the_same_wherever_it_is(tmp_path):
+    import shutil
+
+    from yolokf.datasets import builtin_dataset, dataset_hash
+
+    folder = builtin_dataset("shapes-cls")
+    moved = shutil.copytree(folder, tmp_path / "moved")
+    assert dataset_hash(str(moved)) == dataset_hash(str(folder))
+    (sorted((moved / "val").rglob("*.png"))[0]).unlink()
+    assert dataset_hash(str(moved)) != dataset_hash(str(folder))
+
+
 # --- bad input ----------------------------------------------------------------------------------------------------
 
 
