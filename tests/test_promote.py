@@ -629,3 +629,26 @@ def test_a_damaged_export_fails_parity_in_one_line(best_pt, tmp_path, shapes_yam
         r"\d+ predictions\), under --export-agreement 0\.9\.",
         str(agreement.value),
     ), str(agreement.value)
+
+
+@pytest.mark.slow
+def test_names_come_from_the_data_a_run_received_not_the_compiled_one(cli, tmp_path, best_pt, registry):
+    """issue 15: a compiled evaluate pipeline, uploaded and run with other data, registers and serves under that
+    data's name (the steps derive `<model>-<data>` from what they received)."""
+    from kfp import components, local
+
+    from yolokf.shapes import write_dataset
+
+    parts = tmp_path / "parts"
+    write_dataset(parts, train=4, val=4, test=8, imgsz=128, seed=7)
+    out = tmp_path / "eval.yaml"
+    args = ["--model", best_pt, "--data", "shapes", "--export", "onnx", "--registry", registry.url, "--out", out]
+    result = cli(["evaluate", *args, *CLUSTER])
+    assert result.exit_code == 0, result.output
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    run = components.load_component_from_file(str(out))(data=str(parts))
+
+    (model,) = registry.registered_models.values()
+    assert model["name"] == "best-parts"
+    (repository,) = Path(run.outputs["onnx"].path, "triton").iterdir()
+    assert repository.name == "best-parts"
