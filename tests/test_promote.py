@@ -331,6 +331,9 @@ def test_a_plain_run_has_only_the_training_step_and_tune_hands_its_best_on(cli, 
         "producerTask": "sweep-report",
         "outputArtifactKey": "best",
     }
+    # The best trial's image size is in its weights: evaluation and export read it there (issue 16).
+    assert "imgsz" not in tasks["yolo-evaluate"]["inputs"]["parameters"]
+    assert tasks["yolo-export"]["inputs"]["parameters"]["imgsz"]["runtimeValue"]["constant"] == 0
 
 
 # --- real local runs ----------------------------------------------------------------------------------------------
