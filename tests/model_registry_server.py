@@ -271,6 +271,7 @@ class ModelRegistryServer:
         self.requests: list[Request] = []
         self.bugs: list[str] = []  # answers that failed check_response, and crashes
         self.faults: list[Fault] = []
+        self.races: list[tuple[str, str, Any]] = []  # (method, path regex, what another client does first)
         self.registered_models: dict[str, dict[str, Any]] = {}  # id -> the JSON the server answers
         self.versions: dict[str, dict[str, Any]] = {}
         self.artifacts: dict[str, dict[str, Any]] = {}
@@ -328,6 +329,20 @@ class ModelRegistryServer:
         `status`, after `delay` seconds. Status 0 drops the connection; 200 serves the request after the delay."""
         with self._lock:
             self.faults.append(Fault(status, times, method, path, delay, body))
+
+    def race(self, method: str, path: str, action: Any) -> None:
+        """Before the next request that matches (method, regex searched in the path) is served, run `action()`:
+        another client's requests, served first, as when two steps register at once."""
+        with self._lock:
+            self.races.append((method, path, action))
+
+    def _race_for(self, method: str, path: str) -> Any:
+        with self._lock:
+            for race in self.races:
+                if race[0] == method and re.search(race[1], path):
+                    self.races.remove(race)
+                    return race[2]
+        return None
 
     def calls(self, method: str, path_regex: str) -> list[Request]:
         return [r for r in self.requests if r.method == method and re.search(path_regex, r.path)]
@@ -703,6 +718,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(record, 403, FORBIDDEN, "text/plain; charset=utf-8")
             if sent != registry.token:
                 return self._send(record, 401, b"Unauthorized\n", "text/plain; charset=utf-8")
+        action = registry._race_for(self.command, url.path)
+        if action is not None:
+            action()
         try:
             status, model, payload = registry.dispatch(self.command, url.path, query, body)
         except ApiError as exc:

@@ -39,6 +39,7 @@ def _hermetic(monkeypatch, tmp_path):
     empty = tmp_path / "no-token"
     empty.write_text("")
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(empty))
+    monkeypatch.setattr(reg_module, "RETRY_BACKOFF_S", 0.0)  # the in-step retries, without their pauses
     for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
 
@@ -218,20 +219,61 @@ def test_registering_the_same_run_again_changes_nothing(registry):
 
 
 def test_a_retry_after_a_partial_registration_completes_it(registry):
-    # The step dies after the version and its first artifact exist: the onnx artifact is refused.
-    registry.fail(503, method="POST", path=r"/artifacts$", body=r'"modelFormatName": "onnx"')
+    # The step dies after the version and its first artifact exist: the onnx artifact is refused, on every one
+    # of the step's own tries.
+    registry.fail(503, times=reg_module.ATTEMPTS, method="POST", path=r"/artifacts$", body=r'"modelFormatName": "onnx"')
     with pytest.raises(ModelRegistryError, match=re.escape(f"Model Registry at {registry.url} failed (HTTP 503)")):
         register(registration(registry), models())
     client = reader(registry)
     mv = client.get_model_version(MODEL, "run-1")
     assert mv is not None and [a.name for a in artifacts_of(client, mv.id)] == [f"{MODEL}-pytorch"]
 
+    assert mv.state == "ARCHIVED"  # partial: not LIVE, so no champion check counts it
+
     retry = register(registration(registry), models())
 
-    assert retry.status == "already registered"
-    assert retry.message.endswith("(3 artifacts, 2 added now)")
+    assert retry.status == "completed"
+    assert retry.message.startswith(f"Completed the partial registration of {MODEL} version run-1 (3 artifacts)")
     assert [a.model_format_name for a in artifacts_of(client, mv.id)] == ["pytorch", "onnx", "openvino"]
     assert [v.name for v in client.get_model_versions(MODEL)] == ["run-1"]
+    whole = client.get_model_version(MODEL, "run-1")
+    assert whole is not None and whole.state == "LIVE"
+    assert whole.custom_properties is not None and whole.custom_properties["dataset_hash"] == DATASET
+    again = register(registration(registry), models())
+    assert (again.status, again.message.endswith("(3 artifacts, 0 added now)")) == ("already registered", True)
+
+
+def test_a_partial_version_never_competes_and_its_retry_is_checked_as_a_champion(registry):
+    """A version whose artifacts failed stays ARCHIVED: a later run's champion check ignores it, and the retry
+    of the partial run goes through the champion check it had not passed yet (issue 16)."""
+    registry.fail(503, times=reg_module.ATTEMPTS, method="POST", path=r"/artifacts$", body=r'"modelFormatName": "onnx"')
+    with pytest.raises(ModelRegistryError, match=r"failed \(HTTP 503\)"):
+        register(champion(registry, "run-1"), models(0.90, run="run-1"))
+    second = register(champion(registry, "run-2"), models(0.50, run="run-2"))
+    assert second.status == "registered"
+    assert "first version with pytorch.mAP50-95" in second.message  # run-1's 0.90 was not counted
+
+    retry = register(champion(registry, "run-1"), models(0.90, run="run-1"))
+
+    assert retry.status == "completed"
+    assert "mAP50-95 0.9 beats version run-2's 0.5" in retry.message
+    client = reader(registry)
+    assert [(v.name, v.state) for v in client.get_model_versions(MODEL)] == [("run-1", "LIVE"), ("run-2", "LIVE")]
+
+
+def test_a_gateway_error_is_tried_again_inside_the_step_and_a_refusal_is_not(registry, secured):
+    registry.fail(503, method="POST", path=r"/artifacts$", body=r'"modelFormatName": "onnx"')
+    registry.fail(0, method="GET", path=r"/registered_models$")  # a dropped connection first
+
+    result = register(registration(registry), models())
+
+    assert result.status == "completed"  # the second try found the first one's ARCHIVED version and finished it
+    assert [r.status for r in registry.calls("POST", r"/artifacts$")].count(503) == 1
+    mv = reader(registry).get_model_version(MODEL, "run-1")
+    assert mv is not None and mv.state == "LIVE"
+    with pytest.raises(ModelRegistryError, match=r"refused the token \(HTTP 401\)"):
+        register(registration(secured, token="wrong-token-value"), models())
+    assert len(secured.requests) == 1  # a refused credential fails at once
 
 
 def test_a_second_run_is_a_second_version_of_the_same_model(registry):
@@ -359,14 +401,33 @@ def test_no_token_says_how_to_give_one(secured):
         check_registry(secured.url, None, None)
 
 
-def test_the_pods_token_is_used_when_none_is_given(secured, tmp_path, monkeypatch):
+def test_the_pods_token_goes_over_https_only(tls_registry, cert, secured, tmp_path, monkeypatch):
+    """issue 16: the pod's service-account token travels to https registries; to an http one only a token the
+    user gives explicitly (--registry-token-file) does, and a line says which."""
+    from yolokf.steps.publish import registry_token
+
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token_file))
 
-    check_registry(secured.url, None, None)
+    check_registry(tls_registry.url, None, str(cert[0]))
+    assert tls_registry.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
 
-    assert secured.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
+    with pytest.raises(ModelRegistryError, match=r"refused the request without a valid token \(HTTP 401\)"):
+        check_registry(secured.url, None, None)
+    assert len(secured.requests) == 1
+    assert TOKEN not in secured.requests[0].headers.get("authorization", "")
+
+    token, said = registry_token(secured.url, str(token_file))
+    check_registry(secured.url, token, None)
+    assert secured.requests[-1].headers["authorization"] == f"Bearer {TOKEN}"
+    assert said == f"sending the token from {token_file} over plain http, unencrypted, as asked."
+    assert registry_token(secured.url, "") == (
+        None,
+        f"not sending the pod's service-account token to {secured.url} (plain http); give --registry-token-file to "
+        "send a token anyway.",
+    )
+    assert registry_token(tls_registry.url, "") == (None, "sending the pod's service-account token over https.")
 
 
 def test_an_unreachable_registry(registry):
@@ -462,9 +523,21 @@ def post(server: ModelRegistryServer, path: str, body: object) -> requests.Respo
         ({"name": "m", "colour": "red"}, 400, 'json: unknown field "colour"'),
         ({"name": 7}, 400, "RegisteredModelCreate.name"),
         ({"name": "m", "state": "GONE"}, 400, "RegisteredModelCreate.state"),
-        ({"name": "m", "customProperties": {"n": {"metadataType": "MetadataIntValue", "int_value": "1.5"}}}, 400, ""),
-        ({"name": "m", "customProperties": {"n": {"metadataType": "MetadataFloatValue", "float_value": 1}}}, 400, ""),
-        ({"name": "m", "customProperties": {"n": {"metadataType": "MetadataIntValue", "int_value": 1}}}, 400, ""),
+        (
+            {"name": "m", "customProperties": {"n": {"metadataType": "MetadataIntValue", "int_value": "1.5"}}},
+            400,
+            "RegisteredModelCreate.customProperties[n].int_value",
+        ),
+        (
+            {"name": "m", "customProperties": {"n": {"metadataType": "MetadataFloatValue", "float_value": 1}}},
+            400,
+            'metadataType "MetadataFloatValue" is not one of',
+        ),
+        (
+            {"name": "m", "customProperties": {"n": {"metadataType": "MetadataIntValue", "int_value": 1}}},
+            400,
+            "cannot unmarshal number into Go struct field RegisteredModelCreate.customProperties[n].int_value",
+        ),
         ([{"name": "m"}], 400, "cannot unmarshal array"),
         # Missing required: the Go server's RequiredError, answered 422 by its DefaultErrorHandler.
         ({}, 422, "required field 'name' is zero value."),
@@ -476,8 +549,32 @@ def test_the_server_refuses_bodies_the_real_one_refuses(registry, body, status, 
 
     assert answer.status_code == status
     assert answer.json()["code"] == "Bad Request"
-    assert message in answer.json()["message"]
+    assert message and message in answer.json()["message"]
     assert registry.registered_models == {}
+
+
+@pytest.mark.parametrize("what", ["registered_models", "model_versions"])
+def test_two_steps_registering_at_once_make_one_model_and_version(registry, what):
+    """Another step creates the same registered model (or version) between this step's lookup and its create:
+    the server answers 409 as upstream does (kubeflow/hub internal/core/registered_model.go:48,
+    model_version.go:54), and the step goes on with the item the other created."""
+    if what == "model_versions":
+        # The registered model exists; the race is on the version.
+        reader(registry).register_model(
+            MODEL, "s3://b/m", version="other", model_format_name="onnx", model_format_version="17"
+        )
+    registry.race("POST", rf"/{what}$", lambda: register(registration(registry), models()))
+
+    result = register(registration(registry), models())
+
+    conflicts = [r for r in registry.calls("POST", rf"/{what}$") if r.status == 409]
+    assert len(conflicts) == 1
+    assert result.status in ("registered", "completed", "already registered")
+    client = reader(registry)
+    assert len(registry.registered_models) == 1
+    mv = client.get_model_version(MODEL, "run-1")
+    assert mv is not None and mv.state == "LIVE"
+    assert [a.model_format_name for a in artifacts_of(client, mv.id)] == ["pytorch", "onnx", "openvino"]
 
 
 def test_the_server_answers_409_for_duplicate_names(registry):

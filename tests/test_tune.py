@@ -59,6 +59,7 @@ def test_sobol_is_the_sequence_torch_draws():
     theirs = torch.quasirandom.SobolEngine(13, scramble=False).draw(256).tolist()
     assert len(ours) == 256 and ours == theirs
     shifted = sobol(13, 256, seed=5)
+    assert len(shifted) == 256 and {len(point) for point in shifted} == {13}
     assert shifted != ours and all(0 <= u < 1 for point in shifted for u in point)
     with pytest.raises(UsageError, match="--sampler sobol varies at most 13 settings; use --sampler random."):
         sobol(14, 4, seed=0)

@@ -247,7 +247,10 @@ CONNECTION_OPTIONS: dict[str, tuple[Any, Any]] = {
             Path | None,
             typer.Option(
                 envvar="YOLOKF_KFP_TOKEN_FILE",
-                help="File holding a bearer token. Else $KFP_TOKEN, else kfp's $KF_PIPELINES_SA_TOKEN_PATH.",
+                help=(
+                    "File holding a bearer token. Else $YOLOKF_KFP_TOKEN or $KFP_TOKEN, else "
+                    "$KF_PIPELINES_SA_TOKEN_PATH."
+                ),
                 rich_help_panel=KFP_PANEL,
             ),
         ],
@@ -355,7 +358,7 @@ PROMOTE_OPTIONS: dict[str, tuple[Any, Any]] = {
         ),
         None,
     ),
-    "export_imgsz": (_promote_option(int | None, "Export image size. Default: --imgsz."), None),
+    "export_imgsz": (_promote_option(int | None, "Export image size. Default: the weights' training imgsz."), None),
     "dynamic": (_promote_option(bool, "Export with a dynamic batch (and image) size.", "--dynamic"), False),
     "half": (_promote_option(bool, "Export in half precision (GPU).", "--half"), False),
     "simplify": (
@@ -363,8 +366,12 @@ PROMOTE_OPTIONS: dict[str, tuple[Any, Any]] = {
         _PROMOTE_DEFAULTS.simplify,
     ),
     "export_tolerance": (
-        _promote_option(float, "Largest mAP50-95 (top-1) difference of an export from the .pt model."),
+        _promote_option(float, "Largest relative change of the task's metric of an export from the .pt model's."),
         _PROMOTE_DEFAULTS.export_tolerance,
+    ),
+    "export_agreement": (
+        _promote_option(float, "Smallest share of the .pt's predictions an export must repeat (IoU>=0.5)."),
+        _PROMOTE_DEFAULTS.export_agreement,
     ),
     "gate": (
         _promote_option(
@@ -380,7 +387,10 @@ PROMOTE_OPTIONS: dict[str, tuple[Any, Any]] = {
         _promote_option(str | None, "Kubeflow Model Registry URL to register the model in.", envvar="YOLOKF_REGISTRY"),
         None,
     ),
-    "registered_model": (_promote_option(str | None, "Registered model name. Default: <model>-<data>."), None),
+    "registered_model": (
+        _promote_option(str | None, "Registered model name. Default: <model>-<data> of the run."),
+        None,
+    ),
     "registry_token_file": (
         _promote_option(
             str | None,
@@ -399,6 +409,22 @@ PROMOTE_OPTIONS: dict[str, tuple[Any, Any]] = {
     "champion_margin": (
         _promote_option(float, "How much better a champion must be."),
         _PROMOTE_DEFAULTS.champion_margin,
+    ),
+    "registry_token_secret": (
+        _promote_option(str | None, "Secret (key 'token') with the registry token, mounted into the register step."),
+        None,
+    ),
+    "registry_ca_configmap": (
+        _promote_option(str | None, "ConfigMap (key 'ca.crt') with the registry's CA, mounted into the register step."),
+        None,
+    ),
+    "serving_service_account": (
+        _promote_option(str | None, "InferenceService service account (KServe's S3/MinIO credentials)."),
+        None,
+    ),
+    "serving_max_batch": (
+        _promote_option(int, "Triton max_batch_size of a --dynamic ONNX export."),
+        _PROMOTE_DEFAULTS.serving_max_batch,
     ),
 }
 

@@ -189,22 +189,73 @@ def prepare_dataset(root: Path, workdir: Path) -> str:
     return str(out)
 
 
-def dataset_hash(data: str) -> str:
-    """A content hash of a local dataset (every file under its root: images, labels, the YAML), so registered
-    models trained on the same data can be compared (`--champion`). Ultralytics' label caches are left out."""
-    import hashlib
+_IMAGE_FORMATS = (".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic")
+
+
+def dataset_spec(data: str) -> dict[str, Any]:
+    """ultralytics' own view of a local dataset, resolved as training resolves it: `check_cls_dataset` for a
+    classification folder, else `check_det_dataset` (a YAML path, a folder with one, or a name ultralytics knows such
+    as coco8.yaml under its datasets_dir). Splits come back as absolute paths, `names` as {index: name}.
+
+    Never downloads: a dataset that is not on disk is a DataError (issue 16).
+    """
+    from yolokf.steps.train import prepare_environment
+
+    prepare_environment()
+    from ultralytics.data.utils import check_cls_dataset, check_det_dataset
 
     path = Path(data)
-    root = path if path.is_dir() else dataset_root(path)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".cache")
-    if path.is_file() and not path.is_relative_to(root):
-        files.append(path)
+    try:
+        if path.is_dir() and (path / "train").is_dir() and not any(path.glob("*.y*ml")):
+            return check_cls_dataset(str(path))
+        return check_det_dataset(str(data), autodownload=False)
+    except (FileNotFoundError, SyntaxError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"Dataset {data}: {first}") from None
+
+
+def split_images(spec: dict[str, Any], split: str) -> list[Path]:
+    """The image files of one split of `dataset_spec`'s result: its folders walked, its list files (.txt) read."""
+    entries = spec.get(split)
+    found: list[Path] = []
+    for entry in entries if isinstance(entries, list) else [entries] if entries else []:
+        where = Path(entry)
+        if where.is_dir():
+            found += [p for p in where.rglob("*") if p.suffix.lower() in _IMAGE_FORMATS and p.is_file()]
+        elif where.is_file() and where.suffix == ".txt":  # ultralytics' list file: one image per line
+            for line in where.read_text().splitlines():
+                line = line.strip()
+                if line:
+                    image = Path(line) if Path(line).is_absolute() else where.parent / line.removeprefix("./")
+                    found.append(image.resolve())
+    return sorted(set(found))
+
+
+def dataset_hash(data: str) -> str:
+    """A content hash of a dataset: its class names and, per split, every image and label file by its path under
+    the dataset root and its bytes. Nothing else: not the YAML (a downloaded dataset's rewritten `path:` names the
+    run's own folder), not ultralytics' label caches, not where the dataset lies. The same images and labels from a
+    local folder, a PVC or s3:// hash the same, so `--champion` compares runs on the same data (issue 16)."""
+    import hashlib
+    import json
+
+    from ultralytics.data.utils import img2label_paths
+
+    spec = dataset_spec(data)
+    classify = "path" not in spec
+    root = Path(spec["train"]).parent if classify else Path(spec["path"]).resolve()
     digest = hashlib.sha256()
-    for file in files:
-        digest.update(str(file.relative_to(root) if file.is_relative_to(root) else file.name).encode() + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+    names = {int(k): str(v) for k, v in dict(spec["names"]).items()}
+    digest.update(json.dumps({"names": names, "kpt_shape": spec.get("kpt_shape")}, sort_keys=True).encode())
+    for split in ("train", "val", "test"):
+        images = split_images(spec, split)
+        labels = [] if classify else [Path(p) for p in img2label_paths([str(i) for i in images])]
+        for file in sorted(images + [p for p in labels if p.is_file()]):
+            name = file.relative_to(root).as_posix() if file.is_relative_to(root) else file.name
+            digest.update(f"\0{split}\0{name}\0{file.stat().st_size}\0".encode())
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
     return "sha256:" + digest.hexdigest()
 
 

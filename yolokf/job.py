@@ -65,8 +65,7 @@ class Job:
         """This job with the steps after training that `options` ask for (none: a plain training pipeline)."""
         if not (options.active or self.evaluate_only or options.champion or options.registered_model):
             return self  # a plain training pipeline; nothing to check or import
-        from yolokf.promote import plan_promotion
-        from yolokf.tasks import model_task
+        from yolokf.promote import plan_promotion, promoted_task
 
         local = self.step.image == "local"
 
@@ -78,7 +77,7 @@ class Job:
             return bool(torch.cuda.is_available())
 
         options = replace(options, evaluate=options.evaluate or self.evaluate_only)
-        promotion = plan_promotion(options, task=model_task(self.config.model), stem=self.stem, gpu=gpu, local=local)
+        promotion = plan_promotion(options, task=promoted_task(self.config.model), stem=self.stem, gpu=gpu, local=local)
         return replace(self, promotion=promotion)
 
     def with_sweep(self, sweep: Sweep) -> Job:

@@ -7,6 +7,7 @@ training fields (`yolokf.settings.TrainConfig`), so a field is never listed here
 """
 
 import contextlib
+import dataclasses
 import inspect
 import linecache
 import os
@@ -86,6 +87,8 @@ def _generated_function(name: str, source: str) -> Any:
         "Artifact": Artifact,
         "Dataset": Dataset,
         "OutputPath": OutputPath,
+        "ClassificationMetrics": ClassificationMetrics,
+        "Markdown": Markdown,
     }
     exec(compile(source, filename, "exec"), namespace)
     return namespace[name]
@@ -149,84 +152,45 @@ def sweep_report(
     return report_step(results, history, metric, mode, rounds, best=best, metrics=metrics, report=report, table=table)
 
 
-@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
-def yolo_evaluate(
-    weights: Input[Model],
-    data: str,
-    imgsz: int,
-    batch: int,
-    device: str,
-    metrics: Output[Metrics],
-    confusion: Output[ClassificationMetrics],
-    classes: Output[Markdown],
-    summary: OutputPath(str),  # type: ignore[valid-type]
-    dataset: Input[Dataset] = None,
-):
-    """Evaluate weights on the dataset's held-out split (yolokf)."""
-    inputs = dict(locals())  # the component's inputs and outputs, by name: the step function's arguments
+def _step_component(name: str, step: Callable[..., Any]) -> Any:
+    """A component whose signature is its step function's (issue 15): the source kfp embeds is generated from
+    `inspect.signature(step)`, whose annotations are kfp's types written in the step module (`Input[Model]`,
+    `OutputPath(str)`), and whose body hands every input and output on to `step` by name."""
+    parameters = list(inspect.signature(step).parameters.values())
+    # Inputs with defaults last, as Python requires of the generated function (the step's are keyword-only).
+    parameters.sort(key=lambda p: p.default is not inspect.Parameter.empty)
+    lines = [
+        f"{p.name}: {p.annotation}" + ("" if p.default is inspect.Parameter.empty else f" = {p.default!r}")
+        for p in parameters
+    ]
+    returns = inspect.signature(step).return_annotation
+    arrow = "" if returns in ("None", None, inspect.Signature.empty) else f" -> {returns}"
+    doc = (step.__doc__ or "").strip().splitlines()[0]
+    source = (
+        f"def {name}(\n    " + ",\n    ".join(lines) + f",\n){arrow}:\n"
+        f'    """{doc}"""\n'
+        "    inputs = dict(locals())\n"
+        f"    from {step.__module__} import {step.__name__}\n\n"
+        f"    return {step.__name__}(**inputs)\n"
+    )
+    return dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)(_generated_function(name, source))
+
+
+def _promote_components() -> tuple[Any, Any, Any, Any]:
     from yolokf.steps.evaluate import evaluate_step
-
-    evaluate_step(**inputs)
-
-
-@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
-def yolo_export(
-    weights: Input[Model],
-    fmt: str,
-    data: str,
-    imgsz: int,
-    batch: int,
-    device: str,
-    dynamic: bool,
-    half: bool,
-    simplify: bool,
-    tolerance: float,
-    previous: list,
-    serving_name: str,
-    model: Output[Model],
-    table: Output[Markdown],
-    dataset: Input[Dataset] = None,
-) -> list:
-    """Export weights to one format and check it against the .pt model (yolokf); returns every format so far."""
-    inputs = dict(locals())
     from yolokf.steps.export import export_step
-
-    return export_step(**inputs)
-
-
-@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
-def quality_gate(evaluation: str, gates: list, action: str) -> str:
-    """Check the evaluated metrics against the quality gates (yolokf): pass, or skip (fail fails the run)."""
     from yolokf.steps.gate import gate_step
-
-    return gate_step(evaluation, gates, action)
-
-
-@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
-def yolo_register(
-    weights: Input[Model],
-    evaluation: str,
-    exports: list,
-    registry: str,
-    registered_model: str,
-    token_file: str,
-    ca_bundle: str,
-    champion_metric: str,
-    champion_margin: float,
-    data: str,
-    image: str,
-    epochs: int,
-    imgsz: int,
-    run_id: str,
-    run_name: str,
-    pipeline_name: str,
-    dataset: Input[Dataset] = None,
-) -> str:
-    """Register the model, one artifact per format, in Kubeflow Model Registry (yolokf); returns what it did."""
-    inputs = dict(locals())
     from yolokf.steps.publish import register_step
 
-    return register_step(**inputs)
+    return (
+        _step_component("yolo_evaluate", evaluate_step),
+        _step_component("yolo_export", export_step),
+        _step_component("quality_gate", gate_step),
+        _step_component("yolo_register", register_step),
+    )
+
+
+yolo_evaluate, yolo_export, quality_gate, yolo_register = _promote_components()
 
 
 class PipelineOutputs(NamedTuple):
@@ -285,30 +249,41 @@ def _outputs(name: str, base: type, job: Job) -> Any:
 
 
 def _promote(job: Job, weights: Any, params: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
-    """The steps after training: evaluate, export each format (one after another), gate, register; their outputs."""
+    """The steps after training: evaluate, export each format (one after another), gate, register; their outputs.
+
+    Names, the champion metric and the image size are the steps' to derive from the run's values and the weights
+    (issues 15, 16). Evaluation and exports that need one hold one accelerator, whatever the training held: device
+    '0' in a pod with one GPU, the CPU for formats that need none (onnx, openvino, torchscript).
+    """
     promotion = job.promotion
     if promotion is None:
         return {}
-    common = {"data": params["data"], "batch": params["batch"], "device": params["device"], **inputs}
-    evaluation = yolo_evaluate(weights=weights, imgsz=params["imgsz"], **common)
-    apply_step_options(evaluation, job.step, "evaluate")
+    common = {"data": params["data"], "batch": params["batch"], **inputs}
+    evaluation = yolo_evaluate(weights=weights, device=_one_device(job, True, params), **common)
+    apply_step_options(evaluation, _one_gpu(job, True), "evaluate")
     outputs = {name: evaluation.outputs[name] for name in ("confusion", "classes")}
     outputs["evaluation"] = evaluation.outputs["metrics"]
     exports: Any = []
     for fmt in promotion.formats:
+        gpu = fmt in GPU_FORMATS or promotion.half
         export = yolo_export(
             weights=weights,
             fmt=fmt,
-            imgsz=promotion.export_imgsz or params["imgsz"],
+            imgsz=promotion.export_imgsz or 0,  # 0: the weights' own training imgsz
+            device=_one_device(job, gpu, params),
             dynamic=promotion.dynamic,
             half=promotion.half,
             simplify=promotion.simplify,
             tolerance=promotion.tolerance,
+            agreement=promotion.agreement,
             previous=exports,
             serving_name=promotion.serving_name,
+            serving_service_account=promotion.serving_service_account,
+            serving_max_batch=promotion.serving_max_batch,
+            run_model=params["model"],
             **common,
         )
-        apply_step_options(export, job.step, f"export {fmt}")
+        apply_step_options(export, _one_gpu(job, gpu), f"export {fmt}")
         exports, outputs[fmt], outputs["exports"] = (
             export.outputs["Output"],
             export.outputs["model"],
@@ -330,20 +305,49 @@ def _promote(job: Job, weights: Any, params: dict[str, Any], inputs: dict[str, A
                 exports=exports,
                 registry=promotion.registry,
                 registered_model=promotion.registered_model,
+                run_model=params["model"],
                 token_file=promotion.token_file,
                 ca_bundle=promotion.ca_bundle,
-                champion_metric=promotion.champion_metric,
+                champion=promotion.champion,
                 champion_margin=promotion.champion_margin,
                 data=params["data"],
                 image=job.step.image,
-                epochs=params.get("epochs", 0),  # `yolokf evaluate` trains nothing: 0 until read from the weights
-                imgsz=params["imgsz"],
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 pipeline_name=job.pipeline_name,
             )
             apply_select_options(register, job.step, "register")
+            _mount_registry_credentials(register, promotion)
     return outputs
+
+
+def _mount_registry_credentials(task: Any, promotion: Any) -> None:
+    """--registry-token-secret and --registry-ca-configmap, mounted where the step's token_file and ca_bundle
+    point (yolokf.promote), so no YAML needs editing."""
+    from kfp import kubernetes
+
+    from yolokf.promote import CA_CONFIGMAP_PATH, TOKEN_SECRET_PATH
+
+    if promotion.token_secret:
+        kubernetes.use_secret_as_volume(task, secret_name=promotion.token_secret, mount_path=TOKEN_SECRET_PATH)
+    if promotion.ca_configmap:
+        kubernetes.use_config_map_as_volume(task, config_map_name=promotion.ca_configmap, mount_path=CA_CONFIGMAP_PATH)
+
+
+# ultralytics' export formats that need a CUDA device (TensorRT); the others export and run on the CPU.
+GPU_FORMATS = ("engine",)
+
+
+def _one_gpu(job: Job, needs_gpu: bool) -> Any:
+    """The step options of a promote step: one accelerator when the training held any and the step can use it."""
+    return dataclasses.replace(job.step, gpus=1 if needs_gpu and job.step.gpus else None)
+
+
+def _one_device(job: Job, needs_gpu: bool, params: dict[str, Any]) -> Any:
+    """The ultralytics device of a promote step: the run's own when the pipeline decides no GPUs (--gpus unset)."""
+    if job.step.gpus is None:
+        return params["device"]
+    return "0" if needs_gpu and job.step.gpus else "cpu"
 
 
 def build_pipeline(job: Job) -> Any:

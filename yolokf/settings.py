@@ -128,7 +128,8 @@ class PromoteOptions:
     dynamic: bool = False
     half: bool = False
     simplify: bool = True
-    export_tolerance: float = 0.01
+    export_tolerance: float = 0.02  # relative to the .pt's metric (yolokf.steps.export)
+    export_agreement: float = 0.9
     gates: tuple[str, ...] = ()
     gate_action: str = "skip"
     registry: str | None = None
@@ -137,6 +138,10 @@ class PromoteOptions:
     registry_ca_bundle: str | None = None
     champion: bool = False
     champion_margin: float = 0.0
+    registry_token_secret: str | None = None  # a Secret (key `token`) mounted into the registration step
+    registry_ca_configmap: str | None = None  # a ConfigMap (key `ca.crt`) mounted into the registration step
+    serving_service_account: str | None = None  # the InferenceService's (KServe's storage credentials)
+    serving_max_batch: int = 8  # Triton's max_batch_size for a --dynamic ONNX export
 
     @property
     def active(self) -> bool:

@@ -11,10 +11,38 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from yolokf.datasets import load_data_yaml
+from yolokf.datasets import dataset_spec
 from yolokf.steps.train import prepare_environment, readable_metrics
+
+if TYPE_CHECKING:  # the component's types: pipeline.py generates yolo_evaluate from this signature (issue 15)
+    from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output, OutputPath
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What a weights file says about itself (its checkpoint), never its file name or a CLI default (issue 16)."""
+
+    task: str
+    epochs: int  # epochs trained (results rows), else the epochs it was configured for
+    imgsz: int
+
+
+def weights_info(weights: str | Path) -> WeightsInfo:
+    """The task, trained epochs and image size recorded in an ultralytics checkpoint (`train_args`, `train_results`)."""
+    prepare_environment()
+    from ultralytics.nn.tasks import guess_model_task, torch_safe_load
+
+    checkpoint, _ = torch_safe_load(str(weights))
+    args = dict(checkpoint.get("train_args") or {})
+    model = checkpoint.get("model")
+    task = str(args.get("task") or getattr(model, "task", "") or guess_model_task(model))
+    results = checkpoint.get("train_results") or {}
+    trained = len(results.get("epoch") or [])  # one row per epoch trained (early stopping, --halving rounds)
+    epochs = trained or int(args.get("epochs") or 0)
+    imgsz = args.get("imgsz") or 640
+    return WeightsInfo(task=task, epochs=epochs, imgsz=int(max(imgsz) if isinstance(imgsz, list) else imgsz))
 
 
 @dataclass
@@ -31,11 +59,9 @@ class Evaluation:
 
 
 def held_out_split(data: str) -> str:
-    """`test` when the dataset has a test split (a YAML `test:` entry, or a classification `test/` folder)."""
-    path = Path(data)
-    if path.is_dir():
-        return "test" if (path / "test").is_dir() else "val"
-    return "test" if load_data_yaml(path).get("test") else "val"
+    """`test` when the dataset has a test split (a YAML `test:` entry, or a classification `test/` folder), as
+    ultralytics resolves the dataset (any name, YAML or folder training accepts)."""
+    return "test" if dataset_spec(data).get("test") else "val"
 
 
 def validate(
@@ -117,24 +143,28 @@ def _cell(value: Any) -> str:
 
 def evaluate_step(
     *,
-    weights: Any,
-    metrics: Any,
-    confusion: Any,
-    classes: Any,
-    summary: str,
+    weights: Input[Model],
     data: str,
-    imgsz: int,
     batch: int,
     device: str,
-    dataset: Any = None,
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    classes: Output[Markdown],
+    summary: OutputPath(str),  # type: ignore[valid-type]
+    dataset: Input[Dataset] = None,
 ) -> None:
-    """Entry point of the pipeline's evaluation component: `weights` is the training step's Model artifact."""
+    """Evaluate weights on the dataset's held-out split (yolokf), at the image size they were trained at.
+
+    The summary (for the gate and the registration step) carries what the weights and the data say of themselves:
+    the task, trained epochs and image size from the checkpoint, and the dataset's content hash.
+    """
     from yolokf.datasets import dataset_hash, step_data
 
     with tempfile.TemporaryDirectory(prefix="yolokf-evaluate-") as workdir:
         local = step_data(data, dataset, Path(workdir))
         best = weights_file(weights)
-        evaluation = evaluate(best, local, imgsz=imgsz, batch=batch, device=device, workdir=Path(workdir))
+        info = weights_info(best)
+        evaluation = evaluate(best, local, imgsz=info.imgsz, batch=batch, device=device, workdir=Path(workdir))
         digest = dataset_hash(local)
     for name, value in evaluation.metrics.items():
         metrics.log_metric(name, value)
@@ -143,10 +173,20 @@ def evaluate_step(
         confusion.log_confusion_matrix(evaluation.categories, evaluation.matrix)
     Path(classes.path).parent.mkdir(parents=True, exist_ok=True)
     Path(classes.path).write_text(class_table(evaluation))
-    record = {"split": evaluation.split, "metrics": evaluation.metrics, "task": evaluation.task, "dataset_hash": digest}
+    record = {
+        "split": evaluation.split,
+        "metrics": evaluation.metrics,
+        "task": info.task,
+        "epochs": info.epochs,
+        "imgsz": info.imgsz,
+        "dataset_hash": digest,
+    }
     Path(summary).parent.mkdir(parents=True, exist_ok=True)
     Path(summary).write_text(json.dumps(record))
-    print(f"yolokf: evaluated on the {evaluation.split} split: " + json.dumps(evaluation.metrics), flush=True)
+    print(
+        f"yolokf: evaluated on the {evaluation.split} split at imgsz {info.imgsz}: " + json.dumps(evaluation.metrics),
+        flush=True,
+    )
 
 
 def weights_file(weights: Any) -> Path:

@@ -2,10 +2,14 @@
 
 One run becomes one model version (named by the run id) of a registered model, created when missing,
 with one model artifact per exported format (its URI, format name and version) and the run's
-properties and every format's metrics as custom properties of the version. Registration is
-idempotent: a retried step finds the version and adds only the artifacts still missing. With a
-champion metric the version is registered only when it beats every earlier version trained on the
-same dataset (same dataset_hash) by more than a margin.
+properties and every format's metrics as custom properties of the version.
+
+A version is whole before anyone may rely on it (issue 16): it is created ARCHIVED, its artifacts and
+properties are written, and only then is it made LIVE. Champion comparisons count LIVE versions only, so a
+registration that failed half-way never competes; a retried step finds its ARCHIVED version, runs the champion
+check again, rewrites the properties, adds the missing artifacts and makes it LIVE. A LIVE version is already
+registered. With a champion metric the version is registered only when it beats every earlier LIVE version
+trained on the same dataset (same dataset_hash) by more than a margin.
 
 It talks to the registry through the official client, `model_registry` (`ModelRegistry`), and turns
 every failure into a one-line ModelRegistryError that says what to do. The client is imported inside
@@ -16,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
+import os
+import time
 import warnings
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +45,9 @@ T = TypeVar("T")
 REQUEST_TIMEOUT_S = 60.0
 # Metadata ints must match ^-?([1-9][0-9]{0,8}|0)$ (mr_openapi's MetadataIntValue): larger ones go as text.
 MAX_METADATA_INT = 999_999_999
+# Tries of one registration inside the step, and the first pause between them (doubled each time).
+ATTEMPTS = 3
+RETRY_BACKOFF_S = 2.0
 # The format whose metrics --champion compares when there is one; else the first format given.
 CHAMPION_FORMAT = "pytorch"
 
@@ -84,12 +94,37 @@ def check_registry(url: str, token: str | None, ca_bundle: str | None) -> None:
 
 
 def register(registration: Registration, models: list[ModelFile]) -> RegistrationResult:
-    """Register `models` (one per format) as version `registration.version`; see the module docstring."""
+    """Register `models` (one per format) as version `registration.version`; see the module docstring.
+
+    A network error or a 502/503/504 is tried again inside the step, ATTEMPTS times in all with backoff
+    (docs/cluster.md, "Retries"): a registration is idempotent, so the next try completes what the last left.
+    """
     reg = registration
     _check_input(reg, models)
-    with _errors(reg.url, reg.token):
-        client = _connect(reg.url, reg.token, reg.ca_bundle, author=reg.author)
-        return _register(client, reg, models)
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with _errors(reg.url, reg.token):
+                client = _connect(reg.url, reg.token, reg.ca_bundle, author=reg.author)
+                return _register(client, reg, models)
+        except ModelRegistryError as exc:
+            if attempt == ATTEMPTS or not _transient(exc.__cause__):
+                raise
+            time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _transient(cause: BaseException | None) -> bool:
+    """A failure another try may not meet: no connection, no answer in time, a gateway's 502/503/504."""
+    import aiohttp
+
+    with _quiet_client_logging():
+        from mr_openapi.exceptions import ApiException
+
+    if isinstance(cause, ApiException):
+        return cause.status in (502, 503, 504)
+    if isinstance(cause, aiohttp.ClientSSLError):  # a certificate does not heal by waiting
+        return False
+    return isinstance(cause, aiohttp.ClientConnectionError | asyncio.TimeoutError | ConnectionError)
 
 
 # --- Registration ---------------------------------------------------------------------------------------
@@ -120,49 +155,80 @@ def _champion_model(models: list[ModelFile]) -> ModelFile:
 
 def _register(client: ModelRegistry, reg: Registration, models: list[ModelFile]) -> RegistrationResult:
     from model_registry.types import ModelVersion, RegisteredModel
-    from mr_openapi.exceptions import ConflictException
+    from mr_openapi.models.model_version_state import ModelVersionState
 
     api = client._api  # the client's REST layer: the only way to add artifacts to an existing version
     where = f"in Model Registry at {reg.url}"
+    name = f"{reg.registered_model} version {reg.version}"
     rm = client.get_registered_model(reg.registered_model)
     mv = client.async_runner(api.get_model_version_by_params(rm.id, reg.version)) if rm and rm.id else None
-    status, verdict = "already registered", ""
-    if mv is None:
-        status = "registered"
-        if reg.champion_metric:
-            beaten, verdict = _champion(client, rm, reg, models)
-            if not beaten:
-                return RegistrationResult(
-                    "not a champion", f"Not registered: {verdict}", rm.id if rm else None, None, ()
-                )
-        if rm is None:
-            try:
-                rm = client.async_runner(
-                    api.upsert_registered_model(RegisteredModel(name=reg.registered_model, owner=reg.author))
-                )
-            except ConflictException:  # another step created it in the meantime
-                rm = client.get_registered_model(reg.registered_model)
-        assert rm is not None and rm.id is not None
-        version = ModelVersion(
-            name=reg.version,
-            author=reg.author,
-            description=reg.description or None,
-            custom_properties=_version_properties(reg, models),
-        )
-        try:
-            mv = client.async_runner(api.upsert_model_version(version, rm.id))
-        except ConflictException:  # a retry raced with the first try: that one created it
-            status = "already registered"
-            mv = client.async_runner(api.get_model_version_by_params(rm.id, reg.version))
-    assert rm is not None and mv is not None and mv.id is not None
-    artifact_ids, added = _ensure_artifacts(client, mv, reg, models)
-    count = f"{len(artifact_ids)} artifact{'s' if len(artifact_ids) != 1 else ''}"
-    name = f"{reg.registered_model} version {reg.version}"
-    if status == "registered":
-        message = f"Registered {name} ({count}) {where}" + (f": {verdict}" if verdict else "")
-    else:
+    if mv is not None and mv.state == ModelVersionState.LIVE:
+        assert rm is not None and mv.id is not None
+        artifact_ids, added = _ensure_artifacts(client, mv, reg, models)
+        count = f"{len(artifact_ids)} artifact{'s' if len(artifact_ids) != 1 else ''}"
         message = f"{name} was already registered {where} ({count}, {added} added now)"
+        return RegistrationResult("already registered", message, rm.id, mv.id, artifact_ids)
+    status = "registered" if mv is None else "completed"
+    verdict = ""
+    if reg.champion_metric:
+        beaten, verdict = _champion(client, rm, reg, models)
+        if not beaten:
+            return RegistrationResult("not a champion", f"Not registered: {verdict}", rm.id if rm else None, None, ())
+    if rm is None:
+        new_model = RegisteredModel(name=reg.registered_model, owner=reg.author)
+        rm = _create_or_find(
+            client,
+            api.upsert_registered_model(new_model),
+            lambda: client.get_registered_model(reg.registered_model),
+        )
+    assert rm is not None and rm.id is not None
+    version = ModelVersion(
+        name=reg.version,
+        author=reg.author,
+        description=reg.description or None,
+        custom_properties=_version_properties(reg, models),
+        state=ModelVersionState.ARCHIVED,  # hidden from champion checks until whole
+    )
+    if mv is None:
+        rm_id = rm.id
+        mv = _create_or_find(
+            client,
+            api.upsert_model_version(version, rm_id),
+            lambda: client.async_runner(api.get_model_version_by_params(rm_id, reg.version)),
+        )
+    else:  # a partial version left by an earlier try: its properties are this try's
+        version.id = mv.id
+        mv = client.async_runner(api.upsert_model_version(version))
+    assert mv is not None and mv.id is not None
+    artifact_ids, _ = _ensure_artifacts(client, mv, reg, models)
+    mv.state = ModelVersionState.LIVE
+    mv = client.async_runner(api.upsert_model_version(mv))
+    count = f"{len(artifact_ids)} artifact{'s' if len(artifact_ids) != 1 else ''}"
+    done = "Registered" if status == "registered" else "Completed the partial registration of"
+    message = f"{done} {name} ({count}) {where}" + (f": {verdict}" if verdict else "")
     return RegistrationResult(status, message, rm.id, mv.id, artifact_ids)
+
+
+def _create_or_find(client: ModelRegistry, create: Coroutine[Any, Any, T], find: Callable[[], T | None]) -> T:
+    """Create an item; when the server refuses because a concurrent step created it first, the item it created.
+
+    kubeflow/hub answers a duplicate name with 409 ("... already exists: conflict",
+    internal/core/registered_model.go:48, model_version.go:54, artifact.go:105, from gorm's
+    ErrDuplicatedKey with TranslateError on, internal/platform/db/mysql/connect.go:85); servers before that
+    setting (kubeflow/model-registry#1244, 2025-06) answered 500. Either way the item is looked up again, and the
+    first error stands when it is not there.
+    """
+    from mr_openapi.exceptions import ApiException
+
+    try:
+        return client.async_runner(create)
+    except ApiException as exc:
+        if exc.status not in (409, 500):
+            raise
+        found = find()
+        if found is None:
+            raise
+        return found
 
 
 def _ensure_artifacts(
@@ -170,7 +236,6 @@ def _ensure_artifacts(
 ) -> tuple[tuple[str, ...], int]:
     """Create the model artifacts the version lacks (in `models` order); their ids and how many were added."""
     from model_registry.types import ListOptions
-    from mr_openapi.exceptions import ConflictException
 
     assert mv.id is not None
     api = client._api
@@ -186,14 +251,19 @@ def _ensure_artifacts(
         name = f"{reg.registered_model}-{model.format}"
         artifact = existing.get(name)
         if artifact is None:
-            try:
-                artifact = client.async_runner(api.upsert_model_version_artifact(_artifact(name, model, reg), mv.id))
-                added += 1
-            except ConflictException:  # created by a concurrent retry
-                artifact = client.async_runner(api.get_model_artifact_by_params(name, mv.id))
+            artifact = _create_or_find(
+                client,
+                api.upsert_model_version_artifact(_artifact(name, model, reg), mv.id),
+                functools.partial(_find_artifact, client, name, mv.id),
+            )
+            added += 1
         assert artifact is not None and artifact.id is not None
         ids.append(artifact.id)
     return tuple(ids), added
+
+
+def _find_artifact(client: ModelRegistry, name: str, version_id: str) -> ModelArtifact | None:
+    return client.async_runner(client._api.get_model_artifact_by_params(name, version_id))
 
 
 def _artifact(name: str, model: ModelFile, reg: Registration) -> ModelArtifact:
@@ -251,6 +321,8 @@ def _champion(
     best: tuple[float, str] | None = None
     if rm is not None:
         for version in client.get_model_versions(reg.registered_model).page_size(100):
+            if version.state != "LIVE" or version.name == reg.version:  # partial ones never compete
+                continue
             props = version.custom_properties or {}
             value = _number(props.get(key))
             if props.get("dataset_hash") == reg.properties["dataset_hash"] and value is not None:
@@ -322,22 +394,49 @@ def _connect(url: str, token: str | None, ca_bundle: str | None, *, author: str)
         raise ModelRegistryError(f"--registry-ca-bundle {ca_bundle}: no such file (a PEM file of CA certificates).")
     with _quiet_client_logging():
         from model_registry import ModelRegistry
-    with warnings.catch_warnings():
+    secure = address.startswith("https://")
+    with warnings.catch_warnings(), _no_pod_token(not secure and not token) as envvar:
         # With no token the client reads the one at $KF_PIPELINES_SA_TOKEN_PATH (the KFP pipeline-runner's
-        # projected token, set in the step's pod), else the pod's service-account token; an http
-        # registry that needs none works without, so its "token is missing" warning is noise.
+        # projected token, set in the step's pod), else the pod's service-account token: over https only
+        # (issue 16). An http registry that needs none works without, so its "token is missing" warning is noise.
         warnings.filterwarnings("ignore", message="User access token is missing")
-        return ModelRegistry(
+        client = ModelRegistry(
             address,
             port,
             author=author,
-            is_secure=address.startswith("https://"),
+            is_secure=secure,
             user_token=token.strip() if token else None,
+            user_token_envvar=envvar,
             custom_ca=ca_bundle,
             # ERROR: its port hint ("port is not 443...") is wrong for a registry on any other port.
             log_level=logging.ERROR,
             async_runner=_run,
         )
+    return client
+
+
+_NO_TOKEN_ENV = "YOLOKF_REGISTRY_NO_TOKEN"
+
+
+@contextlib.contextmanager
+def _no_pod_token(active: bool) -> Iterator[str | None]:
+    """The `user_token_envvar` that keeps the client from reading the pod's token: one naming an empty file.
+
+    The client reads a token file whenever none is given (model_registry/_client.py, ModelRegistry.__init__ and
+    _get_user_token); an empty one leaves it without.
+    """
+    if not active:
+        yield None
+        return
+    previous = os.environ.get(_NO_TOKEN_ENV)
+    os.environ[_NO_TOKEN_ENV] = os.devnull
+    try:
+        yield _NO_TOKEN_ENV
+    finally:
+        if previous is None:
+            os.environ.pop(_NO_TOKEN_ENV, None)
+        else:
+            os.environ[_NO_TOKEN_ENV] = previous
 
 
 @contextlib.contextmanager
