@@ -214,7 +214,7 @@ def test_an_evaluate_pipeline_takes_other_weights_and_data_at_run_time(
     assert result.exit_code == 0, result.output
     (weights,) = root.glob("yolov8-train-*/yolo-train/weights/best.pt")
     pipeline = compile_yaml(cli, tmp_path / "eval.yaml", "evaluate", "--model", weights, "--data", "shapes")
-    run = pipeline(data=str(other_dataset), imgsz=64)
+    run = pipeline(data=str(other_dataset))
     assert evaluated_instances(run) == held_out_objects(other_dataset)
     assert run.outputs["evaluation"].metadata["split"] == "test"
 

@@ -114,13 +114,15 @@ TRAIN = ["--epochs", "15", "--imgsz", "128", "--batch", "16", "--set", "nbs=16"]
 @pytest.mark.parametrize(
     ("task", "metric", "floor", "names", "plots"),
     [
-        # Measured on 2 CPUs with these arguments (seed 0): mask_mAP50-95 0.735 in 113 s; epoch 1 is near 0.
+        # Measured on 2 CPUs with these arguments, seeds 0/1/2 (floors under the lowest; the test runs seed 0):
+        # mask_mAP50-95 0.735/0.812/0.738, about 113 s; epoch 1 is near 0.
         ("seg", "mask_mAP50-95", 0.65, {"mAP50-95", "mask_mAP50", "mask_mAP50-95", "mask_precision"}, ["MaskPR_curve"]),
-        # pose_mAP50-95 0.987 in 83 s (the keypoints are the box corners: easy once the box is found).
-        ("pose", "pose_mAP50-95", 0.90, {"mAP50-95", "pose_mAP50", "pose_mAP50-95", "pose_recall"}, ["PosePR_curve"]),
-        # mAP50-95 of the rotated boxes 0.850 in 94 s.
+        # pose_mAP50-95 0.987/0.992/0.677, about 83 s (the keypoints are the box corners: easy once the box is
+        # found, but seed 2 finds them later: 0.90 held for seed 0 only).
+        ("pose", "pose_mAP50-95", 0.60, {"mAP50-95", "pose_mAP50", "pose_mAP50-95", "pose_recall"}, ["PosePR_curve"]),
+        # mAP50-95 of the rotated boxes 0.850/0.845/0.849, about 94 s.
         ("obb", "mAP50-95", 0.75, {"precision", "recall", "mAP50", "mAP50-95"}, ["BoxPR_curve"]),
-        # top-1 1.000 in 45 s (0.125 after the first epoch).
+        # top-1 1.000/1.000/1.000, about 45 s (0.125 after the first epoch).
         ("cls", "top1_accuracy", 0.95, {"top1_accuracy", "top5_accuracy"}, ["confusion_matrix"]),
     ],
 )

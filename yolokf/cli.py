@@ -195,7 +195,7 @@ def evaluate(
     """Evaluate existing weights (--model best.pt) on the held-out split; export, gate and register them too.
 
     On a cluster, --model is an object-store URI (s3://bucket/best.pt). Training flags other than --data,
-    --imgsz, --batch and --device do not apply.
+    --batch and --device do not apply (the image size is the weights' own).
     Example: yolokf evaluate --model runs/best.pt --data shapes --export onnx,openvino --gate 'mAP50-95>=0.5'
     """
     from dataclasses import replace

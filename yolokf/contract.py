@@ -17,8 +17,9 @@ from yolokf.settings import training_fields
 if TYPE_CHECKING:
     from yolokf.job import Job
 
-# `yolokf evaluate` trains nothing: of the training fields only what evaluation and export read.
-EVALUATE_PARAMETERS = ("model", "data", "imgsz", "batch", "device")
+# `yolokf evaluate` trains nothing: of the training fields only what evaluation and export read (the image size
+# is the weights' own, yolokf.steps.evaluate).
+EVALUATE_PARAMETERS = ("model", "data", "batch", "device")
 
 
 def run_parameters(job: Job) -> dict[str, tuple[type, Any]]:

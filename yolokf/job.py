@@ -8,7 +8,6 @@ a download step. The compiled pipeline's parameter defaults and the run argument
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -41,14 +40,10 @@ class Job:
     @property
     def stem(self) -> str:
         """`yolov8n-coco128`: the model's and the dataset's names, for run and registered-model names."""
-
-        def stem(value: str) -> str:
-            name = value.rstrip("/").rsplit("/", 1)[-1]
-            name = re.sub(r"\.(pt|ya?ml|zip|tar\.gz|tgz)$", "", name)
-            return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "data"
+        from yolokf.promote import default_registered_model  # the steps name a registered model the same way
 
         data = self.source.uri if self.source is not None else self.config.data
-        return f"{stem(self.config.model)}-{stem(data)}"
+        return default_registered_model(self.config.model, data)
 
     @property
     def pipeline_name(self) -> str:

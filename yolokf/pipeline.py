@@ -353,7 +353,7 @@ def _one_device(job: Job, needs_gpu: bool, params: dict[str, Any]) -> Any:
 def build_pipeline(job: Job) -> Any:
     """The `yolov8-train` pipeline: one parameter per training field, `job.config`'s values as the defaults.
 
-    A remote dataset adds a download step (s3://, gs://, https://); a PVC dataset is mounted (step options).
+    The download step comes first and decides from the run's `data` what the steps read (`_dataset_inputs`).
     With promote flags, evaluation, exports, a quality gate and registration follow the training step.
     """
     returns = _outputs("Outputs", PipelineOutputs, job)
