@@ -14,6 +14,9 @@ import typer
 from yolokf import __version__
 from yolokf.cli_options import (
     DryRun,
+    FetchEndpoint,
+    FetchOut,
+    FetchWorkers,
     Image,
     InsteadOut,
     Out,
@@ -349,6 +352,30 @@ def shapes(
     if folder.exists():
         raise UsageError(f"{folder} already exists; choose a new folder.")
     say(f"Wrote {write_dataset(folder, task)}")
+
+
+@app.command()
+def fetch(
+    uri: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX, gs://..., or an archive (.zip, .tar.gz) URL.")],
+    out: FetchOut,
+    fetch_workers: FetchWorkers = None,
+    s3_endpoint_url: FetchEndpoint = None,
+) -> None:
+    """Download a dataset with the pipeline's download code; a second fetch moves only what changed.
+
+    Example: yolokf fetch s3://datasets/coco --out ./coco --fetch-workers 64
+    """
+    import importlib.util
+
+    from yolokf.console import fetch_bar
+    from yolokf.steps.fetch import fetch as fetch_data
+
+    missing = [name for name in ("boto3", "obstore") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"yolokf fetch needs {' and '.join(missing)}: pip install {' '.join(missing)}.")
+    with fetch_bar(f"Fetching {uri}") as on_progress:
+        done = fetch_data(uri, out, workers=fetch_workers, endpoint=s3_endpoint_url, on_progress=on_progress)
+    say(done.summary(uri, out))
 
 
 def _run_local(job: Job, run: RunOptions) -> None:

@@ -25,6 +25,7 @@ from yolokf.step_options import (
     parse_pair,
     parse_toleration,
 )
+from yolokf.steps.transfer import DEFAULT_WORKERS
 
 if TYPE_CHECKING:
     from yolokf.submit import Submission
@@ -599,3 +600,23 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Replace the command's `run: RunOptions` parameter with the pipeline-root, image and --host run options."""
     return _replace_parameter(command, "run", RUN_OPTIONS, RunOptions)
+
+
+# `yolokf fetch` (issue 18). The download step's pod reads the same variable, so one name sets both.
+FetchWorkers = Annotated[
+    int | None,
+    typer.Option(
+        "--fetch-workers",
+        envvar="YOLOKF_FETCH_WORKERS",
+        min=1,
+        help=f"Objects downloaded at once. Default: {DEFAULT_WORKERS}.",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+FetchOut = Annotated[
+    Path, typer.Option("--out", "-o", help="Folder to fetch into; what is already there and current is kept.")
+]
+FetchEndpoint = Annotated[
+    str | None,
+    typer.Option("--s3-endpoint-url", envvar="YOLOKF_S3_ENDPOINT_URL", help="S3 endpoint for MinIO and others."),
+]

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from yolokf.follow import Failure, RunReport
     from yolokf.image.engine import LayerSink, Step
     from yolokf.local import LocalRun
+    from yolokf.steps.transfer import Progress as FetchProgress
 
 
 @functools.cache
@@ -275,3 +276,44 @@ class BuildReporter:
     def _short(text: str, width: int = 90) -> str:
         text = " ".join(text.split())
         return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fetch_bar(label: str) -> AbstractContextManager[Callable[[FetchProgress], None]]:
+    """A progress bar for `yolokf fetch` on a terminal (files, bytes, rate, time left); nothing elsewhere."""
+    import contextlib
+
+    console = errs()
+    if not console.is_terminal:
+        return contextlib.nullcontext(lambda progress: None)
+
+    @contextlib.contextmanager
+    def bar() -> Iterator[Callable[[FetchProgress], None]]:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[files]}"),
+            console=console,
+            transient=True,
+        )
+        task = progress.add_task(label, total=None, files="")
+
+        def update(state: FetchProgress) -> None:
+            files = f"{state.files_done:,}/{state.files_total:,} files"
+            progress.update(task, total=state.bytes_total, completed=state.bytes_done, files=files)
+
+        with progress:
+            yield update
+
+    return bar()

@@ -11,22 +11,42 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yolokf.data_sources import DataSource, is_remote, parse_data_uri
 from yolokf.datasets import find_dataset
 from yolokf.errors import DataError, UsageError
 from yolokf.step_options import AMBIENT_CREDENTIALS, DATA_PVC_PATH, NO_CREDENTIALS
+from yolokf.steps.transfer import (
+    ATTEMPTS,
+    PART_SUFFIX,
+    Listing,
+    Progress,
+    RemoteObject,
+    TransientError,
+    default_workers,
+    download,
+)
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, S3Config, S3Credential
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
+ARCHIVE_DIR = ".download"  # where an archive lands before it is unpacked
+ARCHIVE_MARKER = ".yolokf-unpacked"  # which archive version is unpacked here: a second fetch moves no bytes
+PROGRESS_EVERY = 10.0  # seconds between progress lines in the step's log
 
 
-def s3_client(scheme: str = "s3") -> Any:
+def s3_client(scheme: str = "s3", endpoint: str | None = None) -> Any:
     """The one boto3 S3 client: AWS, MinIO (AWS_ENDPOINT_URL) or GCS's S3-compatible XML API (HMAC keys).
 
     Credentials come from the environment (the Secret mapped by --data-secret) or the pod's identity;
@@ -39,55 +59,205 @@ def s3_client(scheme: str = "s3") -> Any:
     session = boto3.session.Session()
     settings: dict[str, Any] = {"retries": {"max_attempts": 5, "mode": "standard"}}
     if scheme == "gs":
-        endpoint: str | None = os.getenv("YOLOKF_GS_ENDPOINT_URL", GCS_ENDPOINT)
         # GCS's XML API rejects the checksum headers newer botocore sends by default.
         settings.update(request_checksum_calculation="when_required", response_checksum_validation="when_required")
-    else:
-        endpoint = os.getenv("AWS_ENDPOINT_URL_S3") or os.getenv("AWS_ENDPOINT_URL") or None
+    endpoint = endpoint or _endpoint(scheme)
     if session.get_credentials() is None:
         settings["signature_version"] = UNSIGNED
     return session.client("s3", endpoint_url=endpoint, config=Config(**settings))
 
 
-def fetch(uri: str, dest: Path) -> Path:
-    """Download `uri` into `dest` (created), unpacking archives; returns `dest`. Raises DataError."""
+def _endpoint(scheme: str) -> str | None:
+    if scheme == "gs":
+        return os.getenv("YOLOKF_GS_ENDPOINT_URL", GCS_ENDPOINT)
+    return os.getenv("AWS_ENDPOINT_URL_S3") or os.getenv("AWS_ENDPOINT_URL") or None
+
+
+class _Default:
+    """The step log's progress line, as `fetch`'s default reporter (None means no progress at all)."""
+
+
+_STEP_LOG = _Default()
+
+
+def fetch(
+    uri: str,
+    dest: Path,
+    *,
+    workers: int | None = None,
+    endpoint: str | None = None,
+    on_progress: Callable[[Progress], None] | None | _Default = _STEP_LOG,
+) -> Progress:
+    """Download `uri` into `dest` (created), unpacking archives; returns the totals. Raises DataError.
+
+    Objects already current under `dest` are not fetched again (`yolokf.steps.transfer`). Progress goes to
+    `on_progress`; by default a line in the step's log every PROGRESS_EVERY seconds. `endpoint` overrides the
+    S3 endpoint the environment gives (AWS_ENDPOINT_URL, as --s3-endpoint-url sets it in the pod).
+    """
     source = parse_data_uri(uri)
     if not source.fetched:
         raise UsageError(f"{uri} is on a PVC: the training step mounts it, nothing to download.")
-    dest.mkdir(parents=True, exist_ok=True)
+    report = log_progress(uri) if isinstance(on_progress, _Default) else on_progress
     if source.scheme in ("s3", "gs"):
-        _fetch_bucket(source, dest)
-    else:
-        _fetch_http(source, dest)
-    return dest
+        return _fetch_bucket(source, dest, workers or default_workers(), endpoint, report)
+    created = not dest.exists()
+    try:
+        return _fetch_http(source, dest)
+    except DataError:
+        if created:  # nothing half-written for a URL that does not answer
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
 
 
-def _fetch_bucket(source: DataSource, dest: Path) -> None:
+def log_progress(uri: str) -> Callable[[Progress], None]:
+    """A progress line in the step's log every PROGRESS_EVERY seconds, and one at the end."""
+    last = [time.monotonic()]
+
+    def report(progress: Progress) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY or progress.files_done == progress.files_total:
+            last[0] = now
+            print(f"yolokf: fetching {uri}: {progress.line()}", flush=True)
+
+    return report
+
+
+def list_source(source: DataSource, endpoint: str | None = None) -> Listing:
+    """What `source` holds: the archive, or every object under the prefix (keys, sizes, ETags). Raises DataError."""
+    client = s3_client(source.scheme, endpoint)
+    listing = Listing()
+    try:
+        with _client_errors(source):
+            if source.is_archive:
+                head = client.head_object(Bucket=source.bucket, Key=source.path)
+                name = PurePosixPath(source.path).name
+                modified = head["LastModified"].timestamp()
+                listing.add(RemoteObject(source.path, name, head["ContentLength"], head["ETag"], modified))
+                return listing
+            prefix = f"{source.path}/" if source.path else ""
+            # GCS's XML API answers ListObjects (v1); S3 and MinIO both.
+            method = "list_objects" if source.scheme == "gs" else "list_objects_v2"
+            for page in client.get_paginator(method).paginate(Bucket=source.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    relative = PurePosixPath(key[len(prefix) :])
+                    if key.endswith("/") or not relative.parts or ".." in relative.parts:
+                        continue
+                    if relative.name.endswith(PART_SUFFIX) or relative.parts[0] == ARCHIVE_DIR:
+                        continue  # names this engine keeps for itself
+                    modified = item["LastModified"].timestamp()
+                    listing.add(RemoteObject(key, relative.as_posix(), item["Size"], item["ETag"], modified))
+    except BaseException:
+        listing.close()
+        raise
+    if listing.files == 0:
+        listing.close()
+        raise DataError(
+            f"Nothing found under {source.uri}; give the dataset folder (s3://BUCKET/PREFIX) or an archive (.zip)."
+        )
+    return listing
+
+
+def object_store(source: DataSource, endpoint: str | None = None) -> Any:
+    """The obstore store of `source`'s bucket, with the endpoint and credentials `s3_client` uses.
+
+    Credentials come from boto3's chain (environment, profile, the pod's web identity), refreshed through the
+    provider callback, so both clients sign as the same identity; none means unsigned requests.
+    """
+    import boto3
+    from obstore.store import S3Store
+
+    session = boto3.session.Session()
+    endpoint = endpoint or _endpoint(source.scheme)
+    config: S3Config = {"region": session.region_name or "us-east-1"}
+    if endpoint:
+        config["endpoint"] = endpoint
+    credentials = session.get_credentials()
+
+    def provider() -> S3Credential:
+        frozen = credentials.get_frozen_credentials()
+        return {
+            "access_key_id": frozen.access_key,
+            "secret_access_key": frozen.secret_key,
+            "token": frozen.token,
+            "expires_at": None,
+        }
+
+    if credentials is None:
+        config["skip_signature"] = True
+    options: ClientConfig = {"allow_http": bool(endpoint and endpoint.startswith("http://")), "timeout": "300s"}
+    return S3Store(
+        source.bucket,
+        config=config,
+        client_options=options,
+        retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=60)},
+        credential_provider=provider if credentials is not None else None,
+    )
+
+
+def _fetch_bucket(
+    source: DataSource,
+    dest: Path,
+    workers: int,
+    endpoint: str | None,
+    on_progress: Callable[[Progress], None] | None,
+) -> Progress:
+    listing = list_source(source, endpoint)  # before anything is written: bad URIs and credentials leave no folder
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        if source.is_archive:
+            return _fetch_archive(source, listing, dest, workers, endpoint, on_progress)
+        return download(
+            object_store(source, endpoint),
+            listing,
+            dest,
+            workers=workers,
+            on_progress=on_progress,
+            describe=lambda obj, exc: _describe(source, obj, exc),
+        )
+    finally:
+        listing.close()
+
+
+def _fetch_archive(
+    source: DataSource,
+    listing: Listing,
+    dest: Path,
+    workers: int,
+    endpoint: str | None,
+    on_progress: Callable[[Progress], None] | None,
+) -> Progress:
+    """The archive into dest/.download, unpacked, then removed; a marker remembers which version is unpacked."""
+    (archive,) = listing
+    marker = dest / ARCHIVE_MARKER
+    unpacked = f"{archive.key}\t{archive.size}\t{archive.etag}\n"
+    if marker.is_file() and marker.read_text() == unpacked:
+        progress = Progress(1, archive.size, files_done=1, bytes_done=archive.size)
+        if on_progress:
+            on_progress(progress)
+        return progress
+    marker.unlink(missing_ok=True)
+    progress = download(
+        object_store(source, endpoint),
+        listing,
+        dest / ARCHIVE_DIR,
+        workers=workers,
+        on_progress=on_progress,
+        describe=lambda obj, exc: _describe(source, obj, exc),
+    )
+    _unpack(dest / ARCHIVE_DIR / archive.relative, dest)
+    shutil.rmtree(dest / ARCHIVE_DIR)
+    marker.write_text(unpacked)
+    return progress
+
+
+@contextmanager
+def _client_errors(source: DataSource) -> Iterator[None]:
+    """boto3's errors as one DataError line that says what to check."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = s3_client(source.scheme)
     try:
-        if source.is_archive:
-            archive = dest / ".download" / PurePosixPath(source.path).name
-            archive.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(source.bucket, source.path, str(archive))
-            _unpack(archive, dest)
-            shutil.rmtree(archive.parent)
-            return
-        prefix = f"{source.path}/" if source.path else ""
-        # GCS's XML API answers ListObjects (v1); S3 and MinIO both.
-        method = "list_objects" if source.scheme == "gs" else "list_objects_v2"
-        count = 0
-        for page in client.get_paginator(method).paginate(Bucket=source.bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                key = item["Key"]
-                relative = PurePosixPath(key[len(prefix) :])
-                if key.endswith("/") or not relative.parts or ".." in relative.parts:
-                    continue
-                target = dest.joinpath(*relative.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(source.bucket, key, str(target))
-                count += 1
+        yield
     except ClientError as exc:
         error = exc.response.get("Error", {})
         code = error.get("Code", "")
@@ -103,16 +273,31 @@ def _fetch_bucket(source: DataSource, dest: Path) -> None:
         raise DataError(f"Cannot fetch {source.uri}: {code or exc} ({error.get('Message', '')}); {hint}.") from None
     except BotoCoreError as exc:
         raise DataError(f"Cannot fetch {source.uri}: {exc}. Check --s3-endpoint-url and the network.") from None
-    if count == 0:
-        raise DataError(
-            f"Nothing found under {source.uri}; give the dataset folder (s3://BUCKET/PREFIX) or an archive (.zip)."
-        )
 
 
-def _fetch_http(source: DataSource, dest: Path) -> None:
+def _describe(source: DataSource, obj: RemoteObject, exc: BaseException) -> str:
+    """One line for an object that could not be fetched; obstore's own text runs to a debug dump, so only its
+    first line is kept (it names the URL, never the credentials: SigV4 signs in headers)."""
+    from obstore.exceptions import PermissionDeniedError, PreconditionError, UnauthenticatedError
+
+    where = f"Cannot fetch {source.uri}: {obj.key}"
+    if isinstance(exc, FileNotFoundError):  # obstore's NotFound
+        return f"{where} was deleted after the listing; run again."
+    if isinstance(exc, PreconditionError):
+        return f"{where} changed while it was fetched; run again."
+    if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
+        return f"{where}: access refused; check the credentials in --data-secret and the bucket policy."
+    if isinstance(exc, TransientError):
+        return f"{where}: {exc} after {ATTEMPTS} attempts; check --s3-endpoint-url and the network."
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return f"{where}: {first}; check --s3-endpoint-url and the network."
+
+
+def _fetch_http(source: DataSource, dest: Path) -> Progress:
     name = PurePosixPath(urllib.parse.unquote(source.path)).name or "dataset"
-    archive = dest / ".download" / name
+    archive = dest / ARCHIVE_DIR / name
     archive.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     request = urllib.request.Request(source.uri, headers={"User-Agent": "yolokf"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response, archive.open("wb") as out:
@@ -123,7 +308,9 @@ def _fetch_http(source: DataSource, dest: Path) -> None:
         reason = getattr(exc, "reason", exc)
         raise DataError(f"Cannot fetch {source.uri}: {reason}. Check the URL and the cluster's egress.") from None
     _unpack(archive, dest)
+    size = archive.stat().st_size
     shutil.rmtree(archive.parent)
+    return Progress(1, size, files_done=1, bytes_done=size, files_fetched=1, bytes_fetched=size, started=started)
 
 
 def _unpack(archive: Path, dest: Path) -> None:
