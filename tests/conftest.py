@@ -12,7 +12,10 @@ from typer.testing import CliRunner
 
 from yolokf.cli import main
 
-pytest_plugins = ["tests.conftest_docker"]  # the Docker engine and registry fixtures
+pytest_plugins = [
+    "tests.conftest_docker",  # the Docker engine and registry fixtures
+    "tests.s3_fixtures",  # moto's S3 server, the fault proxy, datasets to upload (fetch tests)
+]
 
 # Make every test deterministic about the network: this machine has none, CI neither.
 os.environ.setdefault("YOLOKF_OFFLINE", "1")

@@ -20,7 +20,6 @@ from tests import test_fetch
 from yolokf.contract import EVALUATE_PARAMETERS, run_parameters
 from yolokf.settings import training_fields
 
-s3_server, s3 = test_fetch.s3_server, test_fetch.s3  # the loopback S3 server and its client, as fixtures here
 IMAGE = "registry.example.com/ml/yolokf:0.1.0"
 TINY = ["--model", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0"]
 TINY += ["--set", "plots=false"]

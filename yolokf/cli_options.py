@@ -60,6 +60,26 @@ def _duration(text: str) -> int | None:
     return parse_duration(text, "--step-timeout")
 
 
+# `yolokf fetch` and the download step (issue 18). The step's pod gets --fetch-workers as the same variable.
+FetchWorkers = Annotated[
+    int | None,
+    typer.Option(
+        "--fetch-workers",
+        envvar="YOLOKF_FETCH_WORKERS",
+        min=1,
+        help=f"Objects downloaded at once. Default: {DEFAULT_WORKERS}.",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+FetchOut = Annotated[
+    Path, typer.Option("--out", "-o", help="Folder to fetch into; what is already there and current is kept.")
+]
+FetchEndpoint = Annotated[
+    str | None,
+    typer.Option("--s3-endpoint-url", envvar="YOLOKF_S3_ENDPOINT_URL", help="S3 endpoint for MinIO and others."),
+]
+
+
 # Pod settings: parameter names are StepOptions' fields.
 STEP_OPTIONS: dict[str, tuple[Any, Any]] = {
     "gpus": (
@@ -149,6 +169,17 @@ STEP_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         None,
     ),
+    "data_cache_pvc": (
+        Annotated[
+            str | None,
+            typer.Option(
+                help="PVC that caches datasets from s3:// and gs://: fetched once, read in place by the steps.",
+                rich_help_panel=DATA_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "fetch_workers": (FetchWorkers, None),
     "data_secret": (
         Annotated[
             str | None,
@@ -600,23 +631,3 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Replace the command's `run: RunOptions` parameter with the pipeline-root, image and --host run options."""
     return _replace_parameter(command, "run", RUN_OPTIONS, RunOptions)
-
-
-# `yolokf fetch` (issue 18). The download step's pod reads the same variable, so one name sets both.
-FetchWorkers = Annotated[
-    int | None,
-    typer.Option(
-        "--fetch-workers",
-        envvar="YOLOKF_FETCH_WORKERS",
-        min=1,
-        help=f"Objects downloaded at once. Default: {DEFAULT_WORKERS}.",
-        rich_help_panel=DATA_PANEL,
-    ),
-]
-FetchOut = Annotated[
-    Path, typer.Option("--out", "-o", help="Folder to fetch into; what is already there and current is kept.")
-]
-FetchEndpoint = Annotated[
-    str | None,
-    typer.Option("--s3-endpoint-url", envvar="YOLOKF_S3_ENDPOINT_URL", help="S3 endpoint for MinIO and others."),
-]

@@ -262,6 +262,8 @@ def dataset_hash(data: str) -> str:
 # The download step's note to the steps after it, in its Dataset artifact: what they read, decided at run time.
 DESCRIPTOR = "yolokf-dataset.json"
 PASSTHROUGH, DOWNLOADED, MOUNTED = "passthrough", "downloaded", "mounted"
+# --data-cache-pvc: the data is in the cache PVC, which the steps that read it mount (yolokf.steps.data_cache).
+CACHED = "cached"
 
 
 def write_descriptor(folder: Path, kind: str, **details: Any) -> dict[str, Any]:
@@ -291,7 +293,7 @@ def step_data(data: str, dataset: Any, workdir: Path) -> str:
         descriptor = read_descriptor(Path(dataset.path))
         if descriptor["kind"] == DOWNLOADED:
             return prepare_dataset(Path(dataset.path), workdir / "data")
-        if descriptor["kind"] == MOUNTED:
+        if descriptor["kind"] in (MOUNTED, CACHED):
             return prepare_dataset(Path(descriptor["path"]), workdir / "data")
         return resolve_data(descriptor.get("data", data))
     if Path(data).is_relative_to(DATA_PVC_PATH):  # a PVC the pipeline mounted (step_options)

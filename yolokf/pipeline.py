@@ -103,7 +103,7 @@ yolo_train = dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=Fal
 
 
 @dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
-def fetch_dataset(uri: str, credentials: str, data_pvc: str, dataset: Output[Dataset]):
+def fetch_dataset(uri: str, credentials: str, data_pvc: str, data_cache_pvc: str, dataset: Output[Dataset]):
     """Download the run's dataset from s3://, gs:// or https://, or pass a local or PVC one on (yolokf)."""
     inputs = dict(locals())
     from yolokf.steps.fetch import fetch_step
@@ -215,7 +215,10 @@ def _dataset_inputs(job: Job, data: Any) -> dict[str, Any]:
     kind of source still works: the kind is decided from the run's value, in the step (docs/cluster.md).
     """
     fetched = fetch_dataset(
-        uri=data, credentials=job.step.data_secret or NO_CREDENTIALS, data_pvc=job.step.data_pvc or ""
+        uri=data,
+        credentials=job.step.data_secret or NO_CREDENTIALS,
+        data_pvc=job.step.data_pvc or "",
+        data_cache_pvc=job.step.data_cache_pvc or "",
     )
     apply_fetch_options(fetched, job.step)
     return {"dataset": fetched.outputs["dataset"]}

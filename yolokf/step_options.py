@@ -20,6 +20,7 @@ DEFAULT_SHM_SIZE = "8Gi"
 SHM_PATH = "/dev/shm"
 DATA_PVC_PATH = "/mnt/yolokf/data"
 CHECKPOINT_PVC_PATH = "/mnt/yolokf/checkpoints"
+DATA_CACHE_PATH = "/mnt/yolokf/data-cache"  # --data-cache-pvc: the download, training, evaluate and export steps
 # `--data-secret -`: the pod has object-storage credentials already (IRSA, Workload Identity, node role).
 AMBIENT_CREDENTIALS = "-"
 # What the download step is told when no --data-secret was compiled: an s3:// or gs:// `data` fails at once.
@@ -87,6 +88,8 @@ class StepOptions:
     data_secret: str | None = None
     s3_endpoint_url: str | None = None
     data_pvc: str | None = None  # the PVC mounted at DATA_PVC_PATH (--data-pvc, or pvc:// in --data)
+    data_cache_pvc: str | None = None  # the dataset cache, mounted at DATA_CACHE_PATH (yolokf.steps.data_cache)
+    fetch_workers: int | None = None  # objects the download step fetches at once; None: its default
     checkpoint_pvc: str | None = None
     checkpoint_dir: str | None = None
     run_key: str | None = None
@@ -204,10 +207,13 @@ def check_step_options(options: StepOptions) -> None:
         *(("--image-pull-secret", s) for s in options.image_pull_secrets),
         ("--data-secret", None if options.data_secret == AMBIENT_CREDENTIALS else options.data_secret),
         ("--data-pvc", options.data_pvc),
+        ("--data-cache-pvc", options.data_cache_pvc),
         ("--checkpoint-pvc", options.checkpoint_pvc),
     ):
         if name is not None and not re.match(_OBJECT_NAME, name):
             raise UsageError(f"{flag} {name!r} is not a Kubernetes object name (lowercase letters, digits, '-', '.').")
+    if options.fetch_workers is not None and options.fetch_workers < 1:
+        raise UsageError(f"--fetch-workers must be at least 1, got {options.fetch_workers}.")
     if options.step_timeout is not None and options.step_timeout < 1:
         raise UsageError("--step-timeout must be at least one second; leave it out for no limit.")
     if isinstance(options.retries, bool) or not isinstance(options.retries, int) or options.retries < 0:
@@ -264,12 +270,15 @@ def apply_step_options(task: Any, options: StepOptions, name: str = "train") -> 
         kubernetes.set_timeout(task, seconds=options.step_timeout)
     if options.data_pvc:
         kubernetes.mount_pvc(task, pvc_name=options.data_pvc, mount_path=DATA_PVC_PATH)
+    if options.data_cache_pvc:  # the dataset is read in place where the download step left it
+        kubernetes.mount_pvc(task, pvc_name=options.data_cache_pvc, mount_path=DATA_CACHE_PATH)
     if options.checkpoint_pvc:
         kubernetes.mount_pvc(task, pvc_name=options.checkpoint_pvc, mount_path=CHECKPOINT_PVC_PATH)
 
 
 def apply_fetch_options(task: Any, options: StepOptions) -> None:
-    """Apply `options` to the dataset download task: image, pulls, pod metadata, tolerations, credentials.
+    """Apply `options` to the dataset download task: image, pulls, pod metadata, tolerations, credentials, the
+    dataset cache and how many objects it fetches at once.
 
     No GPUs, shm, node selector or time limit: the download needs none, and should not hold a GPU node.
     """
@@ -285,6 +294,12 @@ def apply_fetch_options(task: Any, options: StepOptions) -> None:
         )
     if options.s3_endpoint_url:
         task.set_env_variable("AWS_ENDPOINT_URL", options.s3_endpoint_url)
+    if options.data_cache_pvc:
+        kubernetes.mount_pvc(task, pvc_name=options.data_cache_pvc, mount_path=DATA_CACHE_PATH)
+    if options.fetch_workers:
+        from yolokf.steps.transfer import WORKERS_ENV
+
+        task.set_env_variable(WORKERS_ENV, str(options.fetch_workers))
 
 
 def apply_select_options(task: Any, options: StepOptions, name: str) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from yolokf.data_sources import DataSource, is_remote, parse_data_uri
 from yolokf.datasets import find_dataset
 from yolokf.errors import DataError, UsageError
-from yolokf.step_options import AMBIENT_CREDENTIALS, DATA_PVC_PATH, NO_CREDENTIALS
+from yolokf.step_options import AMBIENT_CREDENTIALS, DATA_CACHE_PATH, DATA_PVC_PATH, NO_CREDENTIALS
 from yolokf.steps.transfer import (
     ATTEMPTS,
     PART_SUFFIX,
@@ -204,19 +204,31 @@ def _fetch_bucket(
 ) -> Progress:
     listing = list_source(source, endpoint)  # before anything is written: bad URIs and credentials leave no folder
     try:
-        dest.mkdir(parents=True, exist_ok=True)
-        if source.is_archive:
-            return _fetch_archive(source, listing, dest, workers, endpoint, on_progress)
-        return download(
-            object_store(source, endpoint),
-            listing,
-            dest,
-            workers=workers,
-            on_progress=on_progress,
-            describe=lambda obj, exc: _describe(source, obj, exc),
-        )
+        return fetch_listed(source, listing, dest, workers, endpoint, on_progress)
     finally:
         listing.close()
+
+
+def fetch_listed(
+    source: DataSource,
+    listing: Listing,
+    dest: Path,
+    workers: int | None,
+    endpoint: str | None,
+    on_progress: Callable[[Progress], None] | None,
+) -> Progress:
+    """Fetch what `listing` (of `source`) names into `dest`, keeping what is current there; unpack an archive."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if source.is_archive:
+        return _fetch_archive(source, listing, dest, workers or default_workers(), endpoint, on_progress)
+    return download(
+        object_store(source, endpoint),
+        listing,
+        dest,
+        workers=workers or default_workers(),
+        on_progress=on_progress,
+        describe=lambda obj, exc: _describe(source, obj, exc),
+    )
 
 
 def _fetch_archive(
@@ -339,13 +351,17 @@ def _unpack(archive: Path, dest: Path) -> None:
     raise DataError(f"{archive.name} is not a zip or tar archive; give a dataset folder, .zip, .tar or .tar.gz.")
 
 
-def fetch_step(*, uri: str, dataset: Any, credentials: str = AMBIENT_CREDENTIALS, data_pvc: str = "") -> None:
+def fetch_step(
+    *, uri: str, dataset: Any, credentials: str = AMBIENT_CREDENTIALS, data_pvc: str = "", data_cache_pvc: str = ""
+) -> None:
     """Entry point of the pipeline's download component, which every pipeline runs before its first step that
     reads data: it decides from the run's `data` (`uri`), at run time, what the next steps read.
 
     s3://, gs://, https:// are downloaded into the `dataset` artifact; pvc:// names a path on the PVC the pipeline
     mounts (`data_pvc`, compile-time); anything else (a built-in or ultralytics name, a path in the image) is
     passed through. `credentials` says how the pipeline was compiled: a Secret, the pod's own, or none.
+    With `data_cache_pvc` (compile-time), s3:// and gs:// data go into the cache PVC the steps mount, not the
+    artifact (`yolokf.steps.data_cache`).
     """
     from yolokf.datasets import DOWNLOADED, MOUNTED, PASSTHROUGH, write_descriptor
 
@@ -379,6 +395,9 @@ def fetch_step(*, uri: str, dataset: Any, credentials: str = AMBIENT_CREDENTIALS
             f"--data-secret NAME (a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or with --data-secret "
             f"{AMBIENT_CREDENTIALS} to use the pod's own (IRSA, Workload Identity, a public bucket)."
         )
+    if data_cache_pvc and source.scheme in ("s3", "gs"):
+        _fetch_into_cache(uri, dest, dataset)
+        return
     fetch(uri, dest)
     found = find_dataset(dest)  # fail here, not an hour later in the training step
     files = sum(1 for p in dest.rglob("*") if p.is_file())
@@ -386,3 +405,17 @@ def fetch_step(*, uri: str, dataset: Any, credentials: str = AMBIENT_CREDENTIALS
     descriptor = write_descriptor(dest, DOWNLOADED, data=relative)
     dataset.metadata.update({"source": uri, "files": files, **descriptor})
     print(f"yolokf: fetched {uri}: {files} files, dataset {relative}", flush=True)
+
+
+def _fetch_into_cache(uri: str, dest: Path, dataset: Any) -> None:
+    """--data-cache-pvc: the data lands in the cache (once per version); the artifact only says where."""
+    from yolokf.datasets import CACHED, write_descriptor
+    from yolokf.steps.data_cache import fetch_cached
+
+    cached = fetch_cached(uri, Path(DATA_CACHE_PATH), on_progress=log_progress(uri))
+    find_dataset(cached.path)  # fail here, not an hour later in the training step
+    descriptor = write_descriptor(dest, CACHED, path=str(cached.path), key=cached.key)
+    dataset.metadata.update({"source": uri, **descriptor})
+    moved = cached.fetched
+    how = f"fetched {moved.files_fetched} objects, {moved.files_done - moved.files_fetched} kept" if moved else "whole"
+    print(f"yolokf: {uri} is read in place from the dataset cache at {cached.path} ({how})", flush=True)

@@ -1,0 +1,234 @@
+"""The S3 side of the fetch tests: moto's server on loopback, a fault proxy in front of it, and datasets to put.
+
+Registered as a pytest plugin (tests/conftest.py) so that tests/test_fetch.py and tests/test_fetch_cache.py share
+the fixtures. Servers are started by fixtures and stopped by pid; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from yolokf.steps.fetch import s3_client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
+    handle = log.open("wb")
+    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[2]} exited: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    stop(proc)
+    raise RuntimeError(f"{cmd} did not answer at {url}: {log.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory) -> Iterator[str]:
+    """moto's S3 server on a free loopback port; the endpoint URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = start_server(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/", log
+    )
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> Any:
+    """A client of the test S3 server, with the environment the download step gets from --data-secret."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "yolokf-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "yolokf-test-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = s3_client()
+    client.create_bucket(Bucket="datasets")
+    yield client
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket="datasets"):
+        for item in page.get("Contents", []):
+            client.delete_object(Bucket="datasets", Key=item["Key"])
+    client.delete_bucket(Bucket="datasets")
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    """A small shapes dataset as a user would upload it: data.yaml at the top, `path:` from another machine."""
+    from yolokf.shapes import write_dataset
+
+    root = tmp_path_factory.mktemp("upload") / "shapes"
+    write_dataset(root, train=8, val=4, test=2, imgsz=64)
+    spec = yaml.safe_load((root / "data.yaml").read_text())
+    spec["path"] = "/home/someone/datasets/shapes"
+    (root / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return root
+
+
+def upload_folder(client, folder: Path, prefix: str) -> int:
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    for path in files:
+        client.upload_file(str(path), "datasets", f"{prefix}/{path.relative_to(folder).as_posix()}")
+    return len(files)
+
+
+@dataclass
+class FakeArtifact:
+    """What kfp hands a component for an Output[Dataset]: a local path and a metadata dict."""
+
+    path: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class FaultProxy:
+    """A loopback HTTP proxy in front of the S3 server that slows, fails or cuts GETs of chosen keys.
+
+    Everything else passes through unchanged, so the client speaks to the real server; the proxy only counts
+    the object GETs (by path) and breaks the ones a test asks it to, once each.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import threading
+        from collections import Counter
+
+        self.upstream = upstream.removeprefix("http://")
+        self.gets: Counter[str] = Counter()
+        self.ranges: list[str] = []
+        self.fail_once: set[str] = set()  # answer 503 SlowDown once
+        self.cut_once: set[str] = set()  # send the headers and half the body, then drop the connection
+        self.gone: set[str] = set()  # answer 404 NoSuchKey (deleted after the listing)
+        self.delay = 0.0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy.handle(self)
+
+            do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def handle(self, request: Any) -> None:
+        import http.client
+        import urllib.parse
+
+        path = urllib.parse.unquote(urllib.parse.urlsplit(request.path).path)
+        is_object_get = request.command == "GET" and "?" not in request.path
+        if is_object_get:
+            self.gets[path] += 1
+            if request.headers.get("Range"):
+                self.ranges.append(f"{path} {request.headers['Range']}")
+            time.sleep(self.delay)
+            if path in self.fail_once:
+                self.fail_once.discard(path)
+                return self._reply(request, 503, b"<Error><Code>SlowDown</Code></Error>", {})
+            if path in self.gone:
+                return self._reply(request, 404, b"<Error><Code>NoSuchKey</Code></Error>", {})
+        length = int(request.headers.get("Content-Length") or 0)
+        body = request.rfile.read(length) if length else None
+        upstream = http.client.HTTPConnection(self.upstream, timeout=60)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("connection", "keep-alive")}
+        upstream.request(request.command, request.path, body=body, headers=headers)
+        response = upstream.getresponse()
+        data = response.read()
+        passed = {
+            k: v
+            for k, v in response.getheaders()
+            if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server")
+        }
+        upstream.close()
+        if is_object_get and path in self.cut_once:
+            self.cut_once.discard(path)
+            request.send_response(response.status)
+            for k, v in passed.items():
+                request.send_header(k, v)
+            request.send_header("Content-Length", str(len(data)))
+            request.end_headers()
+            request.wfile.write(data[: len(data) // 2])
+            request.wfile.flush()
+            request.close_connection = True
+            request.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        return self._reply(request, response.status, data if request.command != "HEAD" else b"", passed, len(data))
+
+    @staticmethod
+    def _reply(request: Any, status: int, data: bytes, headers: dict[str, str], length: int | None = None) -> None:
+        request.send_response(status)
+        for k, v in headers.items():
+            request.send_header(k, v)
+        request.send_header("Content-Length", str(len(data) if length is None else length))
+        request.end_headers()
+        if data:
+            request.wfile.write(data)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy(s3, s3_server, monkeypatch) -> Iterator[FaultProxy]:
+    """The fault proxy in front of the S3 server, as the endpoint both the listing and the downloads use."""
+    fault = FaultProxy(s3_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault.url)
+    yield fault
+    fault.close()
+
+
+def upload_many(client, prefix: str, count: int = 300) -> dict[str, bytes]:
+    """`count` small objects of varied sizes in a few folders, as a YOLO dataset's images and labels are."""
+    rng = random.Random(count)
+    objects = {}
+    for i in range(count):
+        folder = ("images", "labels")[i % 2]
+        body = rng.randbytes(rng.randint(0, 4000))
+        objects[f"{folder}/train/{i:04d}.{'jpg' if folder == 'images' else 'txt'}"] = body
+        client.put_object(Bucket="datasets", Key=f"{prefix}/{folder}/train/{i:04d}.{folder[:3]}", Body=body)
+    return {k.replace(".jpg", ".ima").replace(".txt", ".lab"): v for k, v in objects.items()}
+
+
+def local_files(dest: Path) -> dict[str, bytes]:
+    return {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
