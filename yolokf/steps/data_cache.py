@@ -39,6 +39,11 @@ class CachedDataset:
     key: str
     fetched: Progress | None
 
+    @property
+    def content(self) -> str:
+        """The dataset hash the registry records (`--champion` compares it): the listing's whole digest."""
+        return f"sha256:{self.key}"
+
 
 def source_id(uri: str) -> str:
     """The folder of one source's versions: a hash of its URI (bucket names and prefixes can be long)."""
@@ -62,7 +67,7 @@ def fetch_cached(
         raise DataError(f"{uri}: the dataset cache keeps s3:// and gs:// data; an https:// archive is downloaded.")
     listing = list_source(source, endpoint)
     try:
-        key = listing.digest[:32]
+        key = listing.digest
         versions = cache / source_id(uri)
         final = versions / key
         if final.is_dir():  # a whole version is never written again: no lock to read it
