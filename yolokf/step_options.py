@@ -296,6 +296,9 @@ def apply_fetch_options(task: Any, options: StepOptions) -> None:
         task.set_env_variable("AWS_ENDPOINT_URL", options.s3_endpoint_url)
     if options.data_cache_pvc:
         kubernetes.mount_pvc(task, pvc_name=options.data_cache_pvc, mount_path=DATA_CACHE_PATH)
+        # The step lists the source every run (a second or two) so that changed objects are seen; KFP's cache
+        # would hand back the last run's note for the same URI even after the bucket changed.
+        task.set_caching_options(False)
     if options.fetch_workers:
         from yolokf.steps.transfer import WORKERS_ENV
 
