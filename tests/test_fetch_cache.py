@@ -31,15 +31,15 @@ def test_compiled_pipeline_mounts_the_cache_on_the_download_and_every_step_that_
         assert mount.pvc_name_parameter.runtime_value.constant.string_value == "data-cache", executor
     fetched = spec.root.dag.tasks["fetch-dataset"].inputs.parameters
     assert fetched["data_cache_pvc"].runtime_value.constant.string_value == "data-cache", "compile-time"
+    assert not spec.root.dag.tasks["fetch-dataset"].caching_options.enable_cache, "lists the bucket every run"
     env = {e["name"]: e["value"] for e in container(spec, "exec-fetch-dataset")["env"]}
     assert env["YOLOKF_FETCH_WORKERS"] == "48"
 
     spec, configs = compiled(cli, tmp_path, "--data", "s3://datasets/coco", "--data-secret", "s3-creds")
     assert not any(m.mount_path == "/mnt/yolokf/data-cache" for c in configs.values() for m in c.pvc_mount)
-    assert (
-        spec.root.dag.tasks["fetch-dataset"].inputs.parameters["data_cache_pvc"].runtime_value.constant.string_value
-        == ""
-    )
+    fetch = spec.root.dag.tasks["fetch-dataset"]
+    assert fetch.inputs.parameters["data_cache_pvc"].runtime_value.constant.string_value == ""
+    assert fetch.caching_options.enable_cache
 
 
 def test_bad_cache_flags_are_one_line(cli, tmp_path):
