@@ -16,6 +16,7 @@ import yaml
 
 from tests.s3_fixtures import FakeArtifact, local_files, upload_folder, upload_many
 from tests.test_cluster import compiled, container
+from tests.test_fetch import tar_gz
 from yolokf.datasets import CACHED, DESCRIPTOR, dataset_hash, step_data, step_dataset_hash
 from yolokf.steps import fetch as fetch_module
 from yolokf.steps.data_cache import fetch_cached, source_id
@@ -137,3 +138,12 @@ def test_concurrent_and_interrupted_fetches_into_one_cache(proxy, s3, tmp_path):
     assert set(proxy.gets.values()) == {1} and len(proxy.gets) == 200 - len(whole), "each missing object once"
     assert not any(f"/datasets/together/{k}" in proxy.gets for k in whole)
     assert not list(version.parent.glob("*.partial"))
+
+
+def test_an_archive_is_cached_unpacked_once(s3, dataset_dir, tmp_path):
+    s3.put_object(Bucket="datasets", Key="packs/shapes.tar.gz", Body=tar_gz(dataset_dir, "shapes"))
+    first = fetch_cached("s3://datasets/packs/shapes.tar.gz", tmp_path / "pvc", say=lambda line: None)
+    assert first.fetched is not None and first.fetched.files_fetched == 1
+    assert (first.path / "shapes" / "data.yaml").is_file() and not (first.path / ".download").exists()
+    again = fetch_cached("s3://datasets/packs/shapes.tar.gz", tmp_path / "pvc", say=lambda line: None)
+    assert (again.path, again.fetched) == (first.path, None)
