@@ -17,7 +17,7 @@ import yaml
 from tests.s3_fixtures import FakeArtifact, local_files, upload_folder, upload_many
 from tests.test_cluster import compiled, container
 from tests.test_fetch import tar_gz
-from yolokf.datasets import CACHED, DESCRIPTOR, dataset_hash, step_data, step_dataset_hash
+from yolokf.datasets import CACHED, DESCRIPTOR, step_data
 from yolokf.steps import fetch as fetch_module
 from yolokf.steps.data_cache import fetch_cached, source_id
 
@@ -67,15 +67,13 @@ def test_the_training_step_reads_the_cache_in_place_and_the_artifact_holds_only_
     assert [p.name for p in Path(artifact.path).iterdir()] == [DESCRIPTOR], "no data through the pipeline root"
     note = json.loads((Path(artifact.path) / DESCRIPTOR).read_text())
     version = tmp_path / "pvc" / source_id("s3://datasets/vision/shapes") / note["key"]
-    assert note == {"kind": CACHED, "path": str(version), "key": note["key"], "content": f"sha256:{note['key']}"}
+    assert note == {"kind": CACHED, "path": str(version), "key": note["key"]}
     assert artifact.metadata["kind"] == CACHED and len(note["key"]) == 64
     local = step_data("s3://datasets/vision/shapes", artifact, tmp_path / "work")
     spec = yaml.safe_load(Path(local).read_text())
     assert spec["path"] == str(version.resolve()), "the training step reads the version where it lies"
     images = sorted(p.name for p in (version / "images" / "train").iterdir())
     assert len(images) == 8 and images == sorted(p.name for p in (dataset_dir / "images" / "train").iterdir())
-    # The registry's dataset hash is the cache key: the listing's digest, without reading the data again.
-    assert step_dataset_hash(local, artifact) == note["content"] != dataset_hash(local)
 
 
 def test_same_data_is_fetched_once_and_a_changed_object_is_fetched_again(proxy, s3, tmp_path):

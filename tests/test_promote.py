@@ -15,7 +15,6 @@ from google.protobuf import json_format
 from tests.model_registry_server import ModelRegistryServer
 from tests.test_bad_input import assert_one_clear_line
 from tests.test_compile import load_spec
-from tests.test_fetch import s3, s3_server  # noqa: F401 (fixtures)
 from tests.test_serving import model_config_pb2
 from yolokf.errors import QualityGateError, UsageError
 from yolokf.promote import parse_gate
@@ -572,7 +571,7 @@ def test_the_same_data_from_a_folder_and_from_s3_is_one_dataset_for_the_champion
 ):
     """Two evaluations of the same weights on the same images, one from a local folder, one downloaded from
     s3://: the same content hash is registered, and the second run finds the first as the champion to beat."""
-    from tests.test_fetch import upload_folder
+    from tests.s3_fixtures import upload_folder
 
     assert upload_folder(s3, shapes_yaml.parent, "vision/shapes") > 0
     args = ["--registry", registry.url, "--registered-model", "shapes", "--champion"]

@@ -284,16 +284,6 @@ def read_descriptor(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {"kind": DOWNLOADED}
 
 
-def step_dataset_hash(local: str, dataset: Any) -> str:
-    """The dataset hash a step records: a cached dataset's content key, which its listing already gave (no
-    re-reading 20 GB); otherwise `dataset_hash` of the local files."""
-    if dataset is not None:
-        content = read_descriptor(Path(dataset.path)).get("content")
-        if content:
-            return str(content)
-    return dataset_hash(local)
-
-
 def step_data(data: str, dataset: Any, workdir: Path) -> str:
     """The local dataset a step uses, as the download step (`dataset`) decided for the run's `data`: data it
     downloaded into its artifact, a path on the mounted PVC, or `data` itself, resolved here."""

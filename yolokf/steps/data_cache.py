@@ -39,11 +39,6 @@ class CachedDataset:
     key: str
     fetched: Progress | None
 
-    @property
-    def content(self) -> str:
-        """The dataset hash the registry records (`--champion` compares it): the listing's whole digest."""
-        return f"sha256:{self.key}"
-
 
 def source_id(uri: str) -> str:
     """The folder of one source's versions: a hash of its URI (bucket names and prefixes can be long)."""

@@ -467,7 +467,7 @@ def _fetch_into_cache(uri: str, dest: Path, dataset: Any) -> None:
 
     cached = fetch_cached(uri, Path(DATA_CACHE_PATH), on_progress=log_progress(uri))
     find_dataset(cached.path)  # fail here, not an hour later in the training step
-    descriptor = write_descriptor(dest, CACHED, path=str(cached.path), key=cached.key, content=cached.content)
+    descriptor = write_descriptor(dest, CACHED, path=str(cached.path), key=cached.key)
     dataset.metadata.update({"source": uri, **descriptor})
     moved = cached.fetched
     how = f"fetched {moved.files_fetched} objects, {moved.files_done - moved.files_fetched} kept" if moved else "whole"
