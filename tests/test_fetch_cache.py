@@ -17,7 +17,7 @@ import yaml
 from tests.s3_fixtures import FakeArtifact, local_files, upload_folder, upload_many
 from tests.test_cluster import compiled, container
 from tests.test_fetch import tar_gz
-from yolokf.datasets import CACHED, DESCRIPTOR, step_data
+from yolokf.datasets import CACHED, DESCRIPTOR, dataset_hash, prepare_dataset, step_data, step_dataset_hash
 from yolokf.steps import fetch as fetch_module
 from yolokf.steps.data_cache import fetch_cached, source_id
 
@@ -67,13 +67,21 @@ def test_the_training_step_reads_the_cache_in_place_and_the_artifact_holds_only_
     assert [p.name for p in Path(artifact.path).iterdir()] == [DESCRIPTOR], "no data through the pipeline root"
     note = json.loads((Path(artifact.path) / DESCRIPTOR).read_text())
     version = tmp_path / "pvc" / source_id("s3://datasets/vision/shapes") / note["key"]
-    assert note == {"kind": CACHED, "path": str(version), "key": note["key"]}
+    # The registry's content hash, read once when the version was filled: the same as the uploaded folder's.
+    local_hash = dataset_hash(prepare_dataset(dataset_dir, tmp_path / "folder"))  # its path: is another machine's
+    assert note == {"kind": CACHED, "path": str(version), "key": note["key"], "content_hash": local_hash}
+    assert (version.parent / f"{note['key']}.content-hash").read_text().strip() == local_hash
     assert artifact.metadata["kind"] == CACHED and len(note["key"]) == 64
     local = step_data("s3://datasets/vision/shapes", artifact, tmp_path / "work")
     spec = yaml.safe_load(Path(local).read_text())
     assert spec["path"] == str(version.resolve()), "the training step reads the version where it lies"
     images = sorted(p.name for p in (version / "images" / "train").iterdir())
     assert len(images) == 8 and images == sorted(p.name for p in (dataset_dir / "images" / "train").iterdir())
+    # A later run of the same version reads the kept hash instead of the 20 GB: here, not the (altered) files.
+    (version.parent / f"{note['key']}.content-hash").write_text("sha256:kept\n")
+    again = FakeArtifact(str(tmp_path / "again"))
+    fetch_module.fetch_step(uri="s3://datasets/vision/shapes", dataset=again, data_cache_pvc="data-cache")
+    assert step_dataset_hash(local, again) == "sha256:kept"
 
 
 def test_same_data_is_fetched_once_and_a_changed_object_is_fetched_again(proxy, s3, tmp_path):

@@ -284,6 +284,16 @@ def read_descriptor(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {"kind": DOWNLOADED}
 
 
+def step_dataset_hash(local: str, dataset: Any) -> str:
+    """The content hash of the dataset a step read (`local`, from `step_data`): the one the download step kept
+    for a cached version, else computed from the files."""
+    if dataset is not None:
+        kept = read_descriptor(Path(dataset.path)).get("content_hash")
+        if kept:
+            return str(kept)
+    return dataset_hash(local)
+
+
 def step_data(data: str, dataset: Any, workdir: Path) -> str:
     """The local dataset a step uses, as the download step (`dataset`) decided for the run's `data`: data it
     downloaded into its artifact, a path on the mounted PVC, or `data` itself, resolved here."""

@@ -158,14 +158,14 @@ def evaluate_step(
     The summary (for the gate and the registration step) carries what the weights and the data say of themselves:
     the task, trained epochs and image size from the checkpoint, and the dataset's content hash.
     """
-    from yolokf.datasets import dataset_hash, step_data
+    from yolokf.datasets import step_data, step_dataset_hash
 
     with tempfile.TemporaryDirectory(prefix="yolokf-evaluate-") as workdir:
         local = step_data(data, dataset, Path(workdir))
         best = weights_file(weights)
         info = weights_info(best)
         evaluation = evaluate(best, local, imgsz=info.imgsz, batch=batch, device=device, workdir=Path(workdir))
-        digest = dataset_hash(local)
+        digest = step_dataset_hash(local, dataset)
     for name, value in evaluation.metrics.items():
         metrics.log_metric(name, value)
     metrics.metadata["split"] = evaluation.split

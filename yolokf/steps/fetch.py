@@ -460,6 +460,27 @@ def fetch_step(
     print(f"yolokf: fetched {uri}: {files} files, dataset {relative}", flush=True)
 
 
+def cached_content_hash(version: Path) -> str:
+    """The registry's content hash of a cache version (`yolokf.datasets.dataset_hash`), read once per version and
+    kept beside it, so later runs on the same data do not read 20 GB again to find it (issue 16, issue 18).
+
+    The same images and labels hash the same from a folder, a PVC or s3://, so `--champion` still compares them;
+    the cache key (the listing's digest) cannot, since a listing's ETags and times are the store's own."""
+    import tempfile
+
+    from yolokf.datasets import dataset_hash, prepare_dataset
+
+    kept = version.parent / f"{version.name}.content-hash"
+    if kept.is_file():
+        return kept.read_text().strip()
+    with tempfile.TemporaryDirectory(prefix="yolokf-hash-") as workdir:
+        digest = dataset_hash(prepare_dataset(version, Path(workdir)))
+    partial = kept.parent / f".{kept.name}.{os.getpid()}"
+    partial.write_text(digest + "\n")
+    os.replace(partial, kept)  # two runs that hash the same version at once write the same text
+    return digest
+
+
 def _fetch_into_cache(uri: str, dest: Path, dataset: Any) -> None:
     """--data-cache-pvc: the data lands in the cache (once per version); the artifact only says where."""
     from yolokf.datasets import CACHED, write_descriptor
@@ -467,7 +488,8 @@ def _fetch_into_cache(uri: str, dest: Path, dataset: Any) -> None:
 
     cached = fetch_cached(uri, Path(DATA_CACHE_PATH), on_progress=log_progress(uri))
     find_dataset(cached.path)  # fail here, not an hour later in the training step
-    descriptor = write_descriptor(dest, CACHED, path=str(cached.path), key=cached.key)
+    digest = cached_content_hash(cached.path)
+    descriptor = write_descriptor(dest, CACHED, path=str(cached.path), key=cached.key, content_hash=digest)
     dataset.metadata.update({"source": uri, **descriptor})
     moved = cached.fetched
     how = f"fetched {moved.files_fetched} objects, {moved.files_done - moved.files_fetched} kept" if moved else "whole"
