@@ -203,6 +203,8 @@ def evaluate(
     """
     from dataclasses import replace
 
+    if step.nodes > 1:
+        raise UsageError("--nodes applies to training; yolokf evaluate trains nothing, leave it out.")
     if not connection.host and out is None:
         if dry_run:
             raise UsageError("--dry-run shows what a --host run would submit; add --host URL (or set KFP_HOST).")

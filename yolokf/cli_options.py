@@ -92,6 +92,17 @@ STEP_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         None,
     ),
+    "nodes": (
+        Annotated[
+            int,
+            typer.Option(
+                help="Training nodes, each with --gpus (torchrun across nodes); N>1 without --host: N local "
+                "CPU processes.",
+                rich_help_panel=K8S_PANEL,
+            ),
+        ],
+        1,
+    ),
     "accelerator_type": (
         Annotated[str, typer.Option(help="Resource name the device plugin advertises.", rich_help_panel=K8S_PANEL)],
         DEFAULT_ACCELERATOR,

@@ -83,6 +83,8 @@ class Job:
                 "there for the selection steps and --halving (ReadWriteMany when trials run on several nodes); "
                 "or --checkpoint-dir PATH for a volume every step's pod already mounts there."
             )
+        if self.step.nodes > 1:
+            raise UsageError("yolokf tune trains each trial in one pod; leave --nodes out (use --gpus N per trial).")
         if sweep.halving and "," in self.config.device:
             raise UsageError(
                 f"--halving stops each trial at its round's epochs, which ultralytics' multi-GPU (DDP) training "
@@ -96,6 +98,11 @@ def plan_job(config: TrainConfig, step: StepOptions, *, image: str) -> Job:
     if not image.strip():
         raise UsageError("--image is empty; give a tag or digest such as registry.example.com/ml/yolokf@sha256:...")
     step = replace(step, image=image)
+    if step.nodes > 1:
+        raise UsageError(
+            f"--nodes {step.nodes} runs on this machine only for now (yolokf run without --host): the Kubeflow "
+            "Trainer launcher is not part of this version."
+        )
     source = _data_source(config.data, step)
     if source is not None and source.scheme == "pvc":
         # The run parameter stays a pvc:// URI (the download step maps it onto the mount); the mount is fixed.
@@ -108,6 +115,13 @@ def plan_job(config: TrainConfig, step: StepOptions, *, image: str) -> Job:
 def plan_local_job(config: TrainConfig, step: StepOptions) -> Job:
     """Resolve `config` and `step` for kfp.local on this machine: cluster settings do not apply."""
     local = step.for_local()
+    if local.nodes > 1:
+        if config.device.strip().lower() not in ("", "cpu"):
+            raise UsageError(
+                f"yolokf run --nodes {local.nodes} without --host trains on this machine's CPU (Gloo, one process "
+                f"per node); leave --device {config.device} out, or run with --host for GPU nodes."
+            )
+        config = config.with_overrides(device="cpu")
     source = _data_source(config.data, replace(local, data_pvc=step.data_pvc))  # pvc:// in --data, or --data-pvc
     if source is not None and source.scheme == "pvc":
         raise UsageError(

@@ -8,6 +8,7 @@ training fields (`yolokf.settings.TrainConfig`), so a field is never listed here
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import linecache
 import os
@@ -52,7 +53,7 @@ PLACEHOLDER_IMAGE = f"yolokf:{__version__}"
 # The component's source is what a pod runs (kfp embeds it in the container command), so its signature must be
 # spelled out in text: it is generated from the training fields. Outputs and step inputs follow them.
 _TRAIN_SOURCE = '''\
-def yolo_train(
+def {name}(
     {fields}
     weights: Output[Model],
     metrics: Output[Metrics],
@@ -71,6 +72,28 @@ def yolo_train(
     from yolokf.steps.train import train_step
 
     train_step(**inputs)
+'''
+
+# `--nodes N` (issue 19): the same training inputs and outputs, and the node count, compiled in; the step starts
+# yolokf's distributed worker on every node and hands rank 0's results to the same outputs.
+_NODES_SOURCE = '''\
+def {name}(
+    {fields}
+    nodes: int,
+    weights: Output[Model],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    run_dir: Output[Artifact],
+    summary: OutputPath(str),
+    dataset: Input[Dataset] = None,
+    checkpoint_dir: str = "",
+    run_key: str = "",
+):
+    """Train an Ultralytics YOLO model across nodes (yolokf)."""
+    inputs = dict(locals())
+    from yolokf.steps.launch import launch_step
+
+    launch_step(**inputs)
 '''
 
 
@@ -94,12 +117,15 @@ def _generated_function(name: str, source: str) -> Any:
     return namespace[name]
 
 
-yolo_train = dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)(
-    _generated_function(
-        "yolo_train",
-        _TRAIN_SOURCE.format(fields="\n    ".join(f"{f.name}: {f.type.__name__}," for f in training_fields())),
+def _training_component(name: str, source: str) -> Any:
+    fields = "\n    ".join(f"{f.name}: {f.type.__name__}," for f in training_fields())
+    return dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)(
+        _generated_function(name, source.format(name=name, fields=fields))
     )
-)
+
+
+yolo_train = _training_component("yolo_train", _TRAIN_SOURCE)
+yolo_train_nodes = _training_component("yolo_train_nodes", _NODES_SOURCE)
 
 
 @dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
@@ -363,7 +389,10 @@ def build_pipeline(job: Job) -> Any:
 
     def yolov8_train(params: dict[str, Any]) -> Any:
         inputs = _dataset_inputs(job, params["data"])
-        task = yolo_train(**params, checkpoint_dir=job.step.checkpoint_path, run_key=job.step.run_key or "", **inputs)
+        train: Any = yolo_train
+        if job.step.nodes > 1:
+            train = functools.partial(yolo_train_nodes, nodes=job.step.nodes)
+        task = train(**params, checkpoint_dir=job.step.checkpoint_path, run_key=job.step.run_key or "", **inputs)
         apply_step_options(task, job.step)
         apply_retries(task, job.step)
         promoted = _promote(job, task.outputs["weights"], params, inputs)

@@ -73,6 +73,7 @@ class StepOptions:
 
     image: str = ""  # "" until the job is planned: the image build-image made, --image, or "local"
     gpus: int | None = None  # None: no accelerator request, ultralytics picks the device
+    nodes: int = 1  # --nodes: training nodes, each with `gpus` (issue 19); fixed at compile time
     accelerator_type: str = DEFAULT_ACCELERATOR
     shm_size: str | None = DEFAULT_SHM_SIZE  # None: no memory-backed /dev/shm
     cpu: str | None = None
@@ -119,6 +120,7 @@ class StepOptions:
             s3_endpoint_url=self.s3_endpoint_url,
             checkpoint_dir=local_dir,
             run_key=self.run_key,
+            nodes=self.nodes,  # locally: torchrun processes on the loopback address (yolokf.steps.launch)
         )
 
 
@@ -178,6 +180,8 @@ def check_step_options(options: StepOptions) -> None:
                 f"--accelerator-type {options.accelerator_type!r} is not a Kubernetes extended resource name "
                 "(DOMAIN/NAME); use the name your device plugin advertises, such as nvidia.com/gpu or amd.com/gpu."
             )
+    if isinstance(options.nodes, bool) or not isinstance(options.nodes, int) or options.nodes < 1:
+        raise UsageError(f"--nodes must be a whole number of at least 1, got {options.nodes!r}.")
     if options.shm_size is not None:
         _check_quantity(options.shm_size, "--shm-size", "8Gi")
     if options.memory is not None:

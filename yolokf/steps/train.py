@@ -21,6 +21,7 @@ from yolokf.datasets import resolve_data, step_data
 from yolokf.devices import check_visible
 from yolokf.errors import TrainingError
 from yolokf.settings import TrainConfig
+from yolokf.steps.distributed import distributed_trainer, world
 from yolokf.tasks import check_task
 
 RUN_NAME = "train"
@@ -141,6 +142,7 @@ def train(
     checkpoint_dir: str | None = None,
     run_key: str | None = None,
     stop_after: int | None = None,
+    distributed: bool = False,
 ) -> TrainResult:
     """Train `config` with ultralytics, writing the run folder under `workdir`.
 
@@ -149,6 +151,7 @@ def train(
     `last.pt` there is resumed rather than started over (docs/cluster.md, "Resume").
     `stop_after` ends this attempt once that many of `config.epochs` are trained, keeping `last.pt` resumable
     (a sweep round's budget, docs/tune.md).
+    `distributed`: one rank of a multi-node training under torchrun (yolokf.steps.distributed, issue 19).
     """
     prepare_environment()
     # A device edited in the run form may name GPUs this pod was not given (compiled --gpus): say so, not CUDA.
@@ -169,6 +172,8 @@ def train(
     save_dir = project / name
     ckpt = find_checkpoint(save_dir, config.epochs) if checkpoint_dir else None
     budget = stop_after if stop_after and stop_after < config.epochs else None
+    trainer: Any = None
+    leader = not distributed or world()[1] == 0  # under torchrun only rank 0 clears a stale run folder
     results, budget_metrics, saved_metrics = None, None, None
     try:
         if ckpt is not None and ckpt.finished:
@@ -187,20 +192,29 @@ def train(
             model = YOLO(str(ckpt.path))
             if budget:
                 model.add_callback("on_fit_epoch_end", _stop_after(budget))
+            if distributed:
+                trainer = distributed_trainer(model.task_map[str(model.task)]["trainer"])
             # Only what ultralytics lets a resume change: this attempt's dataset path, device and workers.
             kwargs = config.train_kwargs()
             results = model.train(
-                resume=True, data=data_path, device=kwargs["device"], workers=kwargs["workers"], save_dir=str(save_dir)
+                resume=True,
+                data=data_path,
+                device=kwargs["device"],
+                workers=kwargs["workers"],
+                save_dir=str(save_dir),
+                trainer=trainer,
             )
         else:
-            if checkpoint_dir:
+            if checkpoint_dir and leader:
                 clear_run(save_dir)
             model = YOLO(config.model)
             check_task(str(model.task), Path(data_path), config.model)  # before ultralytics builds anything
             if budget:
                 model.add_callback("on_fit_epoch_end", _stop_after(budget))
+            if distributed:
+                trainer = distributed_trainer(model.task_map[str(model.task)]["trainer"])
             results = model.train(
-                data=data_path, project=str(project), name=name, exist_ok=True, **config.train_kwargs()
+                data=data_path, project=str(project), name=name, exist_ok=True, trainer=trainer, **config.train_kwargs()
             )
     except _BudgetReached as stop:
         budget_metrics = stop.metrics
