@@ -119,6 +119,12 @@ def run(
     from yolokf.job import plan_job
 
     job = plan_job(config, step, image=resolve_image(run.image)).with_promotion(promote)
+    if dry_run and job.step.nodes > 1:
+        from yolokf.trainjob import trainjob_yaml
+
+        say(f"The training step's TrainJob ({job.step.nodes} nodes; the run's name as a placeholder):")
+        say(trainjob_yaml(job).rstrip())
+        return
     _submit(job, connection, run, dry_run)
 
 

@@ -19,6 +19,7 @@ from yolokf.settings import PromoteOptions, SweepOptions, TrainConfig, parse_set
 from yolokf.step_options import (
     DEFAULT_ACCELERATOR,
     DEFAULT_SHM_SIZE,
+    DEFAULT_TRAINING_RUNTIME,
     StepOptions,
     Toleration,
     parse_duration,
@@ -102,6 +103,15 @@ STEP_OPTIONS: dict[str, tuple[Any, Any]] = {
             ),
         ],
         1,
+    ),
+    "training_runtime": (
+        Annotated[
+            str,
+            typer.Option(
+                help="Kubeflow Trainer ClusterTrainingRuntime of the --nodes TrainJob.", rich_help_panel=K8S_PANEL
+            ),
+        ],
+        DEFAULT_TRAINING_RUNTIME,
     ),
     "accelerator_type": (
         Annotated[str, typer.Option(help="Resource name the device plugin advertises.", rich_help_panel=K8S_PANEL)],

@@ -98,12 +98,17 @@ def plan_job(config: TrainConfig, step: StepOptions, *, image: str) -> Job:
     if not image.strip():
         raise UsageError("--image is empty; give a tag or digest such as registry.example.com/ml/yolokf@sha256:...")
     step = replace(step, image=image)
-    if step.nodes > 1:
+    if step.nodes > 1 and not step.checkpoint_pvc:
         raise UsageError(
-            f"--nodes {step.nodes} runs on this machine only for now (yolokf run without --host): the Kubeflow "
-            "Trainer launcher is not part of this version."
+            f"--nodes {step.nodes} needs --checkpoint-pvc NAME, a ReadWriteMany PVC that every node mounts: rank 0 "
+            "keeps the checkpoints and its results there for the training step and for a resume after a lost node."
         )
     source = _data_source(config.data, step)
+    if step.nodes > 1 and source is not None and source.fetched:
+        raise UsageError(
+            f"--nodes {step.nodes}: every node reads the dataset itself; put {source.uri} on a PVC and give "
+            "--data pvc://PVC/path/data.yaml (or --data-pvc), or use a built-in dataset."
+        )
     if source is not None and source.scheme == "pvc":
         # The run parameter stays a pvc:// URI (the download step maps it onto the mount); the mount is fixed.
         step = replace(step, data_pvc=source.bucket)

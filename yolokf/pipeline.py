@@ -390,6 +390,12 @@ def build_pipeline(job: Job) -> Any:
     def yolov8_train(params: dict[str, Any]) -> Any:
         inputs = _dataset_inputs(job, params["data"])
         train: Any = yolo_train
+        if job.step.nodes > 1 and job.step.image != "local":
+            raise UsageError(
+                f"--nodes {job.step.nodes} trains on this machine only in this version (yolokf run without --host); "
+                "the step that creates the Kubeflow Trainer TrainJob is not part of it yet. See the TrainJob it will "
+                "create with yolokf run --host URL --nodes N --dry-run."
+            )
         if job.step.nodes > 1:
             train = functools.partial(yolo_train_nodes, nodes=job.step.nodes)
         task = train(**params, checkpoint_dir=job.step.checkpoint_path, run_key=job.step.run_key or "", **inputs)

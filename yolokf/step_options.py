@@ -18,6 +18,7 @@ DEFAULT_ACCELERATOR = "nvidia.com/gpu"
 DEFAULT_SHM_SIZE = "8Gi"
 # Fixed mount points, so a retried or re-submitted step finds the same files at the same paths.
 SHM_PATH = "/dev/shm"
+DEFAULT_TRAINING_RUNTIME = "torch-distributed"  # Kubeflow Trainer's ClusterTrainingRuntime for torchrun
 DATA_PVC_PATH = "/mnt/yolokf/data"
 CHECKPOINT_PVC_PATH = "/mnt/yolokf/checkpoints"
 DATA_CACHE_PATH = "/mnt/yolokf/data-cache"  # --data-cache-pvc: the download, training, evaluate and export steps
@@ -74,6 +75,7 @@ class StepOptions:
     image: str = ""  # "" until the job is planned: the image build-image made, --image, or "local"
     gpus: int | None = None  # None: no accelerator request, ultralytics picks the device
     nodes: int = 1  # --nodes: training nodes, each with `gpus` (issue 19); fixed at compile time
+    training_runtime: str = DEFAULT_TRAINING_RUNTIME  # --training-runtime: the TrainJob's runtimeRef
     accelerator_type: str = DEFAULT_ACCELERATOR
     shm_size: str | None = DEFAULT_SHM_SIZE  # None: no memory-backed /dev/shm
     cpu: str | None = None
@@ -182,6 +184,11 @@ def check_step_options(options: StepOptions) -> None:
             )
     if isinstance(options.nodes, bool) or not isinstance(options.nodes, int) or options.nodes < 1:
         raise UsageError(f"--nodes must be a whole number of at least 1, got {options.nodes!r}.")
+    if not re.match(_OBJECT_NAME, options.training_runtime):
+        raise UsageError(
+            f"--training-runtime {options.training_runtime!r} is not a Kubernetes object name; give the name of a "
+            "ClusterTrainingRuntime, such as torch-distributed (kubectl get clustertrainingruntimes)."
+        )
     if options.shm_size is not None:
         _check_quantity(options.shm_size, "--shm-size", "8Gi")
     if options.memory is not None:

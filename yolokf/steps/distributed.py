@@ -149,13 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     from yolokf.steps.train import train
 
     args = sys.argv[1:] if argv is None else argv
-    request = json.loads(Path(args[0]).read_text())
+    # The TrainJob passes the request inline; the local launcher as a file next to the nodes' logs.
+    request = json.loads(args[0] if args[0].lstrip().startswith("{") else Path(args[0]).read_text())
     size, rank, _ = world()
     try:
         result = train(
             TrainConfig.from_parameters(request["parameters"]),
             Path(request["workdir"]),
-            data=request["data"],
+            data=request.get("data") or None,
             checkpoint_dir=request.get("checkpoint_dir") or None,
             run_key=request.get("run_key") or None,
             distributed=size > 1,  # one node of one process trains as the one-pod step does

@@ -1,0 +1,154 @@
+"""The `--nodes N` TrainJob (issue 19): built from kubeflow-trainer-api's models, printed by `run --dry-run`."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
+
+from yolokf.errors import UsageError
+from yolokf.trainjob import check_fields
+
+CLUSTER = ["--host", "http://localhost:1", "--image", "reg.example.com/yolokf:1", "--model", "yolov8n.pt"]
+CLUSTER += ["--data", "pvc://datasets/coco/data.yaml", "--epochs", "50", "--checkpoint-pvc", "ckpt"]
+
+
+def _dry_run(cli, *args: str) -> dict:
+    result = cli(["run", *CLUSTER, "--dry-run", *args])
+    assert result.exit_code == 0, result.stderr
+    header, _, body = result.stdout.partition("\n")
+    assert (
+        header
+        == f"The training step's TrainJob ({args[args.index('--nodes') + 1]} nodes; the run's name as a placeholder):"
+    )
+    return yaml.safe_load(body)
+
+
+def test_dry_run_prints_the_trainjob_the_models_define(cli):
+    flags = ["--nodes", "4", "--gpus", "8", "--cpu", "32", "--memory", "256Gi", "--shm-size", "16Gi"]
+    flags += ["--toleration", "nvidia.com/gpu=present:NoSchedule", "--node-selector", "pool=h100"]
+    flags += ["--image-pull-secret", "regcred", "--step-timeout", "12h"]
+    trainjob = _dry_run(cli, *flags)
+    check_fields(TrainerV1alpha1TrainJob, trainjob)  # every key is one the models define
+    assert TrainerV1alpha1TrainJob.from_dict(trainjob).to_dict() == trainjob
+    assert (trainjob["apiVersion"], trainjob["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert trainjob["metadata"] == {"name": "<run-name>"}
+    spec = trainjob["spec"]
+    assert spec["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "ClusterTrainingRuntime",
+        "name": "torch-distributed",
+    }
+    assert spec["activeDeadlineSeconds"] == 12 * 3600
+    trainer = spec["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"], trainer["image"]) == (4, 8, "reg.example.com/yolokf:1")
+    quantities = {"nvidia.com/gpu": "8", "cpu": "32", "memory": "256Gi"}
+    assert trainer["resourcesPerNode"] == {"limits": quantities, "requests": quantities}
+    assert "env" not in trainer  # the runtime sets PET_*; a TrainJob that sets them is refused
+    assert trainer["command"] == ["torchrun"]
+    assert trainer["args"][:2] == ["-m", "yolokf.steps.distributed"]
+    request = json.loads(trainer["args"][2])
+    assert request["parameters"]["device"] == "0,1,2,3,4,5,6,7"  # LOCAL_RANK picks each process's GPU
+    assert request["parameters"]["epochs"] == 50
+    assert request["data"] == "/mnt/yolokf/data/coco/data.yaml"
+    assert request["checkpoint_dir"] == "/mnt/yolokf/checkpoints"
+    assert request["result"].startswith("/mnt/yolokf/checkpoints/yolov8n-")
+    assert len(spec["runtimePatches"]) == 1
+    patch = spec["runtimePatches"][0]
+    assert patch["manager"] == "yolokf.kubeflow.org/launcher"
+    jobs = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert [job["name"] for job in jobs] == ["node"]
+    pod = jobs[0]["template"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "h100"}
+    assert pod["tolerations"] == [
+        {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Equal", "value": "present"}
+    ]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["volumes"] == [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
+        {"name": "data", "persistentVolumeClaim": {"claimName": "datasets"}},
+        {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "ckpt"}},
+    ]
+    assert pod["containers"] == [
+        {
+            "name": "node",
+            "volumeMounts": [
+                {"name": "dshm", "mountPath": "/dev/shm"},
+                {"name": "data", "mountPath": "/mnt/yolokf/data"},
+                {"name": "checkpoints", "mountPath": "/mnt/yolokf/checkpoints"},
+            ],
+        }
+    ]
+
+
+def test_cpu_nodes_and_another_runtime(cli):
+    trainjob = _dry_run(cli, "--nodes", "2", "--gpus", "0", "--training-runtime", "torch-cpu", "--shm-size", "0")
+    trainer = trainjob["spec"]["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 1)
+    assert json.loads(trainer["args"][2])["parameters"]["device"] == "cpu"
+    assert "resourcesPerNode" not in trainer
+    assert trainjob["spec"]["runtimeRef"]["name"] == "torch-cpu"
+
+
+def test_a_misspelt_field_fails():
+    with pytest.raises(UsageError, match=r"TrainerV1alpha1Trainer has no field spec\.trainer\.numNode; known: args, "):
+        check_fields(TrainerV1alpha1TrainJob, {"spec": {"runtimeRef": {"name": "x"}, "trainer": {"numNode": 2}}})
+    with pytest.raises(
+        UsageError,
+        match=re.escape(
+            "TrainerV1alpha1PodSpecPatch has no field spec.runtimePatches[0].trainingRuntimeSpec.template.spec."
+            "replicatedJobs[0].template.spec.template.spec.nodeSelectors; known: affinity, containers,"
+        ),
+    ):
+        check_fields(
+            TrainerV1alpha1TrainJob,
+            {
+                "spec": {
+                    "runtimePatches": [
+                        {
+                            "manager": "m",
+                            "trainingRuntimeSpec": {
+                                "template": {
+                                    "spec": {
+                                        "replicatedJobs": [
+                                            {
+                                                "name": "node",
+                                                "template": {"spec": {"template": {"spec": {"nodeSelectors": {}}}}},
+                                            }
+                                        ]
+                                    }
+                                }
+                            },
+                        }
+                    ]
+                }
+            },
+        )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["compile", "--nodes", "2", "--checkpoint-pvc", "ckpt"],
+            "--nodes 2 trains on this machine only in this version",
+        ),
+        (
+            ["compile", "--nodes", "2"],
+            "--nodes 2 needs --checkpoint-pvc NAME, a ReadWriteMany PVC that every node mounts",
+        ),
+        (
+            ["compile", "--nodes", "2", "--checkpoint-pvc", "c", "--data", "s3://b/d.zip", "--data-secret", "s"],
+            "--nodes 2: every node reads the dataset itself",
+        ),
+        (["compile", "--training-runtime", "Torch_X"], "--training-runtime 'Torch_X' is not a Kubernetes object name"),
+    ],
+)
+def test_refused(cli, tmp_path, args, message):
+    result = cli([*args, "--image", "reg.example.com/yolokf:1", "--out", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 2, result.stdout
+    assert message in result.stderr
+    assert not (tmp_path / "p.yaml").exists()
