@@ -133,10 +133,6 @@ def test_a_misspelt_field_fails():
     ("args", "message"),
     [
         (
-            ["compile", "--nodes", "2", "--checkpoint-pvc", "ckpt"],
-            "--nodes 2 trains on this machine only in this version",
-        ),
-        (
             ["compile", "--nodes", "2"],
             "--nodes 2 needs --checkpoint-pvc NAME, a ReadWriteMany PVC that every node mounts",
         ),
@@ -152,3 +148,32 @@ def test_refused(cli, tmp_path, args, message):
     assert result.exit_code == 2, result.stdout
     assert message in result.stderr
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_compile_nodes_gives_the_launcher_its_trainjob_and_no_gpu(cli, tmp_path):
+    out = tmp_path / "p.yaml"
+    args = ["compile", "--nodes", "3", "--gpus", "4", "--checkpoint-pvc", "ckpt", "--image", "reg.example.com/yolokf:1"]
+    result = cli([*args, "--model", "yolov8n.pt", "--data", "shapes", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    documents = list(yaml.safe_load_all(out.read_text()))
+    spec = documents[0]
+    task = spec["root"]["dag"]["tasks"]["yolo-train-nodes"]
+    assert task["inputs"]["parameters"]["nodes"]["runtimeValue"]["constant"] == 3
+    trainjob = task["inputs"]["parameters"]["trainjob"]["runtimeValue"]["constant"]
+    check_fields(TrainerV1alpha1TrainJob, trainjob)
+    assert (trainjob["spec"]["trainer"]["numNodes"], trainjob["spec"]["trainer"]["numProcPerNode"]) == (3, 4)
+    assert trainjob["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
+    executor = spec["deploymentSpec"]["executors"]["exec-yolo-train-nodes"]["container"]
+    assert "resources" not in executor  # the launcher's pod holds no GPU, CPU or memory of the nodes
+    platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-yolo-train-nodes"]
+    assert [m["mountPath"] for m in platform["pvcMount"]] == ["/mnt/yolokf/checkpoints"]
+
+    rbac = list(yaml.safe_load_all((tmp_path / "p-rbac.yaml").read_text()))
+    assert f"Wrote {tmp_path / 'p-rbac.yaml'}" in result.stdout
+    assert [d["kind"] for d in rbac] == ["Role", "RoleBinding"]
+    trainjobs = [r for r in rbac[0]["rules"] if r["resources"] == ["trainjobs"]]
+    assert len(trainjobs) == 1
+    assert trainjobs[0]["apiGroups"] == ["trainer.kubeflow.org"]
+    assert set(trainjobs[0]["verbs"]) >= {"create", "get", "delete"}
+    assert rbac[1]["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
+    assert rbac[1]["roleRef"]["name"] == rbac[0]["metadata"]["name"]

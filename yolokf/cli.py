@@ -86,6 +86,8 @@ def compile_(
 
     job = plan_job(config, step, image=resolve_image(image)).with_promotion(promote)
     say(f"Wrote {compile_pipeline(job, out)}")
+    if job.step.nodes > 1:
+        _write_rbac(out)
 
 
 @app.command()
@@ -407,6 +409,15 @@ def _warn_ignored(config: TrainConfig) -> None:
     ignored = ignored_under_auto(config.train_args, config.train_args)
     if ignored:
         say(f"Warning: --set {ignored[0]}: {auto_optimizer_hint(ignored)}.", err=True)
+
+
+def _write_rbac(out: Path) -> None:
+    """`--nodes`: the Role and RoleBinding the launcher needs, next to the pipeline (docs/cluster.md)."""
+    from yolokf.trainjob import rbac_yaml
+
+    rbac = out.with_name(f"{out.stem}-rbac.yaml")
+    rbac.write_text(rbac_yaml())
+    say(f"Wrote {rbac}: the launcher's rights on TrainJobs; edit the namespace (kubeflow) and kubectl apply -f it.")
 
 
 def _submit(job: Job, connection: Connection, run: RunOptions, dry_run: bool) -> bool:

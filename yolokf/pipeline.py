@@ -42,6 +42,7 @@ from yolokf.step_options import (
     apply_retries,
     apply_select_options,
     apply_step_options,
+    launcher_options,
 )
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ def {name}(
     dataset: Input[Dataset] = None,
     checkpoint_dir: str = "",
     run_key: str = "",
+    trainjob: dict = {{}},
 ):
     """Train an Ultralytics YOLO model across nodes (yolokf)."""
     inputs = dict(locals())
@@ -379,6 +381,15 @@ def _one_device(job: Job, needs_gpu: bool, params: dict[str, Any]) -> Any:
     return "0" if needs_gpu and job.step.gpus else "cpu"
 
 
+def _trainjob(job: Job) -> dict[str, Any]:
+    """The TrainJob a cluster's launcher creates (the run's name and values put in by the step); none locally."""
+    if job.step.image == "local":
+        return {}
+    from yolokf.trainjob import build_trainjob, trainjob_dict
+
+    return trainjob_dict(build_trainjob(job))
+
+
 def build_pipeline(job: Job) -> Any:
     """The `yolov8-train` pipeline: one parameter per training field, `job.config`'s values as the defaults.
 
@@ -390,16 +401,11 @@ def build_pipeline(job: Job) -> Any:
     def yolov8_train(params: dict[str, Any]) -> Any:
         inputs = _dataset_inputs(job, params["data"])
         train: Any = yolo_train
-        if job.step.nodes > 1 and job.step.image != "local":
-            raise UsageError(
-                f"--nodes {job.step.nodes} trains on this machine only in this version (yolokf run without --host); "
-                "the step that creates the Kubeflow Trainer TrainJob is not part of it yet. See the TrainJob it will "
-                "create with yolokf run --host URL --nodes N --dry-run."
-            )
         if job.step.nodes > 1:
-            train = functools.partial(yolo_train_nodes, nodes=job.step.nodes)
+            train = functools.partial(yolo_train_nodes, nodes=job.step.nodes, trainjob=_trainjob(job))
         task = train(**params, checkpoint_dir=job.step.checkpoint_path, run_key=job.step.run_key or "", **inputs)
-        apply_step_options(task, job.step)
+        # The launcher holds no GPU: the TrainJob's nodes get them (yolokf.trainjob).
+        apply_step_options(task, launcher_options(job.step) if job.step.nodes > 1 else job.step)
         apply_retries(task, job.step)
         promoted = _promote(job, task.outputs["weights"], params, inputs)
         return returns(

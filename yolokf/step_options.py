@@ -8,7 +8,7 @@ key reach the training code itself.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +285,12 @@ def apply_step_options(task: Any, options: StepOptions, name: str = "train") -> 
         kubernetes.mount_pvc(task, pvc_name=options.data_cache_pvc, mount_path=DATA_CACHE_PATH)
     if options.checkpoint_pvc:
         kubernetes.mount_pvc(task, pvc_name=options.checkpoint_pvc, mount_path=CHECKPOINT_PVC_PATH)
+
+
+def launcher_options(options: StepOptions) -> StepOptions:
+    """A `--nodes N` launcher step's pod: the step's pulls, metadata, tolerations, timeout and checkpoint PVC (where
+    rank 0 leaves its result), no accelerators, CPU, memory or node selector: the TrainJob's nodes get those."""
+    return replace(options, gpus=None, cpu=None, memory=None, node_selector=(), shm_size=None)
 
 
 def apply_fetch_options(task: Any, options: StepOptions) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import types
 import typing
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from yolokf.errors import UsageError
@@ -75,13 +74,12 @@ def worker_request(job: Job) -> dict[str, Any]:
     from yolokf.steps.checkpoint import default_run_key
 
     run_key = job.step.run_key or default_run_key(job.config)
-    source = job.source
-    # Every node reads the data itself: from the mounted PVC, or the built-in set ('' : the worker resolves it).
-    data = str(PurePosixPath(DATA_PVC_PATH) / source.path) if source is not None and source.scheme == "pvc" else ""
+    from yolokf.steps.launch import node_data
+
     return {
         "parameters": job.config.parameters(),
         "workdir": "/tmp/yolokf-node",
-        "data": data,
+        "data": node_data(job.config.data),  # every node reads the data itself
         "checkpoint_dir": CHECKPOINT_PVC_PATH,
         "run_key": run_key,
         "result": f"{CHECKPOINT_PVC_PATH}/{run_key}/{RESULT_FILE}",
@@ -184,3 +182,35 @@ def trainjob_yaml(job: Job, name: str = RUN_NAME_PLACEHOLDER) -> str:
     import yaml
 
     return yaml.safe_dump(trainjob_dict(build_trainjob(job, name)), sort_keys=False)
+
+
+RBAC_RULES = (
+    ("trainer.kubeflow.org", "trainjobs", ("create", "get", "list", "watch", "delete")),
+    ("", "pods", ("get", "list")),
+    ("", "pods/log", ("get",)),
+)
+
+
+def rbac_yaml(namespace: str = "kubeflow", service_account: str = "pipeline-runner") -> str:
+    """The Role and RoleBinding that let the pipeline's service account run the `--nodes` launcher: standalone
+    KFP's `pipeline-runner` has no rights on trainer.kubeflow.org (Kubeflow's `default-editor` has them through
+    `kubeflow-edit`). Built from the official client's models."""
+    import yaml
+    from kubernetes import client
+
+    name = "yolokf-trainjobs"
+    role = client.V1Role(
+        api_version="rbac.authorization.k8s.io/v1",
+        kind="Role",
+        metadata=client.V1ObjectMeta(name=name, namespace=namespace),
+        rules=[client.V1PolicyRule(api_groups=[g], resources=[r], verbs=list(v)) for g, r, v in RBAC_RULES],
+    )
+    binding = client.V1RoleBinding(
+        api_version="rbac.authorization.k8s.io/v1",
+        kind="RoleBinding",
+        metadata=client.V1ObjectMeta(name=name, namespace=namespace),
+        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=name),
+        subjects=[client.RbacV1Subject(kind="ServiceAccount", name=service_account, namespace=namespace)],
+    )
+    serialize = client.ApiClient().sanitize_for_serialization
+    return yaml.safe_dump_all([serialize(role), serialize(binding)], sort_keys=False)

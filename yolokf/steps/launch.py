@@ -7,6 +7,7 @@ loopback address, one CPU process each (Gloo): a multi-node configuration checke
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from yolokf.steps.train import TrainResult, write_outputs
 
 LOOPBACK = "127.0.0.1"
 RESULT_FILE = "yolokf-result.json"
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 REQUEST_FILE = "yolokf-request.json"
 RESUME_ADVICE = "rerun with --retries N and --checkpoint-dir (or --checkpoint-pvc) to resume from the last epoch"
 
@@ -160,6 +162,158 @@ def run_local_nodes(
     return result_from_json(json.loads(result.read_text()))
 
 
+GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
+# Trainer v2 runs a TrainJob as a JobSet of its name; node N is the pod with completion index N of job "node".
+NODE0_SELECTOR = "jobset.sigs.k8s.io/jobset-name={name},batch.kubernetes.io/job-completion-index=0"
+RBAC_ADVICE = (
+    "apply yolokf's Role and RoleBinding: kubectl apply -f the -rbac.yaml that yolokf compile --nodes wrote "
+    'next to the pipeline (docs/cluster.md, "Several nodes")'
+)
+
+
+class _Canceled(BaseException):
+    """SIGTERM: Kubeflow Pipelines deletes a canceled run's pods; the TrainJob goes with the step."""
+
+
+def _print_node0_log(core: Any, namespace: str, name: str, printed: int) -> int:
+    """Print what node 0's pod logged since the last call; the count of characters printed so far."""
+    from kubernetes.client.exceptions import ApiException
+
+    pods = core.list_namespaced_pod(namespace, label_selector=NODE0_SELECTOR.format(name=name)).items
+    if len(pods) != 1:
+        return printed
+    try:
+        text = core.read_namespaced_pod_log(pods[0].metadata.name, namespace, container="node")
+    except ApiException:  # not started yet
+        return printed
+    if len(text) > printed:
+        print(text[printed:], end="" if text.endswith("\n") else "\n", flush=True)
+    return max(printed, len(text))
+
+
+def run_trainjob(
+    body: dict[str, Any], *, namespace: str, api_client: Any, timeout: int | None, poll: float = 5.0
+) -> None:
+    """Create the TrainJob `body`, print node 0's log as it goes, and return once it is Complete.
+
+    TrainingError with one line when the service account may not create it (403), when it is Failed, or when it
+    runs past `timeout` seconds; on a timeout or a cancel (SIGTERM) the TrainJob is deleted, and its pods with it.
+    """
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+    name = body["metadata"]["name"]
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    except ApiException as exc:
+        if exc.status == 403:
+            raise TrainingError(
+                f"The step's service account may not create trainjobs.{GROUP} in namespace {namespace} (403 "
+                f"Forbidden); {RBAC_ADVICE}."
+            ) from None
+        raise TrainingError(f"Creating TrainJob {namespace}/{name} failed: {exc.status} {exc.reason}.") from None
+    print(f"yolokf: created TrainJob {namespace}/{name}; node 0's log follows.", flush=True)
+    deadline = time.monotonic() + timeout if timeout else None
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(_Canceled()))
+    printed = 0
+    try:
+        while True:
+            job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            printed = _print_node0_log(core, namespace, name, printed)
+            conditions = {
+                c["type"]: c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"
+            }
+            if "Complete" in conditions:
+                return
+            if "Failed" in conditions:
+                failed = conditions["Failed"]
+                raise TrainingError(
+                    f"TrainJob {namespace}/{name} failed ({failed.get('reason', 'no reason')}): "
+                    f"{failed.get('message', '')}".rstrip(": ")
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                _delete(custom, namespace, name)
+                raise TrainingError(
+                    f"TrainJob {namespace}/{name} did not finish within the step's timeout ({timeout} s); deleted it."
+                )
+            time.sleep(poll)
+    except _Canceled:
+        _delete(custom, namespace, name)
+        raise TrainingError(f"The step was canceled; deleted TrainJob {namespace}/{name}.") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def node_data(data: str) -> str:
+    """Where every node reads `data` (this run's value): a pvc:// dataset at its mount; '' for the worker to
+    resolve (a built-in dataset)."""
+    from yolokf.data_sources import is_remote, parse_data_uri
+    from yolokf.step_options import DATA_PVC_PATH
+
+    if not is_remote(data):
+        return ""
+    source = parse_data_uri(data)
+    if source.scheme != "pvc":
+        raise TrainingError(f"--nodes: every node reads the dataset itself; {data} is not on a PVC (pvc://PVC/path).")
+    return str(Path(DATA_PVC_PATH) / source.path)
+
+
+def prepare_trainjob(
+    template: dict[str, Any], config: TrainConfig, *, name: str, checkpoint_dir: str, run_key: str
+) -> dict[str, Any]:
+    """The compiled TrainJob with this run's name and training values: what the worker trains is what the run
+    received (a value edited in the run form included), its checkpoint folder keyed on them as in one pod."""
+    from yolokf.steps.checkpoint import default_run_key
+    from yolokf.trainjob import RESULT_FILE
+
+    body = json.loads(json.dumps(template))
+    body["metadata"]["name"] = name
+    args = body["spec"]["trainer"]["args"]
+    request = json.loads(args[-1])
+    key = run_key or default_run_key(config)
+    request.update(
+        data=node_data(config.data),
+        parameters=config.parameters(),
+        checkpoint_dir=checkpoint_dir,
+        run_key=key,
+        result=str(Path(checkpoint_dir) / key / RESULT_FILE),
+    )
+    args[-1] = json.dumps(request, sort_keys=True)
+    return body
+
+
+def _delete(custom: Any, namespace: str, name: str) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Foreground")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def cluster_connection() -> tuple[str, Any]:
+    """The namespace and API client of the pod's service account (in a cluster), else of the kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+        namespace = Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip()
+    except config.ConfigException:
+        kubeconfig = os.environ.get("KUBECONFIG")  # read now: the client reads it once, at import
+        config.load_kube_config(config_file=kubeconfig)
+        _, context = config.list_kube_config_contexts(config_file=kubeconfig)
+        namespace = context["context"].get("namespace") or "default"
+    return namespace, client.ApiClient()
+
+
+def trainjob_name() -> str:
+    """One TrainJob per attempt of the step: named after its pod (a retry is a new pod, resuming the checkpoint)."""
+    pod = os.environ.get("HOSTNAME") or socket.gethostname()
+    return f"yolokf-{hashlib.sha256(pod.encode()).hexdigest()[:12]}"
+
+
 def launch_step(
     *,
     nodes: int,
@@ -171,15 +325,32 @@ def launch_step(
     dataset: Any = None,
     checkpoint_dir: str = "",
     run_key: str = "",
+    trainjob: dict[str, Any] | None = None,
     **parameters: Any,
 ) -> None:
-    """Entry point of the pipeline's training component across nodes: `parameters` are its training fields."""
+    """Entry point of the pipeline's training component across nodes: `parameters` are its training fields.
+
+    With `trainjob` (compiled for a cluster) it creates that TrainJob with this run's values and follows it;
+    without, it starts the nodes on this machine.
+    """
     config = TrainConfig.from_parameters(parameters)
     with tempfile.TemporaryDirectory(prefix="yolokf-nodes-") as workdir:
-        local_data = step_data(config.data, dataset, Path(workdir))
-        result = run_local_nodes(
-            config, nodes, Path(workdir), data=local_data, checkpoint_dir=checkpoint_dir, run_key=run_key
-        )
+        if trainjob:
+            namespace, api_client = cluster_connection()
+            body = prepare_trainjob(
+                trainjob, config, name=trainjob_name(), checkpoint_dir=checkpoint_dir, run_key=run_key
+            )
+            timeout = body["spec"].get("activeDeadlineSeconds")
+            run_trainjob(body, namespace=namespace, api_client=api_client, timeout=timeout)
+            done = Path(json.loads(body["spec"]["trainer"]["args"][-1])["result"])
+            if not done.is_file():
+                raise TrainingError(f"TrainJob {body['metadata']['name']} completed without rank 0's result {done}.")
+            result = result_from_json(json.loads(done.read_text()))
+        else:
+            local_data = step_data(config.data, dataset, Path(workdir))
+            result = run_local_nodes(
+                config, nodes, Path(workdir), data=local_data, checkpoint_dir=checkpoint_dir, run_key=run_key
+            )
         write_outputs(result, config, weights=weights, metrics=metrics, report=report, run_dir=run_dir)
     print("yolokf-metrics " + json.dumps(result.metrics), flush=True)
     if summary is not None:

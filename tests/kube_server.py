@@ -1,0 +1,242 @@
+"""A strict loopback Kubernetes API server for Kubeflow Trainer's `trainjobs` (issue 19), driven by the official
+`kubernetes` client in tests.
+
+It speaks the paths and Status objects of the real API server for what the launcher step uses: create, get and
+delete of `trainjobs.trainer.kubeflow.org/v1alpha1` (bodies checked key by key against kubeflow-trainer-api's
+models, as a server with strict field validation does: an unknown field is a 400; a `PET_*` variable in
+`spec.trainer.env` is refused as Trainer's webhook refuses it), listing pods by label selector and reading a pod's
+log. A bearer token without the right is answered 403 Forbidden, as RBAC answers. And it runs a TrainJob as the
+`torch-distributed` runtime would: `numNodes` processes of `spec.trainer.command + args`, each with the
+`PET_NNODES`, `PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `PET_MASTER_ADDR` and `PET_MASTER_PORT` that torchrun reads,
+on the loopback address; the TrainJob's condition becomes `Complete` or `Failed` when they end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
+
+from yolokf.errors import UsageError
+from yolokf.trainjob import check_fields
+
+PREFIX = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/"
+
+
+@dataclass
+class Run:
+    body: dict[str, Any]
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+
+class KubeServer:
+    def __init__(self, workdir: Path, token: str = "token", allowed: bool = True):
+        self.workdir, self.token, self.allowed = workdir, token, allowed
+        self.trainjobs: dict[tuple[str, str], Run] = {}
+        self.deleted: list[str] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.handle(self, "GET")
+
+            def do_POST(self) -> None:
+                server.handle(self, "POST")
+
+            def do_DELETE(self) -> None:
+                server.handle(self, "DELETE")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def api_client(self, token: str | None = None) -> Any:
+        from kubernetes import client
+
+        configuration = client.Configuration(host=self.url)
+        configuration.api_key = {"authorization": token or self.token}
+        configuration.api_key_prefix = {"authorization": "Bearer"}
+        return client.ApiClient(configuration)
+
+    def close(self) -> None:
+        for run in self.trainjobs.values():
+            self._kill(run)
+        self.httpd.shutdown()
+
+    # -- HTTP --------------------------------------------------------------------------------------------------
+    def handle(self, request: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlparse(request.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        length = int(request.headers.get("Content-Length") or 0)
+        body = json.loads(request.rfile.read(length)) if length else None
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._status(request, 401, "Unauthorized", "Unauthorized")
+        parts = url.path.split("/")
+        if url.path.startswith(PREFIX) and len(parts) in (7, 8) and parts[6] == "trainjobs":
+            namespace, name = parts[5], parts[7] if len(parts) == 8 else None
+            if not self.allowed:
+                verb = {"GET": "get", "POST": "create", "DELETE": "delete"}[method]
+                return self._status(
+                    request,
+                    403,
+                    "Forbidden",
+                    f'trainjobs.trainer.kubeflow.org is forbidden: User "system:serviceaccount:{namespace}:'
+                    f'pipeline-runner" cannot {verb} resource "trainjobs" in API group "trainer.kubeflow.org" '
+                    f'in the namespace "{namespace}"',
+                )
+            if method == "POST" and name is None:
+                return self._create(request, namespace, body)
+            if method == "GET" and name is not None:
+                return self._get(request, namespace, name)
+            if method == "DELETE" and name is not None:
+                return self._delete(request, namespace, name)
+        if parts[:4] == ["", "api", "v1", "namespaces"] and len(parts) >= 6 and parts[5] == "pods":
+            if len(parts) == 6 and method == "GET":
+                return self._pods(request, parts[4], query.get("labelSelector", ""))
+            if len(parts) == 8 and parts[7] == "log" and method == "GET":
+                return self._log(request, parts[4], parts[6], query.get("container"))
+        return self._status(request, 404, "NotFound", f"the server could not find the requested resource ({url.path})")
+
+    def _reply(self, request: BaseHTTPRequestHandler, code: int, payload: Any, text: bool = False) -> None:
+        data = payload.encode() if text else json.dumps(payload).encode()
+        request.send_response(code)
+        request.send_header("Content-Type", "text/plain" if text else "application/json")
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
+
+    def _status(self, request: BaseHTTPRequestHandler, code: int, reason: str, message: str) -> None:
+        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure"}
+        self._reply(request, code, {**status, "message": message, "reason": reason, "code": code})
+
+    # -- trainjobs -----------------------------------------------------------------------------------------------
+    def _create(self, request: BaseHTTPRequestHandler, namespace: str, body: Any) -> None:
+        try:
+            check_fields(TrainerV1alpha1TrainJob, body)
+            TrainerV1alpha1TrainJob.from_dict(body)
+        except (UsageError, ValueError) as exc:
+            return self._status(request, 400, "BadRequest", f"strict decoding error: {exc}")
+        if (body.get("apiVersion"), body.get("kind")) != ("trainer.kubeflow.org/v1alpha1", "TrainJob"):
+            return self._status(request, 400, "BadRequest", "the API version in the data does not match the path")
+        trainer = body["spec"].get("trainer") or {}
+        if any(e.get("name", "").startswith("PET_") for e in trainer.get("env") or []):
+            return self._status(request, 422, "Invalid", "spec.trainer.env: PET_ variables are set by the runtime")
+        name = body["metadata"]["name"]
+        with self.lock:
+            if (namespace, name) in self.trainjobs:
+                return self._status(request, 409, "AlreadyExists", f'trainjobs "{name}" already exists')
+            body["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()))
+            body["status"] = {}
+            run = self.trainjobs[(namespace, name)] = Run(body)
+        self._start(run, trainer)
+        self._reply(request, 201, body)
+
+    def _get(self, request: BaseHTTPRequestHandler, namespace: str, name: str) -> None:
+        run = self.trainjobs.get((namespace, name))
+        if run is None:
+            return self._status(request, 404, "NotFound", f'trainjobs.trainer.kubeflow.org "{name}" not found')
+        self._reply(request, 200, run.body)
+
+    def _delete(self, request: BaseHTTPRequestHandler, namespace: str, name: str) -> None:
+        with self.lock:
+            run = self.trainjobs.pop((namespace, name), None)
+        if run is None:
+            return self._status(request, 404, "NotFound", f'trainjobs.trainer.kubeflow.org "{name}" not found')
+        self._kill(run)
+        self.deleted.append(name)
+        self._reply(request, 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}})
+
+    # -- pods of a running TrainJob ------------------------------------------------------------------------------
+    def _pod(self, namespace: str, name: str, index: int, run: Run) -> dict[str, Any]:
+        process = run.processes[index] if index < len(run.processes) else None
+        code = process.poll() if process else None
+        phase = "Running" if code is None else ("Succeeded" if code == 0 else "Failed")
+        labels = {"jobset.sigs.k8s.io/jobset-name": name, "batch.kubernetes.io/job-completion-index": str(index)}
+        return {
+            "metadata": {"name": f"{name}-node-0-{index}", "namespace": namespace, "labels": labels},
+            "spec": {"containers": [{"name": "node", "image": run.body["spec"]["trainer"].get("image", "")}]},
+            "status": {"phase": phase},
+        }
+
+    def _pods(self, request: BaseHTTPRequestHandler, namespace: str, selector: str) -> None:
+        wanted = dict(item.split("=", 1) for item in selector.split(",") if item)
+        items = [
+            pod
+            for (ns, name), run in list(self.trainjobs.items())
+            if ns == namespace
+            for index in range(len(run.processes))
+            for pod in [self._pod(ns, name, index, run)]
+            if all(pod["metadata"]["labels"].get(k) == v for k, v in wanted.items())
+        ]
+        self._reply(request, 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+
+    def _log(self, request: BaseHTTPRequestHandler, namespace: str, pod: str, container: str | None) -> None:
+        for (ns, name), run in list(self.trainjobs.items()):
+            for index, log in enumerate(run.logs):
+                if ns == namespace and pod == f"{name}-node-0-{index}":
+                    if container not in (None, "node"):
+                        return self._status(request, 400, "BadRequest", f"container {container} is not valid")
+                    return self._reply(request, 200, log.read_text(errors="replace"), text=True)
+        self._status(request, 404, "NotFound", f'pods "{pod}" not found')
+
+    # -- the torch-distributed runtime ---------------------------------------------------------------------------
+    def _start(self, run: Run, trainer: dict[str, Any]) -> None:
+        nodes, procs = int(trainer.get("numNodes") or 1), int(trainer.get("numProcPerNode") or 1)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        name = run.body["metadata"]["name"]
+        for rank in range(nodes):
+            env = {**os.environ, **{e["name"]: e.get("value", "") for e in trainer.get("env") or []}}
+            env.update(
+                PET_NNODES=str(nodes),
+                PET_NPROC_PER_NODE=str(procs),
+                PET_NODE_RANK=str(rank),
+                PET_MASTER_ADDR="127.0.0.1",
+                PET_MASTER_PORT=str(port),
+            )
+            log = self.workdir / f"{name}-node-{rank}.log"
+            with log.open("w") as out:
+                process = subprocess.Popen(
+                    [*trainer["command"], *trainer.get("args", [])],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            run.processes.append(process)
+            run.logs.append(log)
+        threading.Thread(target=self._watch, args=(run,), daemon=True).start()
+
+    def _watch(self, run: Run) -> None:
+        codes = [process.wait() for process in run.processes]
+        failed = [rank for rank, code in enumerate(codes) if code != 0]
+        condition = (
+            {"type": "Failed", "status": "True", "reason": "FailedJobs", "message": f"node {failed[0]} failed"}
+            if failed
+            else {"type": "Complete", "status": "True", "reason": "JobsCompleted", "message": "TrainJob completed"}
+        )
+        run.body["status"] = {"conditions": [condition]}
+
+    @staticmethod
+    def _kill(run: Run) -> None:
+        for process in run.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

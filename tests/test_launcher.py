@@ -1,0 +1,183 @@
+"""The launcher step's TrainJob side (issue 19) against a strict loopback Kubernetes API server (tests/kube_server.py)
+driven by the official `kubernetes` client: success, failure, cancel, timeout and a missing permission."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.kube_server import KubeServer
+from yolokf.errors import TrainingError
+from yolokf.job import plan_job
+from yolokf.settings import TrainConfig
+from yolokf.step_options import StepOptions
+from yolokf.steps.distributed import result_from_json
+from yolokf.steps.launch import prepare_trainjob, run_trainjob
+from yolokf.trainjob import build_trainjob, trainjob_dict
+
+NAMESPACE = "team-vision"
+TINY = {"model": "yolov8n.yaml", "data": "shapes", "imgsz": 64, "batch": 8, "workers": 0, "seed": 0}
+
+
+@pytest.fixture
+def kube(tmp_path):
+    server = KubeServer(tmp_path)
+    yield server
+    server.close()
+
+
+def _body(tmp_path: Path, name: str, **values) -> dict:
+    config = TrainConfig(**{**TINY, **values})
+    job = plan_job(config, StepOptions(nodes=2, gpus=0, checkpoint_pvc="ckpt", shm_size=None), image="local")
+    template = trainjob_dict(build_trainjob(job))
+    return prepare_trainjob(
+        template, job.config, name=name, checkpoint_dir=str(tmp_path / "checkpoints"), run_key="run"
+    )
+
+
+def test_a_trainjob_trains_on_two_nodes_and_leaves_rank_0s_result(kube, tmp_path, capsys):
+    body = _body(tmp_path, "yolo-ok", epochs=2, train_args={"nbs": 8, "plots": False})
+    run_trainjob(body, namespace=NAMESPACE, api_client=kube.api_client(), timeout=600, poll=0.5)
+    out = capsys.readouterr().out
+    assert f"created TrainJob {NAMESPACE}/yolo-ok; node 0's log follows." in out
+    assert "2 epochs completed" in out  # node 0's log, printed by the launcher as it went
+    result = result_from_json(json.loads((tmp_path / "checkpoints" / "run" / "yolokf-result.json").read_text()))
+    assert result.epochs_done == 2
+    assert result.best is not None and result.best.is_file()
+    assert set(result.metrics) >= {"mAP50", "mAP50-95", "fitness"}
+    assert kube.deleted == []  # a finished TrainJob stays for its logs
+
+
+def test_a_failed_trainjob_fails_the_step_with_one_line(kube, tmp_path):
+    body = _body(tmp_path, "yolo-bad", epochs=1)
+    request = json.loads(body["spec"]["trainer"]["args"][-1])
+    request["parameters"]["data"] = str(tmp_path / "missing.yaml")
+    body["spec"]["trainer"]["args"][-1] = json.dumps(request)
+    with pytest.raises(TrainingError) as failed:
+        run_trainjob(body, namespace=NAMESPACE, api_client=kube.api_client(), timeout=300, poll=0.5)
+    assert str(failed.value) == f"TrainJob {NAMESPACE}/yolo-bad failed (FailedJobs): node 0 failed"
+
+
+def test_a_trainjob_past_the_step_timeout_is_deleted(kube, tmp_path):
+    body = _body(tmp_path, "yolo-slow", epochs=50)
+    with pytest.raises(TrainingError, match=r"did not finish within the step's timeout \(3 s\); deleted it\.$"):
+        run_trainjob(body, namespace=NAMESPACE, api_client=kube.api_client(), timeout=3, poll=0.5)
+    assert kube.deleted == ["yolo-slow"]
+    assert kube.trainjobs == {}
+
+
+def test_a_canceled_step_deletes_its_trainjob(kube, tmp_path):
+    body = _body(tmp_path, "yolo-cancel", epochs=50)
+    script = (
+        "import json, sys\n"
+        "from tests.kube_server import KubeServer\n"
+        "from kubernetes import client\n"
+        "from yolokf.steps.launch import run_trainjob\n"
+        "from yolokf.errors import TrainingError\n"
+        "configuration = client.Configuration(host=sys.argv[1])\n"
+        "configuration.api_key = {'authorization': 'token'}\n"
+        "configuration.api_key_prefix = {'authorization': 'Bearer'}\n"
+        "try:\n"
+        "    run_trainjob(json.loads(sys.argv[2]), namespace='team-vision', api_client=client.ApiClient(configuration),"
+        " timeout=None, poll=0.2)\n"
+        "except TrainingError as exc:\n"
+        "    print(exc, file=sys.stderr)\n"
+        "    sys.exit(1)\n"
+    )
+    step = subprocess.Popen(
+        [sys.executable, "-c", script, kube.url, json.dumps(body)], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while ("team-vision", "yolo-cancel") not in kube.trainjobs:
+        assert time.monotonic() < deadline and step.poll() is None
+        time.sleep(0.2)
+    time.sleep(1)
+    step.send_signal(signal.SIGTERM)  # what Kubeflow Pipelines does to a canceled run's pods
+    _, stderr = step.communicate(timeout=60)
+    assert step.returncode == 1
+    assert stderr.strip() == "The step was canceled; deleted TrainJob team-vision/yolo-cancel."
+    assert kube.deleted == ["yolo-cancel"]
+
+
+def test_a_service_account_without_the_right_gets_one_line(tmp_path):
+    server = KubeServer(tmp_path, allowed=False)
+    try:
+        with pytest.raises(TrainingError) as refused:
+            run_trainjob(
+                _body(tmp_path, "yolo-x", epochs=1), namespace=NAMESPACE, api_client=server.api_client(), timeout=60
+            )
+    finally:
+        server.close()
+    assert str(refused.value).startswith(
+        f"The step's service account may not create trainjobs.trainer.kubeflow.org in namespace {NAMESPACE} "
+        "(403 Forbidden); apply yolokf's Role and RoleBinding"
+    )
+    assert server.trainjobs == {}
+
+
+def test_the_server_refuses_a_misspelt_field(kube, tmp_path):
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    body = _body(tmp_path, "yolo-typo", epochs=1)
+    body["spec"]["trainer"]["numNode"] = body["spec"]["trainer"].pop("numNodes")
+    api = client.CustomObjectsApi(kube.api_client())
+    with pytest.raises(ApiException) as refused:
+        api.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", NAMESPACE, "trainjobs", body)
+    assert refused.value.status == 400
+    assert "has no field spec.trainer.numNode" in json.loads(refused.value.body)["message"]
+
+
+def test_the_launcher_step_hands_rank_0s_results_to_its_outputs(kube, tmp_path, monkeypatch):
+    """launch_step as the pipeline's component calls it in a pod: the compiled TrainJob, this run's values (epochs
+    edited in the run form: 2, compiled 5), the cluster from the kubeconfig (here the loopback server)."""
+    from kfp.dsl import HTML, Artifact, Metrics, Model
+
+    from yolokf.steps.launch import launch_step
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": kube.url}}],
+                "users": [{"name": "u", "user": {"token": "token"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": NAMESPACE}}],
+                "current-context": "x",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOSTNAME", "yolov8-train-abcde-system-container-impl-123")
+    config = TrainConfig(**TINY, epochs=5, train_args={"nbs": 8, "plots": False})
+    job = plan_job(config, StepOptions(nodes=2, gpus=0, checkpoint_pvc="ckpt", shm_size=None), image="local")
+    outputs = {
+        name: kind(uri=str(tmp_path / "out" / name))
+        for name, kind in (("weights", Model), ("metrics", Metrics), ("report", HTML), ("run_dir", Artifact))
+    }
+    launch_step(
+        nodes=2,
+        trainjob=trainjob_dict(build_trainjob(job)),
+        checkpoint_dir=str(tmp_path / "checkpoints"),
+        **outputs,
+        **{**job.config.parameters(), "epochs": 2},
+    )
+    assert len(kube.trainjobs) == 1
+    (namespace, name), run = next(iter(kube.trainjobs.items()))
+    assert namespace == NAMESPACE and name.startswith("yolokf-")
+    request = json.loads(run.body["spec"]["trainer"]["args"][-1])
+    assert request["parameters"]["epochs"] == 2
+    weights = outputs["weights"]
+    assert weights.metadata["epochs_done"] == 2
+    assert sorted(weights.metadata["files"]) == ["best.pt", "last.pt"]
+    assert set(weights.metadata["metrics"]) >= {"mAP50", "fitness"}
+    assert (Path(outputs["run_dir"].path) / "results.csv").is_file()
