@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +47,7 @@ class KubeServer:
         self.workdir, self.token, self.allowed = workdir, token, allowed
         self.trainjobs: dict[tuple[str, str], Run] = {}
         self.deleted: list[str] = []
+        self.versions = 0  # metadata.resourceVersion, as the API server bumps it on every change
         self.lock = threading.Lock()
         server = self
 
@@ -65,6 +67,10 @@ class KubeServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def _version(self) -> str:
+        self.versions += 1
+        return str(self.versions)
 
     def api_client(self, token: str | None = None) -> Any:
         from kubernetes import client
@@ -100,6 +106,8 @@ class KubeServer:
                     f'pipeline-runner" cannot {verb} resource "trainjobs" in API group "trainer.kubeflow.org" '
                     f'in the namespace "{namespace}"',
                 )
+            if method == "GET" and name is None:
+                return self._list(request, namespace, query)
             if method == "POST" and name is None:
                 return self._create(request, namespace, body)
             if method == "GET" and name is not None:
@@ -141,11 +149,50 @@ class KubeServer:
         with self.lock:
             if (namespace, name) in self.trainjobs:
                 return self._status(request, 409, "AlreadyExists", f'trainjobs "{name}" already exists')
-            body["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()))
+            body["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), resourceVersion=self._version())
             body["status"] = {}
             run = self.trainjobs[(namespace, name)] = Run(body)
         self._start(run, trainer)
         self._reply(request, 201, body)
+
+    def _list(self, request: BaseHTTPRequestHandler, namespace: str, query: dict[str, str]) -> None:
+        """A list, or with watch=true a stream of watch events (ADDED, then MODIFIED and DELETED as they happen)
+        until timeoutSeconds, one JSON object a line, as the API server sends them."""
+        selector = query.get("fieldSelector", "")
+        wanted = selector.removeprefix("metadata.name=") if selector.startswith("metadata.name=") else None
+
+        def matching() -> dict[str, dict[str, Any]]:
+            return {
+                name: json.loads(json.dumps(run.body))
+                for (ns, name), run in list(self.trainjobs.items())
+                if ns == namespace and wanted in (None, name)
+            }
+
+        if query.get("watch") not in ("1", "t", "T", "true", "True", "TRUE"):  # Go's strconv.ParseBool
+            items = list(matching().values())
+            return self._reply(
+                request,
+                200,
+                {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJobList", "metadata": {}, "items": items},
+            )
+        request.send_response(200)
+        request.send_header("Content-Type", "application/json")
+        request.end_headers()  # HTTP/1.0: the stream ends when the connection closes
+        seen: dict[str, dict[str, Any]] = {}
+        end = time.monotonic() + float(query.get("timeoutSeconds", "30"))
+        while time.monotonic() < end:
+            now = matching()
+            events = [
+                ("ADDED" if name not in seen else "MODIFIED", body)
+                for name, body in now.items()
+                if seen.get(name) != body
+            ]
+            events += [("DELETED", body) for name, body in seen.items() if name not in now]
+            for kind, body in events:
+                request.wfile.write((json.dumps({"type": kind, "object": body}) + "\n").encode())
+                request.wfile.flush()
+            seen = now
+            time.sleep(0.1)
 
     def _get(self, request: BaseHTTPRequestHandler, namespace: str, name: str) -> None:
         run = self.trainjobs.get((namespace, name))
@@ -233,6 +280,7 @@ class KubeServer:
             else {"type": "Complete", "status": "True", "reason": "JobsCompleted", "message": "TrainJob completed"}
         )
         run.body["status"] = {"conditions": [condition]}
+        run.body["metadata"]["resourceVersion"] = self._version()
 
     @staticmethod
     def _kill(run: Run) -> None:

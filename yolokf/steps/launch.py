@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -194,12 +195,12 @@ def _print_node0_log(core: Any, namespace: str, name: str, printed: int) -> int:
 def run_trainjob(
     body: dict[str, Any], *, namespace: str, api_client: Any, timeout: int | None, poll: float = 5.0
 ) -> None:
-    """Create the TrainJob `body`, print node 0's log as it goes, and return once it is Complete.
+    """Create the TrainJob `body`, watch it, print node 0's log as it goes, and return once it is Complete.
 
     TrainingError with one line when the service account may not create it (403), when it is Failed, or when it
     runs past `timeout` seconds; on a timeout or a cancel (SIGTERM) the TrainJob is deleted, and its pods with it.
     """
-    from kubernetes import client
+    from kubernetes import client, watch
     from kubernetes.client.exceptions import ApiException
 
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
@@ -217,13 +218,26 @@ def run_trainjob(
     deadline = time.monotonic() + timeout if timeout else None
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(_Canceled()))
     printed = 0
+    window = max(1, math.ceil(poll))  # each watch ends after this; node 0's new log lines are printed between
+    job: dict[str, Any] = body
     try:
         while True:
-            job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            for event in watch.Watch().stream(
+                custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                field_selector=f"metadata.name={name}",
+                timeout_seconds=window,
+            ):
+                if event["type"] == "DELETED":
+                    raise TrainingError(f"TrainJob {namespace}/{name} was deleted before it finished.")
+                job = event["object"]
+                if _conditions(job).keys() & {"Complete", "Failed"}:
+                    break
             printed = _print_node0_log(core, namespace, name, printed)
-            conditions = {
-                c["type"]: c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"
-            }
+            conditions = _conditions(job)
             if "Complete" in conditions:
                 return
             if "Failed" in conditions:
@@ -237,7 +251,6 @@ def run_trainjob(
                 raise TrainingError(
                     f"TrainJob {namespace}/{name} did not finish within the step's timeout ({timeout} s); deleted it."
                 )
-            time.sleep(poll)
     except _Canceled:
         _delete(custom, namespace, name)
         raise TrainingError(f"The step was canceled; deleted TrainJob {namespace}/{name}.") from None
@@ -281,6 +294,11 @@ def prepare_trainjob(
     )
     args[-1] = json.dumps(request, sort_keys=True)
     return body
+
+
+def _conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A TrainJob's true conditions by type (Trainer v2.3 has Suspended, Complete and Failed)."""
+    return {c["type"]: c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
 
 
 def _delete(custom: Any, namespace: str, name: str) -> None:
