@@ -48,17 +48,19 @@ def _node_process(parent: psutil.Process, rank: int) -> psutil.Process | None:
     return None
 
 
-def test_killed_node_fails_the_run_with_one_line(tmp_path):
-    """A node lost mid-training (its whole process group killed) fails the run with one line that names it."""
-    args = ["--model", "yolov8n.yaml", "--data", "shapes", "--epochs", "30", "--imgsz", "64", "--batch", "8"]
-    command = [sys.executable, "-m", "yolokf", "run", *args, "--nodes", "2", "--pipeline-root", str(tmp_path)]
+def test_killed_node_fails_the_run_with_one_line_and_the_rerun_resumes(cli, tmp_path):
+    """A node lost mid-training (its whole process group killed) fails the run with one line that names it; the
+    same run again resumes from rank 0's last checkpoint, as a one-pod step does (a retry on a cluster)."""
+    args = ["--model", "yolov8n.yaml", "--data", "shapes", "--epochs", "6", "--imgsz", "64", "--batch", "8"]
+    args += ["--nodes", "2", "--checkpoint-dir", str(tmp_path / "checkpoints"), "--run-key", "lost-node"]
+    command = [sys.executable, "-m", "yolokf", "run", *args, "--pipeline-root", str(tmp_path / "first")]
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(run.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
     parent = psutil.Process(run.pid)
     deadline = time.monotonic() + 300
-    while not any(re.search(r"\b2/30\b", line) for line in lines):  # rank 0 is training its second epoch
+    while not any(re.search(r"\b2/6\b", line) for line in lines):  # rank 0 is training its second epoch
         assert run.poll() is None, "".join(lines) + run.stderr.read()
         assert time.monotonic() < deadline, "".join(lines)
         time.sleep(0.5)
@@ -71,6 +73,12 @@ def test_killed_node_fails_the_run_with_one_line(tmp_path):
     assert len(errors) == 1, stderr
     assert re.search(r"Node 1 of 2 was killed \(SIGKILL\); the training stopped \(rerun with --retries", errors[0])
     assert "Traceback" not in stderr
+
+    rerun = cli(["run", *args, "--pipeline-root", tmp_path / "again"])
+    assert rerun.exit_code == 0, rerun.stderr
+    done = re.search(r"resuming \S+last\.pt after epoch (\d+) of 6", rerun.stdout)
+    assert done is not None, rerun.stdout[-2000:]
+    assert int(done.group(1)) >= 1
 
 
 @pytest.mark.parametrize(
