@@ -78,6 +78,7 @@ class LocalNodes:
         self.nodes, self.request = nodes, request
         self.logs = [request.parent / f"node-{rank}.log" for rank in range(nodes)]
         self.processes: list[subprocess.Popen[str]] = []
+        self.readers: list[threading.Thread] = []
 
     def start(self) -> None:
         port = free_port()
@@ -95,7 +96,9 @@ class LocalNodes:
             )
             log = self.logs[rank].open("w")
             assert process.stdout is not None
-            threading.Thread(target=_pipe, args=(process.stdout, log, rank == 0), daemon=True).start()
+            reader = threading.Thread(target=_pipe, args=(process.stdout, log, rank == 0), daemon=True)
+            reader.start()
+            self.readers.append(reader)
             self.processes.append(process)
 
     def stop(self) -> None:
@@ -104,6 +107,8 @@ class LocalNodes:
                 os.killpg(process.pid, signal.SIGKILL)
         for process in self.processes:
             process.wait()
+        for reader in self.readers:
+            reader.join(timeout=10)  # node 0's last lines reach the step's log before its outputs are written
 
     def wait(self) -> None:
         """Return when every node succeeded; TrainingError naming the first node lost (or failed) otherwise."""
