@@ -110,7 +110,8 @@ def test_out_is_a_folder(cli, tmp_path):
 
 def test_unknown_command_and_option(cli):
     assert_one_clear_line(cli(["trian"]), 2, "No such command 'trian'")
-    assert_one_clear_line(cli(["run", "--workrs", "3"]), 2, "No such option '--workrs'. Did you mean '--workers'?")
+    no_such = "No such option '--workrs'. (Did you mean one of: '--fetch-workers', '--workers'?)"
+    assert_one_clear_line(cli(["run", "--workrs", "3"]), 2, no_such)
 
 
 @pytest.fixture

@@ -315,6 +315,9 @@ def _promote(job: Job, weights: Any, params: dict[str, Any], inputs: dict[str, A
             **common,
         )
         apply_step_options(export, _one_gpu(job, gpu), f"export {fmt}")
+        # After the evaluation, not beside it: a failed export's run still has its evaluation, in any runner's
+        # order (kfp.local picks one of two independent tasks by chance).
+        export.after(evaluation)
         exports, outputs[fmt], outputs["exports"] = (
             export.outputs["Output"],
             export.outputs["model"],
