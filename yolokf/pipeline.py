@@ -53,10 +53,10 @@ PLACEHOLDER_IMAGE = f"yolokf:{__version__}"
 
 # The component's source is what a pod runs (kfp embeds it in the container command), so its signature must be
 # spelled out in text: it is generated from the training fields. Outputs and step inputs follow them.
-_TRAIN_SOURCE = '''\
+_TRAINING_SOURCE = '''\
 def {name}(
     {fields}
-    weights: Output[Model],
+    {leading}weights: Output[Model],
     metrics: Output[Metrics],
     report: Output[HTML],
     run_dir: Output[Artifact],
@@ -64,38 +64,13 @@ def {name}(
     dataset: Input[Dataset] = None,
     checkpoint_dir: str = "",
     run_key: str = "",
-    trial: dict = {{}},
-    trials: list = [],
-    sweep: dict = {{}},
+    {trailing}
 ):
-    """Train an Ultralytics YOLO model (yolokf)."""
+    """{doc}"""
     inputs = dict(locals())
-    from yolokf.steps.train import train_step
+    from {module} import {entry}
 
-    train_step(**inputs)
-'''
-
-# `--nodes N` (issue 19): the same training inputs and outputs, and the node count, compiled in; the step starts
-# yolokf's distributed worker on every node and hands rank 0's results to the same outputs.
-_NODES_SOURCE = '''\
-def {name}(
-    {fields}
-    nodes: int,
-    weights: Output[Model],
-    metrics: Output[Metrics],
-    report: Output[HTML],
-    run_dir: Output[Artifact],
-    summary: OutputPath(str),
-    dataset: Input[Dataset] = None,
-    checkpoint_dir: str = "",
-    run_key: str = "",
-    trainjob: dict = {{}},
-):
-    """Train an Ultralytics YOLO model across nodes (yolokf)."""
-    inputs = dict(locals())
-    from yolokf.steps.launch import launch_step
-
-    launch_step(**inputs)
+    {entry}(**inputs)
 '''
 
 
@@ -119,15 +94,32 @@ def _generated_function(name: str, source: str) -> Any:
     return namespace[name]
 
 
-def _training_component(name: str, source: str) -> Any:
+def _training_component(name: str, entry: str, doc: str, leading: str = "", trailing: str = "") -> Any:
+    """A training component: the training fields, then the inputs and outputs every training step has, with the
+    step's own `leading` (before the outputs) and `trailing` inputs; it hands them all to `entry` by name."""
     fields = "\n    ".join(f"{f.name}: {f.type.__name__}," for f in training_fields())
-    return dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)(
-        _generated_function(name, source.format(name=name, fields=fields))
+    module, _, function = entry.rpartition(".")
+    source = _TRAINING_SOURCE.format(
+        name=name, fields=fields, leading=leading, trailing=trailing, doc=doc, module=module, entry=function
     )
+    return dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)(_generated_function(name, source))
 
 
-yolo_train = _training_component("yolo_train", _TRAIN_SOURCE)
-yolo_train_nodes = _training_component("yolo_train_nodes", _NODES_SOURCE)
+yolo_train = _training_component(
+    "yolo_train",
+    "yolokf.steps.train.train_step",
+    "Train an Ultralytics YOLO model (yolokf).",
+    trailing="trial: dict = {},\n    trials: list = [],\n    sweep: dict = {},",
+)
+# `--nodes N` (issue 19): the same training inputs and outputs, and the node count, compiled in; the step starts
+# yolokf's distributed worker on every node and hands rank 0's results to the same outputs.
+yolo_train_nodes = _training_component(
+    "yolo_train_nodes",
+    "yolokf.steps.launch.launch_step",
+    "Train an Ultralytics YOLO model across nodes (yolokf).",
+    leading="nodes: int,\n    ",
+    trailing="trainjob: dict = {},",
+)
 
 
 @dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
