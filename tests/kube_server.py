@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -284,7 +283,9 @@ class KubeServer:
 
     @staticmethod
     def _kill(run: Run) -> None:
+        """Delete a TrainJob's pods: every node's torchrun agent and the workers it started in their own sessions."""
+        from yolokf.steps.launch import kill_node
+
         for process in run.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            kill_node(process.pid)
+            process.wait()

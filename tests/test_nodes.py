@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -21,6 +20,7 @@ def _map50(stdout: str) -> float:
     return float(re.search(r"│ mAP50\s+│\s+([0-9.]+)", stdout).group(1))
 
 
+@pytest.mark.slow
 def test_two_nodes_learn_like_one_process(cli, trained, tmp_path):
     """Two torchrun nodes (Gloo, CPU) with the quickstart's global batch and seed learn as one process does.
 
@@ -48,12 +48,14 @@ def _node_process(parent: psutil.Process, rank: int) -> psutil.Process | None:
     return None
 
 
+@pytest.mark.slow
 def test_killed_node_fails_the_run_with_one_line_and_the_rerun_resumes(cli, tmp_path):
     """A node lost mid-training (its whole process group killed) fails the run with one line that names it; the
     same run again resumes from rank 0's last checkpoint, as a one-pod step does (a retry on a cluster)."""
     args = ["--model", "yolov8n.yaml", "--data", "shapes", "--epochs", "20", "--imgsz", "64", "--batch", "8"]
     args += ["--nodes", "2", "--checkpoint-dir", str(tmp_path / "checkpoints"), "--run-key", "lost-node"]
     command = [sys.executable, "-m", "yolokf", "run", *args, "--pipeline-root", str(tmp_path / "first")]
+    started = time.time()
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(run.stdout), daemon=True)  # type: ignore[arg-type]
@@ -67,13 +69,25 @@ def test_killed_node_fails_the_run_with_one_line_and_the_rerun_resumes(cli, tmp_
         time.sleep(0.5)
     node = _node_process(parent, 1)
     assert node is not None
-    os.killpg(node.pid, signal.SIGKILL)  # the node as a whole: its torchrun agent and its worker
+    # The node as a whole: its torchrun agent and its worker (torchrun starts it in a session of its own).
+    for process in [node, *node.children(recursive=True)]:
+        process.send_signal(signal.SIGKILL)
+    epochs_at_kill = len((last.parent.parent / "results.csv").read_text().splitlines()) - 1
     _, stderr = run.communicate(timeout=300)
     assert run.returncode == 1, stderr
     errors = [line for line in stderr.splitlines() if line.strip()]
     assert len(errors) == 1, stderr
     assert re.search(r"Node 1 of 2 was killed \(SIGKILL\); the training stopped \(rerun with --retries", errors[0])
     assert "Traceback" not in stderr
+    # Nothing of the run trains on after it failed: no worker left behind (node 0's was stopped too).
+    time.sleep(3)
+    assert len((last.parent.parent / "results.csv").read_text().splitlines()) - 1 <= epochs_at_kill + 1
+    workers = [
+        p
+        for p in psutil.process_iter(["cmdline", "create_time"])
+        if "yolokf.steps.distributed" in str(p.info["cmdline"]) and p.info["create_time"] >= started
+    ]
+    assert not workers, workers
 
     rerun = cli(["run", *args, "--pipeline-root", tmp_path / "again"])
     assert rerun.exit_code == 0, rerun.stderr

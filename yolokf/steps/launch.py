@@ -103,8 +103,7 @@ class LocalNodes:
 
     def stop(self) -> None:
         for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+            kill_node(process.pid)
         for process in self.processes:
             process.wait()
         for reader in self.readers:
@@ -133,6 +132,25 @@ class LocalNodes:
             else f"failed (exit {code}): {_last_line(self.logs[rank])}"
         )
         return f"Node {rank} of {self.nodes} {what}; the training stopped ({RESUME_ADVICE})."
+
+
+def kill_node(pid: int) -> None:
+    """Kill a node: its torchrun agent and every process under it. torchrun starts its workers in sessions of
+    their own, so a signal to the agent's process group alone would leave them training (and writing checkpoints)
+    after the run has failed."""
+    import psutil
+
+    try:
+        agent = psutil.Process(pid)
+        tree = [agent, *agent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in tree:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=10)
 
 
 def run_local_nodes(
