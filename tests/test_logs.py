@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from tests import test_remote
 from tests.conftest import invoke
 from tests.kfp_server import KfpServer, Outcome, Poll
-from yolokf import kfp_api
 from yolokf.progress import EpochParser, parse_epochs, step_error
 from yolokf.steplogs import TRAIN_STEP
 
-IMAGE = "registry.example.com/ml/yolokf:0.1.0-abc"
+IMAGE = test_remote.IMAGE
 TOKEN = "kfp-secret-token-3f9a1c"
 TINY_EPOCHS = 2
 MODELS = {"segment": "yolov8n-seg.yaml", "pose": "yolov8n-pose.yaml", "obb": "yolov8n-obb.yaml"}
@@ -39,20 +39,8 @@ train(TrainConfig(model=model, data=data, epochs=int(epochs), imgsz=64, batch=16
 """
 
 
-@pytest.fixture(autouse=True)
-def _hermetic(monkeypatch):
-    for name in ("KFP_HOST", "KF_PIPELINES_UI_ENDPOINT", "KFP_NAMESPACE", "KFP_TOKEN", "YOLOKF_KFP_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("YOLOKF_POLL_INTERVAL", "0.01")
-    monkeypatch.setenv("YOLOKF_IMAGE", IMAGE)
-    monkeypatch.setattr(kfp_api, "RETRY", kfp_api.RetryPolicy(attempts=3, first_delay=0.01))
-
-
-@pytest.fixture
-def kfp():
-    server = KfpServer().start()
-    yield server
-    server.stop()
+# test_remote's: no KFP settings from this machine's environment, fast polls and retries; the loopback server.
+_hermetic, kfp = test_remote._hermetic, test_remote.kfp
 
 
 def pod_output(args: list[str]) -> str:
