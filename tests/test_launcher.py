@@ -4,6 +4,7 @@ driven by the official `kubernetes` client: success, failure, cancel, timeout an
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from yolokf.settings import TrainConfig
 from yolokf.step_options import StepOptions
 from yolokf.steps.distributed import result_from_json
 from yolokf.steps.launch import prepare_trainjob, run_trainjob
+from yolokf.steps.train import Attempt
 from yolokf.trainjob import build_trainjob, trainjob_dict
 
 NAMESPACE = "team-vision"
@@ -37,9 +39,7 @@ def _body(tmp_path: Path, name: str, **values) -> dict:
     config = TrainConfig(**{**TINY, **values})
     job = plan_job(config, StepOptions(nodes=2, gpus=0, checkpoint_pvc="ckpt", shm_size=None), image="local")
     template = trainjob_dict(build_trainjob(job))
-    return prepare_trainjob(
-        template, job.config, name=name, checkpoint_dir=str(tmp_path / "checkpoints"), run_key="run"
-    )
+    return prepare_trainjob(template, job.config, Attempt(str(tmp_path / "checkpoints"), "run"), name=name)
 
 
 def test_a_trainjob_trains_on_two_nodes_and_leaves_rank_0s_result(kube, tmp_path, capsys):
@@ -135,13 +135,9 @@ def test_the_server_refuses_a_misspelt_field(kube, tmp_path):
     assert "has no field spec.trainer.numNode" in json.loads(refused.value.body)["message"]
 
 
-def test_the_launcher_step_hands_rank_0s_results_to_its_outputs(kube, tmp_path, monkeypatch):
-    """launch_step as the pipeline's component calls it in a pod: the compiled TrainJob, this run's values (epochs
-    edited in the run form: 2, compiled 5), the cluster from the kubeconfig (here the loopback server)."""
-    from kfp.dsl import HTML, Artifact, Metrics, Model
-
-    from yolokf.steps.launch import launch_step
-
+@pytest.fixture
+def in_a_pod(kube, tmp_path, monkeypatch):
+    """The launcher step's pod: the cluster from the kubeconfig (here the loopback server), its pod name."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
@@ -158,19 +154,36 @@ def test_the_launcher_step_hands_rank_0s_results_to_its_outputs(kube, tmp_path, 
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("HOSTNAME", "yolov8-train-abcde-system-container-impl-123")
+    return kube
+
+
+def _outputs(folder: Path) -> dict:
+    from kfp.dsl import HTML, Artifact, Metrics, Model
+
+    kinds = (("weights", Model), ("metrics", Metrics), ("report", HTML), ("run_dir", Artifact))
+    return {name: kind(uri=str(folder / name)) for name, kind in kinds}
+
+
+def _launch(tmp_path: Path, outputs: dict, **values) -> None:
+    """launch_step as the compiled `--nodes 2` component calls it, with this run's `values`."""
+    from yolokf.steps.launch import launch_step
+
     config = TrainConfig(**TINY, epochs=5, train_args={"nbs": 8, "plots": False})
     job = plan_job(config, StepOptions(nodes=2, gpus=0, checkpoint_pvc="ckpt", shm_size=None), image="local")
-    outputs = {
-        name: kind(uri=str(tmp_path / "out" / name))
-        for name, kind in (("weights", Model), ("metrics", Metrics), ("report", HTML), ("run_dir", Artifact))
-    }
     launch_step(
         nodes=2,
         trainjob=trainjob_dict(build_trainjob(job)),
         checkpoint_dir=str(tmp_path / "checkpoints"),
         **outputs,
-        **{**job.config.parameters(), "epochs": 2},
+        **{**job.config.parameters(), **values},
     )
+
+
+def test_the_launcher_step_hands_rank_0s_results_to_its_outputs(in_a_pod, tmp_path):
+    """The compiled TrainJob with this run's values (epochs edited in the run form: 2, compiled 5)."""
+    kube = in_a_pod
+    outputs = _outputs(tmp_path / "out")
+    _launch(tmp_path, outputs, epochs=2)
     assert len(kube.trainjobs) == 1
     (namespace, name), run = next(iter(kube.trainjobs.items()))
     assert namespace == NAMESPACE and name.startswith("yolokf-")
@@ -181,3 +194,81 @@ def test_the_launcher_step_hands_rank_0s_results_to_its_outputs(kube, tmp_path, 
     assert sorted(weights.metadata["files"]) == ["best.pt", "last.pt"]
     assert set(weights.metadata["metrics"]) >= {"mAP50", "fitness"}
     assert (Path(outputs["run_dir"].path) / "results.csv").is_file()
+
+
+def test_a_sweep_trial_trains_its_values_to_its_round_on_the_nodes(in_a_pod, tmp_path):
+    """A `tune --nodes 2 --halving 2` trial in round 1 of 2 (epochs 2): its TrainJob trains the trial's values in
+    the sweep's trial folder and stops after epoch 1; the step's summary is the one-pod trial's record."""
+    kube = in_a_pod
+    trials = [{"trial": 0, "values": {"lr0": 0.003}}, {"trial": 1, "values": {"lr0": 0.02}}]
+    summary = tmp_path / "summary.json"
+    sweep = {"round": 0, "rounds": 2, "eta": 2, "name": "nodes"}
+    checkpoints = tmp_path / "checkpoints"
+    _launch(
+        tmp_path,
+        _outputs(tmp_path / "out"),
+        epochs=2,
+        trial=trials[1],
+        trials=trials,
+        sweep=sweep,
+        summary=str(summary),
+    )
+    (((_, name), run),) = kube.trainjobs.items()
+    request = json.loads(run.body["spec"]["trainer"]["args"][-1])
+    assert request["parameters"]["train_args"]["lr0"] == 0.02 and request["stop_after"] == 1
+    folder = Path(request["checkpoint_dir"]) / request["run_key"]
+    assert folder.parent.parent == checkpoints and folder.parent.name.startswith("nodes-") and folder.name == "trial-01"
+    record = json.loads(summary.read_text())
+    assert record["status"] == "succeeded" and record["trial"] == 1 and record["epochs"] == 1
+    assert record["parameters"]["train_args"] == {"nbs": 8, "plots": False, "lr0": 0.02}
+    assert record["weights"] == str(folder / "weights" / "best.pt")
+    assert {"mAP50", "fitness"} <= set(record["metrics"])
+
+
+def test_a_failed_trial_trainjob_is_recorded_and_the_sweep_goes_on(in_a_pod, tmp_path):
+    trials = [{"trial": 0, "values": {"lr0": 0.003}}]
+    summary = tmp_path / "summary.json"
+    outputs = _outputs(tmp_path / "out")
+    missing = str(tmp_path / "missing.yaml")
+    _launch(tmp_path, outputs, data=missing, trial=trials[0], trials=trials, sweep={"name": ""}, summary=str(summary))
+    record = json.loads(summary.read_text())
+    assert record["status"] == "failed" and record["epochs"] == 0
+    assert re.fullmatch(
+        r"TrainingError: TrainJob team-vision/yolokf-\w+ failed \(FailedJobs\): node 0 failed", record["error"]
+    )
+    assert (Path(outputs["weights"].path) / "FAILED.txt").read_text().strip() == record["error"]
+
+
+def test_a_lost_node_fails_the_trainjob_and_the_retried_step_resumes(in_a_pod, tmp_path, monkeypatch):
+    """A node lost mid-training (its pod's processes killed) fails the TrainJob and the step with one line; the
+    step's retry (`--retries`: a new pod, so a new TrainJob) resumes from rank 0's last.pt on the checkpoint PVC."""
+    import threading
+
+    from yolokf.steps.launch import kill_node
+
+    kube = in_a_pod
+    killed: list[str] = []
+
+    def lose_node_1() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            saved = list((tmp_path / "checkpoints").glob("*/weights/last.pt"))
+            if saved and kube.trainjobs:
+                run = next(iter(kube.trainjobs.values()))
+                kill_node(run.processes[1].pid)
+                killed.append(run.body["metadata"]["name"])
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=lose_node_1, daemon=True).start()
+    with pytest.raises(TrainingError) as lost:
+        _launch(tmp_path, _outputs(tmp_path / "first"), epochs=4)
+    assert len(killed) == 1
+    assert re.fullmatch(rf"TrainJob {NAMESPACE}/{killed[0]} failed \(FailedJobs\): node \d failed", str(lost.value))
+
+    monkeypatch.setenv("HOSTNAME", "yolov8-train-abcde-system-container-impl-456")  # the retry's pod
+    outputs = _outputs(tmp_path / "retry")
+    _launch(tmp_path, outputs, epochs=4)
+    assert len(kube.trainjobs) == 2  # the failed TrainJob stays for its logs; the retry made its own
+    weights = outputs["weights"].metadata
+    assert weights["resumed_from_epoch"] >= 1 and weights["epochs_done"] == 4

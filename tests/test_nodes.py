@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -94,6 +95,40 @@ def test_killed_node_fails_the_run_with_one_line_and_the_rerun_resumes(cli, tmp_
     done = re.search(r"resuming \S+last\.pt after epoch (\d+) of 20", rerun.stdout)
     assert done is not None, rerun.stdout[-2000:]
     assert int(done.group(1)) >= 1
+
+
+@pytest.mark.slow
+def test_a_sweep_trains_every_trial_on_two_nodes_and_halves(cli, tmp_path):
+    """`yolokf tune --nodes 2 --halving 2`: each trial is a two-node training; round 1 stops both trials after
+    epoch 1 on every rank together (the ranks other than 0 hold no metrics), and the kept trial resumes its
+    checkpoint on two nodes to the last epoch."""
+    from tests.test_tune import printed_rows
+
+    root = tmp_path / "root"
+    args = ["--epochs", "2", "--imgsz", "64", "--batch", "8", "--workers", "0", "--set", "plots=false"]
+    space = ["--set", "optimizer=SGD", "--space", "lr0=loguniform:0.001:0.05", "--trials", "2", "--halving", "2"]
+    result = cli(
+        ["tune", "--model", "yolov8n.yaml", "--data", "shapes", *args, *space, "--nodes", "2", "--pipeline-root", root]
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 trials (random, seed 0); rounds: 2 to epoch 1, 1 to epoch 2; 3 trial-epochs" in result.stdout
+    assert result.stdout.count("yolokf: training on 2 nodes (torchrun on 127.0.0.1, Gloo)") == 3
+    trials, metrics = printed_rows(result.stdout)
+    assert len(trials) == 2
+    assert sorted((row[1], int(row[2])) for row in trials) == [("stopped", 1), ("succeeded", 2)]
+    assert metrics["trial_epochs"] == 3 and metrics["failed_trials"] == 0
+    winner = next(row[0] for row in trials if row[1] == "succeeded")
+    (sweep,) = (root / "sweeps").iterdir()
+    folder = sweep / f"trial-{int(winner):02d}"
+    assert f"resuming {folder}/weights/last.pt after epoch 1 of 2" in result.stdout
+    assert len((folder / "results.csv").read_text().strip().splitlines()) == 1 + 2, "one row per epoch, resumed"
+    (stopped,) = [row[0] for row in trials if row[1] == "stopped"]
+    stopped_folder = sweep / f"trial-{int(stopped):02d}"
+    from ultralytics.utils.patches import torch_load
+
+    ckpt = torch_load(stopped_folder / "weights" / "last.pt", map_location="cpu")
+    assert ckpt["epoch"] == 0 and ckpt["optimizer"] is not None, "rank 0 left a resumable checkpoint"
+    assert set(json.loads((stopped_folder / "yolokf-stopped-metrics.json").read_text())) >= {"mAP50", "fitness"}
 
 
 @pytest.mark.parametrize(

@@ -177,3 +177,43 @@ def test_compile_nodes_gives_the_launcher_its_trainjob_and_no_gpu(cli, tmp_path)
     assert set(trainjobs[0]["verbs"]) >= {"create", "get", "delete"}
     assert rbac[1]["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
     assert rbac[1]["roleRef"]["name"] == rbac[0]["metadata"]["name"]
+
+
+def test_tune_nodes_compiles_every_round_s_trials_to_launchers(cli, tmp_path):
+    """`yolokf tune --nodes 2 --halving 2`: each round's trial is the launcher component with the compiled
+    TrainJob, the trial, the run's trials and its round; the launcher's pod holds no GPU; the Role is written."""
+    out = tmp_path / "sweep.yaml"
+    args = ["tune", "--nodes", "2", "--gpus", "8", "--checkpoint-pvc", "ckpt", "--image", "reg.example.com/yolokf:1"]
+    args += ["--model", "yolov8n.pt", "--data", "shapes", "--epochs", "4", "--set", "optimizer=SGD"]
+    result = cli([*args, "--space", "lr0=loguniform:1e-4:1e-1", "--trials", "4", "--halving", "2", "--out", out])
+    assert result.exit_code == 0, result.stderr
+    documents = list(yaml.safe_load_all(out.read_text()))
+    spec = documents[0]
+    loops = sorted(
+        (task for task in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in task),
+        key=lambda task: task["taskInfo"]["name"],
+    )
+    assert len(loops) == 3
+    for index, loop in enumerate(loops):
+        (trial,) = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"].values()
+        assert trial["componentRef"]["name"].startswith("comp-yolo-train-nodes")
+        inputs = trial["inputs"]["parameters"]
+        assert inputs["nodes"]["runtimeValue"]["constant"] == 2
+        assert inputs["sweep"]["runtimeValue"]["constant"] == {"round": index, "rounds": 3, "eta": 2, "name": ""}
+        assert inputs["trials"]["componentInputParameter"] == "pipelinechannel--trials"
+        trainjob = inputs["trainjob"]["runtimeValue"]["constant"]
+        check_fields(TrainerV1alpha1TrainJob, trainjob)
+        assert (trainjob["spec"]["trainer"]["numNodes"], trainjob["spec"]["trainer"]["numProcPerNode"]) == (2, 8)
+    assert "resources" not in spec["deploymentSpec"]["executors"]["exec-yolo-train-nodes"]["container"]
+    assert (tmp_path / "sweep-rbac.yaml").is_file() and f"Wrote {tmp_path / 'sweep-rbac.yaml'}" in result.stdout
+
+
+def test_tune_nodes_dry_run_prints_each_trial_s_trainjob(cli):
+    args = ["tune", "--host", "http://127.0.0.1:9", "--image", "r/y:1", "--nodes", "2", "--checkpoint-pvc", "ckpt"]
+    args += ["--model", "yolov8n.pt", "--data", "shapes", "--set", "optimizer=SGD", "--space", "lr0=uniform:0.001:0.01"]
+    result = cli([*args, "--trials", "2", "--dry-run"])
+    assert result.exit_code == 0, result.stderr
+    title = "Each trial's TrainJob (the step puts in the trial's values and folder) (2 nodes; the run's name as a"
+    assert title in result.stdout
+    body = yaml.safe_load(result.stdout.split("placeholder):\n", 1)[1].split("\nWould submit", 1)[0])
+    assert body["kind"] == "TrainJob" and body["spec"]["trainer"]["numNodes"] == 2

@@ -122,10 +122,7 @@ def run(
 
     job = plan_job(config, step, image=resolve_image(run.image)).with_promotion(promote)
     if dry_run and job.step.nodes > 1:
-        from yolokf.trainjob import trainjob_yaml
-
-        say(f"The training step's TrainJob ({job.step.nodes} nodes; the run's name as a placeholder):")
-        say(trainjob_yaml(job).rstrip())
+        _show_trainjob(job, "The training step's TrainJob")
         return
     _submit(job, connection, run, dry_run)
 
@@ -172,9 +169,13 @@ def tune(
             from yolokf.pipeline import compile_pipeline
 
             say(f"Wrote {compile_pipeline(job, out)}")
+            if job.step.nodes > 1:
+                _write_rbac(out)
             return
         print_trials(list(planned.trials), None, "Trials")
         say(plan)
+        if dry_run and job.step.nodes > 1:
+            _show_trainjob(job, "Each trial's TrainJob (the step puts in the trial's values and folder)")
         if _submit(job, connection, run, dry_run):
             say("Every trial's result: the run's sweep report and trial table (outputs of the 'best trial' step).")
         return
@@ -409,6 +410,14 @@ def _warn_ignored(config: TrainConfig) -> None:
     ignored = ignored_under_auto(config.train_args, config.train_args)
     if ignored:
         say(f"Warning: --set {ignored[0]}: {auto_optimizer_hint(ignored)}.", err=True)
+
+
+def _show_trainjob(job: Job, title: str) -> None:
+    """`--dry-run` with `--nodes`: the TrainJob the launcher step creates, as YAML."""
+    from yolokf.trainjob import trainjob_yaml
+
+    say(f"{title} ({job.step.nodes} nodes; the run's name as a placeholder):")
+    say(trainjob_yaml(job).rstrip())
 
 
 def _write_rbac(out: Path) -> None:

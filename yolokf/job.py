@@ -83,9 +83,8 @@ class Job:
                 "there for the selection steps and --halving (ReadWriteMany when trials run on several nodes); "
                 "or --checkpoint-dir PATH for a volume every step's pod already mounts there."
             )
-        if self.step.nodes > 1:
-            raise UsageError("yolokf tune trains each trial in one pod; leave --nodes out (use --gpus N per trial).")
-        if sweep.halving and "," in self.config.device:
+        # Across nodes (--nodes) yolokf's own distributed worker stops a round's trials on every rank together.
+        if sweep.halving and "," in self.config.device and self.step.nodes == 1:
             raise UsageError(
                 f"--halving stops each trial at its round's epochs, which ultralytics' multi-GPU (DDP) training "
                 f"(device {self.config.device}) does not allow; give each trial one GPU and raise --parallel."

@@ -8,7 +8,6 @@ training fields (`yolokf.settings.TrainConfig`), so a field is never listed here
 
 import contextlib
 import dataclasses
-import functools
 import inspect
 import linecache
 import os
@@ -64,6 +63,9 @@ def {name}(
     dataset: Input[Dataset] = None,
     checkpoint_dir: str = "",
     run_key: str = "",
+    trial: dict = {{}},
+    trials: list = [],
+    sweep: dict = {{}},
     {trailing}
 ):
     """{doc}"""
@@ -106,13 +108,11 @@ def _training_component(name: str, entry: str, doc: str, leading: str = "", trai
 
 
 yolo_train = _training_component(
-    "yolo_train",
-    "yolokf.steps.train.train_step",
-    "Train an Ultralytics YOLO model (yolokf).",
-    trailing="trial: dict = {},\n    trials: list = [],\n    sweep: dict = {},",
+    "yolo_train", "yolokf.steps.train.train_step", "Train an Ultralytics YOLO model (yolokf)."
 )
-# `--nodes N` (issue 19): the same training inputs and outputs, and the node count, compiled in; the step starts
-# yolokf's distributed worker on every node and hands rank 0's results to the same outputs.
+# `--nodes N` (issue 19): the same training inputs and outputs (a sweep trial's included), and the node count,
+# compiled in; the step starts yolokf's distributed worker on every node and hands rank 0's results to the same
+# outputs.
 yolo_train_nodes = _training_component(
     "yolo_train_nodes",
     "yolokf.steps.launch.launch_step",
@@ -385,6 +385,19 @@ def _trainjob(job: Job) -> dict[str, Any]:
     return trainjob_dict(build_trainjob(job))
 
 
+def _training_task(job: Job, **inputs: Any) -> Any:
+    """The training task with its pod settings and retries: one pod, or with `--nodes N` the launcher, which
+    holds no GPU itself (the TrainJob's nodes get them, yolokf.trainjob)."""
+    if job.step.nodes > 1:
+        task = yolo_train_nodes(nodes=job.step.nodes, trainjob=_trainjob(job), **inputs)
+        apply_step_options(task, launcher_options(job.step))
+    else:
+        task = yolo_train(**inputs)
+        apply_step_options(task, job.step)
+    apply_retries(task, job.step)
+    return task
+
+
 def build_pipeline(job: Job) -> Any:
     """The `yolov8-train` pipeline: one parameter per training field, `job.config`'s values as the defaults.
 
@@ -395,13 +408,9 @@ def build_pipeline(job: Job) -> Any:
 
     def yolov8_train(params: dict[str, Any]) -> Any:
         inputs = _dataset_inputs(job, params["data"])
-        train: Any = yolo_train
-        if job.step.nodes > 1:
-            train = functools.partial(yolo_train_nodes, nodes=job.step.nodes, trainjob=_trainjob(job))
-        task = train(**params, checkpoint_dir=job.step.checkpoint_path, run_key=job.step.run_key or "", **inputs)
-        # The launcher holds no GPU: the TrainJob's nodes get them (yolokf.trainjob).
-        apply_step_options(task, launcher_options(job.step) if job.step.nodes > 1 else job.step)
-        apply_retries(task, job.step)
+        task = _training_task(
+            job, **params, checkpoint_dir=job.step.checkpoint_path, run_key=job.step.run_key or "", **inputs
+        )
         promoted = _promote(job, task.outputs["weights"], params, inputs)
         return returns(
             weights=task.outputs["weights"],
@@ -448,7 +457,8 @@ def build_sweep_pipeline(job: Job, sweep: "Sweep") -> Any:
         for index in range(len(rounds)):
             last = index == len(rounds) - 1
             with dsl.ParallelFor(items, parallelism=sweep.parallel) as item:
-                task = yolo_train(
+                task = _training_task(
+                    job,
                     **params,
                     trial=item,
                     trials=trials,
@@ -456,8 +466,6 @@ def build_sweep_pipeline(job: Job, sweep: "Sweep") -> Any:
                     checkpoint_dir=job.step.checkpoint_path,
                     **inputs,
                 )
-                apply_step_options(task, job.step)
-                apply_retries(task, job.step)
                 task.set_display_name(f"trial round {index + 1}" if sweep.halving else "trial")
             results = dsl.Collected(task.outputs["summary"])
             if last:

@@ -31,7 +31,7 @@ KIND = "TrainJob"
 PATCH_MANAGER = "yolokf.kubeflow.org/launcher"
 NODE_JOB = "node"  # the runtime's replicated job and its container, as in torch-distributed
 RUN_NAME_PLACEHOLDER = "<run-name>"
-RESULT_FILE = "yolokf-result.json"
+NODE_WORKDIR = "/tmp/yolokf-node"  # each node's scratch folder (its run folder is on the checkpoint PVC)
 
 
 def _models() -> Any:
@@ -69,21 +69,16 @@ def _inner(annotation: Any) -> Any:
 
 
 def worker_request(job: Job) -> dict[str, Any]:
-    """What every node's worker trains: the run's training values (the launcher puts in the run's own), the data
-    path inside the pods, and the checkpoint folder on the shared PVC where rank 0 leaves its result."""
+    """What every node's worker trains, as compiled: the job's training values (the launcher puts in the run's
+    own), the data path inside the pods, and the checkpoint folder on the shared PVC where rank 0 leaves its
+    result (`yolokf.steps.launch.prepare_trainjob` fills in the run's)."""
     from yolokf.steps.checkpoint import default_run_key
+    from yolokf.steps.launch import RESULT_FILE, node_data, node_request
+    from yolokf.steps.train import Attempt
 
-    run_key = job.step.run_key or default_run_key(job.config)
-    from yolokf.steps.launch import node_data
-
-    return {
-        "parameters": job.config.parameters(),
-        "workdir": "/tmp/yolokf-node",
-        "data": node_data(job.config.data),  # every node reads the data itself
-        "checkpoint_dir": CHECKPOINT_PVC_PATH,
-        "run_key": run_key,
-        "result": f"{CHECKPOINT_PVC_PATH}/{run_key}/{RESULT_FILE}",
-    }
+    attempt = Attempt(CHECKPOINT_PVC_PATH, job.step.run_key or default_run_key(job.config))
+    result = f"{CHECKPOINT_PVC_PATH}/{attempt.run_key}/{RESULT_FILE}"
+    return node_request(job.config, attempt, workdir=NODE_WORKDIR, data=node_data(job.config.data), result=result)
 
 
 def build_trainjob(job: Job, name: str = RUN_NAME_PLACEHOLDER) -> Any:

@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             data=request.get("data") or None,
             checkpoint_dir=request.get("checkpoint_dir") or None,
             run_key=request.get("run_key") or None,
+            stop_after=request.get("stop_after") or None,  # a sweep round's budget
             distributed=size > 1,  # one node of one process trains as the one-pod step does
         )
     except YolokfError as exc:

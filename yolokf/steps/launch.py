@@ -15,9 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,7 +25,7 @@ from yolokf.datasets import step_data
 from yolokf.errors import TrainingError
 from yolokf.settings import TrainConfig
 from yolokf.steps.distributed import result_from_json
-from yolokf.steps.train import TrainResult, write_outputs
+from yolokf.steps.train import Attempt, TrainResult, training_step
 
 LOOPBACK = "127.0.0.1"
 RESULT_FILE = "yolokf-result.json"
@@ -153,30 +153,26 @@ def kill_node(pid: int) -> None:
     psutil.wait_procs(tree, timeout=10)
 
 
-def run_local_nodes(
-    config: TrainConfig,
-    nodes: int,
-    workdir: Path,
-    *,
-    data: str,
-    checkpoint_dir: str | None = None,
-    run_key: str | None = None,
-) -> TrainResult:
+def node_request(config: TrainConfig, attempt: Attempt, *, workdir: str, data: str, result: str) -> dict[str, Any]:
+    """What every node's worker trains (`python -m yolokf.steps.distributed REQUEST`): the training values, the
+    data path on the nodes ('' for the worker to resolve), the attempt's checkpoint folder, run key and stop epoch,
+    and where rank 0 writes its result."""
+    return {
+        "parameters": config.parameters(),
+        "workdir": workdir,
+        "data": data,
+        "checkpoint_dir": attempt.checkpoint_dir,
+        "run_key": attempt.run_key,
+        "stop_after": attempt.stop_after,
+        "result": result,
+    }
+
+
+def run_local_nodes(config: TrainConfig, nodes: int, workdir: Path, attempt: Attempt, *, data: str) -> TrainResult:
     """Train `config` on `nodes` loopback nodes; rank 0's result."""
     result = workdir / RESULT_FILE
     request = workdir / REQUEST_FILE
-    request.write_text(
-        json.dumps(
-            {
-                "parameters": config.parameters(),
-                "workdir": str(workdir),
-                "data": data,
-                "checkpoint_dir": checkpoint_dir or "",
-                "run_key": run_key or "",
-                "result": str(result),
-            }
-        )
-    )
+    request.write_text(json.dumps(node_request(config, attempt, workdir=str(workdir), data=data, result=str(result))))
     print(f"yolokf: training on {nodes} nodes (torchrun on {LOOPBACK}, Gloo); node 0's log follows.", flush=True)
     group = LocalNodes(nodes, request)
     group.start()
@@ -295,26 +291,19 @@ def node_data(data: str) -> str:
     return str(Path(DATA_PVC_PATH) / source.path)
 
 
-def prepare_trainjob(
-    template: dict[str, Any], config: TrainConfig, *, name: str, checkpoint_dir: str, run_key: str
-) -> dict[str, Any]:
+def prepare_trainjob(template: dict[str, Any], config: TrainConfig, attempt: Attempt, *, name: str) -> dict[str, Any]:
     """The compiled TrainJob with this run's name and training values: what the worker trains is what the run
-    received (a value edited in the run form included), its checkpoint folder keyed on them as in one pod."""
+    received (a value edited in the run form, a sweep trial's values included), its checkpoint folder keyed on
+    them as in one pod, rank 0's result beside its checkpoints."""
     from yolokf.steps.checkpoint import default_run_key
-    from yolokf.trainjob import RESULT_FILE
 
     body = json.loads(json.dumps(template))
     body["metadata"]["name"] = name
     args = body["spec"]["trainer"]["args"]
-    request = json.loads(args[-1])
-    key = run_key or default_run_key(config)
-    request.update(
-        data=node_data(config.data),
-        parameters=config.parameters(),
-        checkpoint_dir=checkpoint_dir,
-        run_key=key,
-        result=str(Path(checkpoint_dir) / key / RESULT_FILE),
-    )
+    compiled = json.loads(args[-1])
+    attempt = replace(attempt, run_key=attempt.run_key or default_run_key(config))
+    result = str(Path(attempt.checkpoint_dir) / attempt.run_key / RESULT_FILE)
+    request = node_request(config, attempt, workdir=compiled["workdir"], data=node_data(config.data), result=result)
     args[-1] = json.dumps(request, sort_keys=True)
     return body
 
@@ -355,45 +344,25 @@ def trainjob_name() -> str:
     return f"yolokf-{hashlib.sha256(pod.encode()).hexdigest()[:12]}"
 
 
-def launch_step(
-    *,
-    nodes: int,
-    weights: Any,
-    metrics: Any,
-    report: Any,
-    run_dir: Any,
-    summary: str | None = None,
-    dataset: Any = None,
-    checkpoint_dir: str = "",
-    run_key: str = "",
-    trainjob: dict[str, Any] | None = None,
-    **parameters: Any,
-) -> None:
-    """Entry point of the pipeline's training component across nodes: `parameters` are its training fields.
+def launch_step(*, nodes: int, dataset: Any = None, trainjob: dict[str, Any] | None = None, **inputs: Any) -> None:
+    """Entry point of the pipeline's training component across nodes (`training_step` has the other inputs).
 
     With `trainjob` (compiled for a cluster) it creates that TrainJob with this run's values and follows it;
     without, it starts the nodes on this machine.
     """
-    config = TrainConfig.from_parameters(parameters)
-    with tempfile.TemporaryDirectory(prefix="yolokf-nodes-") as workdir:
-        if trainjob:
-            namespace, api_client = cluster_connection()
-            body = prepare_trainjob(
-                trainjob, config, name=trainjob_name(), checkpoint_dir=checkpoint_dir, run_key=run_key
-            )
-            timeout = body["spec"].get("activeDeadlineSeconds")
-            run_trainjob(body, namespace=namespace, api_client=api_client, timeout=timeout)
-            done = Path(json.loads(body["spec"]["trainer"]["args"][-1])["result"])
-            if not done.is_file():
-                raise TrainingError(f"TrainJob {body['metadata']['name']} completed without rank 0's result {done}.")
-            result = result_from_json(json.loads(done.read_text()))
-        else:
-            local_data = step_data(config.data, dataset, Path(workdir))
-            result = run_local_nodes(
-                config, nodes, Path(workdir), data=local_data, checkpoint_dir=checkpoint_dir, run_key=run_key
-            )
-        write_outputs(result, config, weights=weights, metrics=metrics, report=report, run_dir=run_dir)
-    print("yolokf-metrics " + json.dumps(result.metrics), flush=True)
-    if summary is not None:
-        Path(summary).parent.mkdir(parents=True, exist_ok=True)
-        Path(summary).write_text(json.dumps({"status": "succeeded", "metrics": result.metrics}))
+
+    def across_nodes(config: TrainConfig, workdir: Path, attempt: Attempt) -> TrainResult:
+        if not trainjob:
+            return run_local_nodes(config, nodes, workdir, attempt, data=step_data(config.data, dataset, workdir))
+        namespace, api_client = cluster_connection()
+        body = prepare_trainjob(trainjob, config, attempt, name=trainjob_name())
+        done = Path(json.loads(body["spec"]["trainer"]["args"][-1])["result"])
+        done.unlink(missing_ok=True)  # an earlier attempt's (a retry, a sweep's earlier round) is not this one's
+        run_trainjob(
+            body, namespace=namespace, api_client=api_client, timeout=body["spec"].get("activeDeadlineSeconds")
+        )
+        if not done.is_file():
+            raise TrainingError(f"TrainJob {body['metadata']['name']} completed without rank 0's result {done}.")
+        return result_from_json(json.loads(done.read_text()))
+
+    training_step(across_nodes, **inputs)

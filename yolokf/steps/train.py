@@ -1,7 +1,8 @@
 """The code that runs inside the training step: plain functions, callable and testable without KFP.
 
 `train()` runs `YOLO(model).train(...)` and returns what it produced; `write_outputs()` turns that
-into the step's KFP artifacts; `train_step()` is what the pipeline component calls.
+into the step's KFP artifacts; `training_step()` is what every training component does around a training (a
+sweep trial's folder and budget, the summary), `train_step()` the one-pod component's entry.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +124,10 @@ def _stop_after(epochs: int) -> Any:
     def on_fit_epoch_end(trainer: Any) -> None:
         done = trainer.epoch + 1
         if epochs <= done < trainer.epochs:
-            raise _BudgetReached({**validation_metrics(trainer.metrics), "fitness": round(float(trainer.fitness), 6)})
+            # Under torchrun every rank runs this at the same epoch and stops with the others; only rank 0
+            # validated (the other ranks' metrics and fitness are None) and only its metrics are reported.
+            fitness = {"fitness": round(float(trainer.fitness), 6)} if trainer.fitness is not None else {}
+            raise _BudgetReached({**validation_metrics(trainer.metrics or {}), **fitness})
 
     return on_fit_epoch_end
 
@@ -219,7 +224,8 @@ def train(
     except _BudgetReached as stop:
         budget_metrics = stop.metrics
         save_dir = Path(model.trainer.save_dir) if model.trainer is not None else save_dir
-        (save_dir / STOPPED_METRICS).write_text(json.dumps(budget_metrics))  # for a retry that finds it done
+        if leader:
+            (save_dir / STOPPED_METRICS).write_text(json.dumps(budget_metrics))  # for a retry that finds it done
         print(f"yolokf: stopped after epoch {budget} of {config.epochs}; {save_dir} continues later.", flush=True)
     except (FileNotFoundError, ConnectionError) as exc:
         raise TrainingError(f"Training could not start: {exc}") from exc
@@ -287,14 +293,29 @@ def write_outputs(
     run_dir.metadata.update({"files": sorted(p.name for p in Path(run_dir.path).iterdir())})
 
 
-def train_step(
+@dataclass(frozen=True)
+class Attempt:
+    """Where a training step trains and how far: its checkpoint folder and run key ('' and '' without one), and
+    the epoch a sweep round stops at (0: train to the run's `epochs`)."""
+
+    checkpoint_dir: str
+    run_key: str
+    stop_after: int = 0
+
+
+# How a training step trains once its attempt is decided: in its own pod (`train_step`) or across nodes
+# (`yolokf.steps.launch.launch_step`); `workdir` is the step's scratch folder.
+Trains = Callable[[TrainConfig, Path, Attempt], TrainResult]
+
+
+def training_step(
+    trains: Trains,
     *,
     weights: Any,
     metrics: Any,
     report: Any,
     run_dir: Any,
     summary: str | None = None,
-    dataset: Any = None,
     checkpoint_dir: str = "",
     run_key: str = "",
     trial: dict[str, Any] | None = None,
@@ -302,7 +323,7 @@ def train_step(
     sweep: dict[str, Any] | None = None,
     **parameters: Any,
 ) -> None:
-    """Entry point of the pipeline's training component: `parameters` are its training fields.
+    """What every training component does around `trains`: `parameters` are its training fields.
 
     A sweep trial (`trial`: its index and values, `trials`: the run's whole list, `sweep`: its round) trains in
     `<checkpoint_dir>/<sweep key>/trial-NN`, the key and the round's stop epoch derived here from the values
@@ -310,27 +331,22 @@ def train_step(
     """
     config = TrainConfig.from_parameters(parameters)
     record: dict[str, Any] = {}
-    stop_after = 0
+    attempt = Attempt(checkpoint_dir, run_key)
     if trial:
         from yolokf.sweep import round_stop, sweep_key, trial_name
 
         spec, every = sweep or {}, list(trials or [trial])
         record = {"trial": int(trial["trial"]), "values": dict(trial["values"])}
-        stop_after = round_stop(spec, len(every), config.epochs)
-        checkpoint_dir, run_key = str(Path(checkpoint_dir) / sweep_key(config, every, spec)), trial_name(trial)
+        attempt = Attempt(
+            str(Path(checkpoint_dir) / sweep_key(config, every, spec)),
+            trial_name(trial),
+            round_stop(spec, len(every), config.epochs),
+        )
     try:
         if trial:
             config = config.with_values(trial["values"])
         with tempfile.TemporaryDirectory(prefix="yolokf-train-") as workdir:
-            local_data = step_data(config.data, dataset, Path(workdir))
-            result = train(
-                config,
-                Path(workdir),
-                data=local_data,
-                checkpoint_dir=checkpoint_dir or None,
-                run_key=run_key or None,
-                stop_after=stop_after or None,
-            )
+            result = trains(config, Path(workdir), attempt)
             write_outputs(result, config, weights=weights, metrics=metrics, report=report, run_dir=run_dir)
     except Exception as exc:
         if not trial:
@@ -338,7 +354,7 @@ def train_step(
         import traceback
 
         traceback.print_exc()
-        print(f"yolokf: {run_key} failed: {exc}", flush=True)
+        print(f"yolokf: {attempt.run_key} failed: {exc}", flush=True)
         error = f"{type(exc).__name__}: {exc}"
         _write_failed_outputs(error, weights=weights, report=report, run_dir=run_dir)
         record.update(status="failed", error=error[:500], metrics={}, epochs=0, weights="")
@@ -351,12 +367,28 @@ def train_step(
             parameters=config.parameters(),
             **({"val_loss": result.val_loss} if result.val_loss is not None else {}),  # KFP parameters hold no None
             # The checkpoint folder outlives the step (the sweep's selection reads it); else the artifact's copy.
-            weights=str(best if checkpoint_dir else Path(weights.path) / best.name) if best is not None else "",
+            weights=str(best if attempt.checkpoint_dir else Path(weights.path) / best.name) if best is not None else "",
         )
         print("yolokf-metrics " + json.dumps(result.metrics), flush=True)
     if summary is not None:
         Path(summary).parent.mkdir(parents=True, exist_ok=True)
         Path(summary).write_text(json.dumps(record))
+
+
+def train_step(*, dataset: Any = None, **inputs: Any) -> None:
+    """Entry point of the pipeline's training component: one pod trains (`training_step` has the inputs)."""
+
+    def in_this_pod(config: TrainConfig, workdir: Path, attempt: Attempt) -> TrainResult:
+        return train(
+            config,
+            workdir,
+            data=step_data(config.data, dataset, workdir),
+            checkpoint_dir=attempt.checkpoint_dir or None,
+            run_key=attempt.run_key or None,
+            stop_after=attempt.stop_after or None,
+        )
+
+    training_step(in_this_pod, **inputs)
 
 
 def _write_failed_outputs(error: str, *, weights: Any, report: Any, run_dir: Any) -> None:
