@@ -5,7 +5,9 @@ It speaks the paths and Status objects of the real API server for what the launc
 delete of `trainjobs.trainer.kubeflow.org/v1alpha1` (bodies checked key by key against kubeflow-trainer-api's
 models, as a server with strict field validation does: an unknown field is a 400; a `PET_*` variable in
 `spec.trainer.env` is refused as Trainer's webhook refuses it), listing pods by label selector and reading a pod's
-log. A bearer token without the right is answered 403 Forbidden, as RBAC answers. And it runs a TrainJob as the
+log, reading a PersistentVolumeClaim, and `SelfSubjectAccessReview`s (bodies checked against the official client's
+`V1SelfSubjectAccessReview`). RBAC is a set of granted (group, resource, verb) rules, in every namespace: a request
+outside them is answered 403 Forbidden as RBAC answers, and a review answers from them. And it runs a TrainJob as the
 `torch-distributed` runtime would: `numNodes` processes of `spec.trainer.command + args`, each with the
 `PET_NNODES`, `PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `PET_MASTER_ADDR` and `PET_MASTER_PORT` that torchrun reads,
 on the loopback address; the TrainJob's condition becomes `Complete` or `Failed` when they end.
@@ -29,9 +31,48 @@ from urllib.parse import parse_qs, urlparse
 from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
 
 from yolokf.errors import UsageError
-from yolokf.trainjob import check_fields
+from yolokf.trainjob import RBAC_RULES, check_fields
 
 PREFIX = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/"
+REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+TRAINER = "trainer.kubeflow.org"
+# What RBAC_RULES grant, one (group, resource, verb) each: a service account bound to yolokf's Role.
+ALL_RIGHTS = frozenset((group, resource, verb) for group, resource, verbs in RBAC_RULES for verb in verbs)
+# The PVCs the tests' TrainJobs mount (in every namespace): the checkpoint PVC shared, the dataset read by all.
+PVCS = {"ckpt": ["ReadWriteMany"], "datasets": ["ReadOnlyMany"]}
+
+
+def check_model(klass: str, value: Any, where: str = "") -> None:
+    """UsageError naming the first key in `value` (JSON) that the official client's model `klass` (or a model inside
+    it) does not define, as the API server's strict decoding refuses it."""
+    from kubernetes import client
+
+    if klass.startswith("list[") and isinstance(value, list):
+        for index, item in enumerate(value):
+            check_model(klass[5:-1], item, f"{where}[{index}]")
+    elif klass.startswith("dict(") and isinstance(value, dict):
+        for key, item in value.items():
+            check_model(klass.split(", ", 1)[1][:-1], item, f"{where}.{key}")
+    elif hasattr(client, klass) and hasattr(getattr(client, klass), "attribute_map"):
+        model = getattr(client, klass)
+        if not isinstance(value, dict):
+            raise UsageError(f"{where or klass}: expected an object")
+        attributes = {key: attribute for attribute, key in model.attribute_map.items()}
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else key
+            if key not in attributes:
+                raise UsageError(f'unknown field "{path}"')
+            check_model(model.openapi_types[attributes[key]], item, path)
+
+
+TRUE = ("1", "t", "T", "true", "True", "TRUE")  # Go's strconv.ParseBool, as the API server reads watch=
+
+
+@dataclass
+class _Response:
+    """What ApiClient.deserialize reads a body from."""
+
+    data: str
 
 
 @dataclass
@@ -42,8 +83,22 @@ class Run:
 
 
 class KubeServer:
-    def __init__(self, workdir: Path, token: str = "token", allowed: bool = True):
-        self.workdir, self.token, self.allowed = workdir, token, allowed
+    def __init__(
+        self,
+        workdir: Path,
+        token: str = "token",
+        allowed: bool = True,
+        granted: frozenset[tuple[str, str, str]] = ALL_RIGHTS,
+        pvcs: dict[str, list[str]] | None = None,
+        reviews: bool = True,
+    ):
+        """`granted`: the token's rights; `allowed=False` takes away every right on trainjobs. `pvcs`: claim name ->
+        access modes (default PVCS). `reviews=False`: a cluster without the SelfSubjectAccessReview API (404)."""
+        self.workdir, self.token = workdir, token
+        self.granted = granted if allowed else frozenset(r for r in granted if r[1] != "trainjobs")
+        self.pvcs = PVCS if pvcs is None else pvcs
+        self.serve_reviews = reviews
+        self.reviews: list[dict[str, Any]] = []  # the resourceAttributes of every review received
         self.trainjobs: dict[tuple[str, str], Run] = {}
         self.deleted: list[str] = []
         self.versions = 0  # metadata.resourceVersion, as the API server bumps it on every change
@@ -93,18 +148,15 @@ class KubeServer:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return self._status(request, 401, "Unauthorized", "Unauthorized")
         parts = url.path.split("/")
+        if url.path == REVIEWS and method == "POST" and self.serve_reviews:
+            return self._review(request, body)
         if url.path.startswith(PREFIX) and len(parts) in (7, 8) and parts[6] == "trainjobs":
             namespace, name = parts[5], parts[7] if len(parts) == 8 else None
-            if not self.allowed:
-                verb = {"GET": "get", "POST": "create", "DELETE": "delete"}[method]
-                return self._status(
-                    request,
-                    403,
-                    "Forbidden",
-                    f'trainjobs.trainer.kubeflow.org is forbidden: User "system:serviceaccount:{namespace}:'
-                    f'pipeline-runner" cannot {verb} resource "trainjobs" in API group "trainer.kubeflow.org" '
-                    f'in the namespace "{namespace}"',
-                )
+            verb = {"GET": "get" if name else "list", "POST": "create", "DELETE": "delete"}[method]
+            if verb == "list" and query.get("watch") in TRUE:
+                verb = "watch"
+            if (TRAINER, "trainjobs", verb) not in self.granted:
+                return self._forbidden(request, namespace, TRAINER, "trainjobs", verb, name)
             if method == "GET" and name is None:
                 return self._list(request, namespace, query)
             if method == "POST" and name is None:
@@ -115,9 +167,18 @@ class KubeServer:
                 return self._delete(request, namespace, name)
         if parts[:4] == ["", "api", "v1", "namespaces"] and len(parts) >= 6 and parts[5] == "pods":
             if len(parts) == 6 and method == "GET":
+                if ("", "pods", "list") not in self.granted:
+                    return self._forbidden(request, parts[4], "", "pods", "list")
                 return self._pods(request, parts[4], query.get("labelSelector", ""))
             if len(parts) == 8 and parts[7] == "log" and method == "GET":
+                if ("", "pods/log", "get") not in self.granted:
+                    return self._forbidden(request, parts[4], "", "pods/log", "get", parts[6])
                 return self._log(request, parts[4], parts[6], query.get("container"))
+        if parts[:4] == ["", "api", "v1", "namespaces"] and len(parts) == 7 and parts[5] == "persistentvolumeclaims":
+            if method == "GET":
+                if ("", "persistentvolumeclaims", "get") not in self.granted:
+                    return self._forbidden(request, parts[4], "", "persistentvolumeclaims", "get", parts[6])
+                return self._pvc(request, parts[4], parts[6])
         return self._status(request, 404, "NotFound", f"the server could not find the requested resource ({url.path})")
 
     def _reply(self, request: BaseHTTPRequestHandler, code: int, payload: Any, text: bool = False) -> None:
@@ -131,6 +192,74 @@ class KubeServer:
     def _status(self, request: BaseHTTPRequestHandler, code: int, reason: str, message: str) -> None:
         status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure"}
         self._reply(request, code, {**status, "message": message, "reason": reason, "code": code})
+
+    def _forbidden(
+        self, request: BaseHTTPRequestHandler, namespace: str, group: str, resource: str, verb: str, name: str = ""
+    ) -> None:
+        kind = f"{resource.split('/')[0]}.{group}" if group else resource.split("/")[0]
+        self._status(
+            request,
+            403,
+            "Forbidden",
+            f'{kind}{f" {json.dumps(name)}" if name else ""} is forbidden: User "system:serviceaccount:{namespace}:'
+            f'pipeline-runner" cannot {verb} resource "{resource}" in API group "{group}" in the namespace '
+            f'"{namespace}"',
+        )
+
+    # -- authorization and PVCs ----------------------------------------------------------------------------------
+    def _review(self, request: BaseHTTPRequestHandler, body: Any) -> None:
+        """A SelfSubjectAccessReview, answered as the API server does: 201 with the review echoed and its status
+        (`reason` when RBAC allows it); every token may ask (system:basic-user)."""
+        from kubernetes import client
+
+        try:
+            check_model("V1SelfSubjectAccessReview", body)
+            client.ApiClient().deserialize(_Response(json.dumps(body)), "V1SelfSubjectAccessReview")
+        except (UsageError, ValueError) as exc:
+            return self._status(request, 400, "BadRequest", f"strict decoding error: {exc}")
+        if (body.get("apiVersion", "authorization.k8s.io/v1"), body.get("kind", "SelfSubjectAccessReview")) != (
+            "authorization.k8s.io/v1",
+            "SelfSubjectAccessReview",
+        ):
+            return self._status(request, 400, "BadRequest", "the API version in the data does not match the path")
+        spec = body["spec"]
+        attributes = spec.get("resourceAttributes")
+        if (attributes is None) == (spec.get("nonResourceAttributes") is None):
+            return self._status(
+                request,
+                422,
+                "Invalid",
+                'SelfSubjectAccessReview.authorization.k8s.io "" is invalid: spec.resourceAttributes: Invalid value: '
+                '"null": exactly one of nonResourceAttributes or resourceAttributes must be specified',
+            )
+        status: dict[str, Any] = {"allowed": False}
+        if attributes is not None:
+            self.reviews.append(attributes)
+            resource = attributes.get("resource", "")
+            if attributes.get("subresource"):
+                resource += "/" + attributes["subresource"]
+            if (attributes.get("group", ""), resource, attributes.get("verb", "")) in self.granted:
+                status = {"allowed": True, "reason": 'RBAC: allowed by RoleBinding "yolokf-trainjobs"'}
+        self._reply(request, 201, {**body, "metadata": body.get("metadata") or {}, "status": status})
+
+    def _pvc(self, request: BaseHTTPRequestHandler, namespace: str, name: str) -> None:
+        from kubernetes import client
+
+        modes = self.pvcs.get(name)
+        if modes is None:
+            return self._status(request, 404, "NotFound", f'persistentvolumeclaims "{name}" not found')
+        pvc = client.V1PersistentVolumeClaim(
+            api_version="v1",
+            kind="PersistentVolumeClaim",
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace, uid=str(uuid.uuid5(uuid.NAMESPACE_DNS, name))),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=modes,
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "10Gi"}),
+                volume_mode="Filesystem",
+            ),
+            status=client.V1PersistentVolumeClaimStatus(phase="Bound", access_modes=modes),
+        )
+        self._reply(request, 200, client.ApiClient().sanitize_for_serialization(pvc))
 
     # -- trainjobs -----------------------------------------------------------------------------------------------
     def _create(self, request: BaseHTTPRequestHandler, namespace: str, body: Any) -> None:
@@ -167,7 +296,7 @@ class KubeServer:
                 if ns == namespace and wanted in (None, name)
             }
 
-        if query.get("watch") not in ("1", "t", "T", "true", "True", "TRUE"):  # Go's strconv.ParseBool
+        if query.get("watch") not in TRUE:
             items = list(matching().values())
             return self._reply(
                 request,

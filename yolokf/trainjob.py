@@ -32,6 +32,8 @@ PATCH_MANAGER = "yolokf.kubeflow.org/launcher"
 NODE_JOB = "node"  # the runtime's replicated job and its container, as in torch-distributed
 RUN_NAME_PLACEHOLDER = "<run-name>"
 NODE_WORKDIR = "/tmp/yolokf-node"  # each node's scratch folder (its run folder is on the checkpoint PVC)
+# The runtime patch's PVC volumes; the launcher's preflight (steps/preflight.py) finds the claims by these names.
+DATA_VOLUME, CHECKPOINT_VOLUME = "data", "checkpoints"
 
 
 def _models() -> Any:
@@ -104,8 +106,8 @@ def build_trainjob(job: Job, name: str = RUN_NAME_PLACEHOLDER) -> Any:
         )
         mounts.append(models.IoK8sApiCoreV1VolumeMount(name="dshm", mount_path=SHM_PATH))
     for volume, claim, path in (
-        ("data", step.data_pvc, DATA_PVC_PATH),
-        ("checkpoints", step.checkpoint_pvc, CHECKPOINT_PVC_PATH),
+        (DATA_VOLUME, step.data_pvc, DATA_PVC_PATH),
+        (CHECKPOINT_VOLUME, step.checkpoint_pvc, CHECKPOINT_PVC_PATH),
     ):
         if claim:
             source = models.IoK8sApiCoreV1PersistentVolumeClaimVolumeSource(claim_name=claim)
@@ -183,6 +185,7 @@ RBAC_RULES = (
     ("trainer.kubeflow.org", "trainjobs", ("create", "get", "list", "watch", "delete")),
     ("", "pods", ("get", "list")),
     ("", "pods/log", ("get",)),
+    ("", "persistentvolumeclaims", ("get",)),  # the preflight reads the PVCs' access modes
 )
 
 

@@ -216,12 +216,16 @@ def run_trainjob(
 ) -> None:
     """Create the TrainJob `body`, watch it, print node 0's log as it goes, and return once it is Complete.
 
-    TrainingError with one line when the service account may not create it (403), when it is Failed, or when it
-    runs past `timeout` seconds; on a timeout or a cancel (SIGTERM) the TrainJob is deleted, and its pods with it.
+    TrainingError with one line when the preflight refuses it (steps/preflight.py: rights, PVCs), when the service
+    account may not create it (403), when it is Failed, or when it runs past `timeout` seconds; on a timeout or a
+    cancel (SIGTERM) the TrainJob is deleted, and its pods with it.
     """
     from kubernetes import client, watch
     from kubernetes.client.exceptions import ApiException
 
+    from yolokf.steps.preflight import check_cluster
+
+    check_cluster(api_client, namespace, body)  # rights and PVCs first; the create's 403 below is the fallback
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
     name = body["metadata"]["name"]
     try:
