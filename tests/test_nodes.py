@@ -49,33 +49,64 @@ def _node_process(parent: psutil.Process, rank: int) -> psutil.Process | None:
     return None
 
 
-@pytest.mark.slow
-def test_killed_node_fails_the_run_with_one_line_and_the_rerun_resumes(cli, tmp_path):
-    """A node lost mid-training (its whole process group killed) fails the run with one line that names it; the
-    same run again resumes from rank 0's last checkpoint, as a one-pod step does (a retry on a cluster)."""
-    args = ["--model", "yolov8n.yaml", "--data", "shapes", "--epochs", "20", "--imgsz", "64", "--batch", "8"]
-    args += ["--nodes", "2", "--checkpoint-dir", str(tmp_path / "checkpoints"), "--run-key", "lost-node"]
-    command = [sys.executable, "-m", "yolokf", "run", *args, "--pipeline-root", str(tmp_path / "first")]
-    started = time.time()
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(run.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
+class _Run:
+    """`yolokf run` in a subprocess, its stdout and stderr read as they come."""
+
+    def __init__(self, command: list[str]):
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.readers = [
+            threading.Thread(target=lambda: self.out.extend(self.process.stdout), daemon=True),  # type: ignore[arg-type]
+            threading.Thread(target=lambda: self.err.extend(self.process.stderr), daemon=True),  # type: ignore[arg-type]
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    def finish(self, timeout: float) -> tuple[int, str, str]:
+        """Wait for the end; the exit code, the whole stdout and stderr."""
+        code = self.process.wait(timeout=timeout)
+        for reader in self.readers:
+            reader.join(timeout=30)
+        return code, "".join(self.out), "".join(self.err)
+
+
+def _run_and_lose_node_1(args: list[str], tmp_path: Path, root: str) -> tuple[_Run, Path]:
+    """Start `yolokf run ARGS` (two nodes, checkpoints under tmp_path/checkpoints, run key lost-node) and kill
+    node 1 as a whole (its torchrun agent and its worker, which torchrun starts in a session of its own) once rank
+    0 has saved its first epoch; the run and rank 0's last.pt."""
+    command = [sys.executable, "-m", "yolokf", "run", *args, "--pipeline-root", str(tmp_path / root)]
+    started = _Run(command)
+    run = started.process
     parent = psutil.Process(run.pid)
     deadline = time.monotonic() + 300
     last = tmp_path / "checkpoints" / "lost-node" / "weights" / "last.pt"
     while not last.exists():  # rank 0 saved its first epoch (kfp.local hands the step's output on in bursts)
-        assert run.poll() is None, "".join(lines) + run.stderr.read()
-        assert time.monotonic() < deadline, "".join(lines)
+        assert run.poll() is None, "".join(started.out + started.err)
+        assert time.monotonic() < deadline, "".join(started.out)
         time.sleep(0.5)
     node = _node_process(parent, 1)
     assert node is not None
-    # The node as a whole: its torchrun agent and its worker (torchrun starts it in a session of its own).
     for process in [node, *node.children(recursive=True)]:
         process.send_signal(signal.SIGKILL)
+    return started, last
+
+
+def _lost_node_args(epochs: int) -> list[str]:
+    args = ["--model", "yolov8n.yaml", "--data", "shapes", "--epochs", str(epochs), "--imgsz", "64", "--batch", "8"]
+    return [*args, "--nodes", "2", "--run-key", "lost-node"]
+
+
+@pytest.mark.slow
+def test_killed_node_fails_the_run_with_one_line_and_the_rerun_resumes(cli, tmp_path):
+    """A node lost mid-training (its whole process group killed) fails the run with one line that names it; the
+    same run again resumes from rank 0's last checkpoint, as a one-pod step does (a retry on a cluster)."""
+    args = [*_lost_node_args(20), "--checkpoint-dir", str(tmp_path / "checkpoints")]
+    started = time.time()
+    run, last = _run_and_lose_node_1(args, tmp_path, "first")
     epochs_at_kill = len((last.parent.parent / "results.csv").read_text().splitlines()) - 1
-    _, stderr = run.communicate(timeout=300)
-    assert run.returncode == 1, stderr
+    code, _, stderr = run.finish(timeout=300)
+    assert code == 1, stderr
     errors = [line for line in stderr.splitlines() if line.strip()]
     assert len(errors) == 1, stderr
     assert re.search(r"Node 1 of 2 was killed \(SIGKILL\); the training stopped \(rerun with --retries", errors[0])
@@ -95,6 +126,27 @@ def test_killed_node_fails_the_run_with_one_line_and_the_rerun_resumes(cli, tmp_
     done = re.search(r"resuming \S+last\.pt after epoch (\d+) of 20", rerun.stdout)
     assert done is not None, rerun.stdout[-2000:]
     assert int(done.group(1)) >= 1
+
+
+@pytest.mark.slow
+def test_with_retries_a_lost_node_restarts_the_step_which_resumes(tmp_path):
+    """`--retries 1`: kfp.local restarts the failed step as Kubeflow Pipelines restarts its pod, and the new
+    nodes resume from rank 0's last.pt; the run succeeds with every epoch trained once."""
+    args = [*_lost_node_args(6), "--checkpoint-dir", str(tmp_path / "checkpoints"), "--retries", "1"]
+    run, last = _run_and_lose_node_1(args, tmp_path, "root")
+    code, stdout, stderr = run.finish(timeout=600)
+    assert code == 0, stdout[-3000:] + stderr
+    restarted = re.findall(
+        r"^yolokf: step yolo-train-nodes failed \((.*)\); restarting it \(--retries\)\.$", stdout, re.M
+    )
+    assert len(restarted) == 1, stdout[-3000:]
+    assert "Node 1 of 2 was killed (SIGKILL); the training stopped" in restarted[0]
+    assert "Traceback" not in stdout + stderr
+    done = re.search(r"resuming \S+last\.pt after epoch (\d+) of 6", stdout)
+    assert done is not None, stdout[-3000:]
+    assert int(done.group(1)) >= 1
+    rows = (last.parent.parent / "results.csv").read_text().strip().splitlines()
+    assert [int(float(row.split(",")[0])) for row in rows[1:]] == [1, 2, 3, 4, 5, 6], rows
 
 
 @pytest.mark.slow

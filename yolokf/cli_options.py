@@ -175,7 +175,7 @@ STEP_OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[
             int,
             typer.Option(
-                help="Retries of a failed step, with backoff from 30 s; resumes with a checkpoint.",
+                help="Retries of a failed training step (backoff from 30 s; 1 s locally); resumes with a checkpoint.",
                 rich_help_panel=K8S_PANEL,
             ),
         ],

@@ -24,6 +24,7 @@ from yolokf.devices import check_visible
 from yolokf.errors import TrainingError, UsageError
 from yolokf.job import Job
 from yolokf.offline import check_model
+from yolokf.progress import TRACEBACK
 from yolokf.tasks import check_task, model_task
 
 DEFAULT_PIPELINE_ROOT = Path("yolokf-runs")
@@ -48,7 +49,6 @@ class LocalRun:
 _KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - [A-Z]+ - ")
 _EXECUTOR_RECORD = "[KFP Executor "
 _STEP_INDENT = "    "  # kfp.local indents the step's lines (logging_utils.indented_print)
-_TRACEBACK = "Traceback (most recent call last)"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -60,6 +60,7 @@ class _StepOutput(io.TextIOBase):
         self.pending = ""
         self.in_executor_input = False
         self.failing = False
+        self.failed_task = ""  # the task kfp.local just reported failed (it may retry it)
         self.tail: deque[str] = deque(maxlen=5000)  # an exception can list every bad file after it
 
     def writable(self) -> bool:
@@ -71,12 +72,24 @@ class _StepOutput(io.TextIOBase):
         if self.verbose:
             self.echo(text)
         if _KFP_RECORD.match(text):
+            self._record(_ANSI.sub("", text))
             return len(text)
         self.pending += text
         while "\n" in self.pending:
             line, self.pending = self.pending.split("\n", 1)
             self._line(line.removeprefix(_STEP_INDENT))
         return len(text)
+
+    def _record(self, record: str) -> None:
+        """kfp.local's own log records: a task that starts shows its output again, and one that starts again
+        after it failed is a retry (--retries), which the user is told with the error it restarts after."""
+        if " - Executing task " in record:
+            if self.failed_task and f"Executing task '{self.failed_task}'" in record:
+                failed = f"yolokf: step {self.failed_task} failed ({self.failure()})"
+                self.echo(f"{failed}; restarting it (--retries).\n")
+            self.failing, self.failed_task = False, ""
+        elif " finished with status FAILURE" in record:
+            self.failed_task = record.split("'")[1] if record.count("'") >= 2 else ""
 
     def _line(self, line: str) -> None:
         if self.in_executor_input:  # the executor logs its whole input as indented JSON
@@ -88,7 +101,7 @@ class _StepOutput(io.TextIOBase):
         if not line.strip() or set(line.strip()) == {"-"}:  # blank, or kfp.local's separator rules
             return
         self.tail.append(line)
-        if line.startswith(_TRACEBACK):
+        if TRACEBACK in line:  # first, or after a progress bar a killed process left without its newline
             self.failing = True  # the step is dying: its traceback goes to the log, its last line to the error
         if not self.verbose and not self.failing:
             self.echo(line + "\n")

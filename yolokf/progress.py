@@ -23,7 +23,7 @@ _ALL_ROW = re.compile(rf"^\s*all\s+((?:{_NUMBER}\s*)+)$")
 _KINDS = {"Box": "B", "Mask": "M", "Pose": "P"}
 _COLUMN = {"P": "precision", "R": "recall", "mAP50": "mAP50", "mAP50-95": "mAP50-95"}
 _CLASSIFY = {"top1_acc": "metrics/accuracy_top1", "top5_acc": "metrics/accuracy_top5"}
-_TRACEBACK = "Traceback (most recent call last)"
+TRACEBACK = "Traceback (most recent call last)"
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 TAIL_LINES = 20  # a failed step's last lines shown when it printed no error of its own
 
@@ -172,7 +172,8 @@ def seconds_left(epochs: list[Epoch]) -> float | None:
 def step_error(lines: list[str]) -> str | None:
     """The step's own error: the exception line after its last traceback, else a line starting `Error: `."""
     cleaned = [_ANSI.sub("", line).rstrip() for line in lines]
-    starts = [i for i, line in enumerate(cleaned) if line.startswith(_TRACEBACK)]
+    # A traceback can follow a progress bar that a killed process left without its newline: in the line, not first.
+    starts = [i for i, line in enumerate(cleaned) if TRACEBACK in line]
     if starts:
         found = next((line for line in cleaned[starts[-1] + 1 :] if _EXCEPTION_LINE.match(line)), None)
         if found:

@@ -37,6 +37,7 @@ SECRET_ENV = {
 OPTIONAL_SECRET_ENV = {"AWS_SESSION_TOKEN": "AWS_SESSION_TOKEN"}
 # Retry backoff: 30 s, 60 s, 120 s ... capped at one hour in total (kfp's set_retry).
 RETRY_BACKOFF = "30s"
+LOCAL_RETRY_BACKOFF = "1s"  # kfp.local: no node to wait for, the step restarts at once
 RETRY_BACKOFF_FACTOR = 2.0
 RETRY_BACKOFF_MAX = "3600s"
 
@@ -123,6 +124,7 @@ class StepOptions:
             checkpoint_dir=local_dir,
             run_key=self.run_key,
             nodes=self.nodes,  # locally: torchrun processes on the loopback address (yolokf.steps.launch)
+            retries=self.retries,  # kfp.local restarts a failed step too (a lost node, a killed process)
         )
 
 
@@ -359,7 +361,7 @@ def apply_retries(task: Any, options: StepOptions) -> None:
     if options.retries:
         task.set_retry(
             num_retries=options.retries,
-            backoff_duration=RETRY_BACKOFF,
+            backoff_duration=LOCAL_RETRY_BACKOFF if options.image == "local" else RETRY_BACKOFF,
             backoff_factor=RETRY_BACKOFF_FACTOR,
             backoff_max_duration=RETRY_BACKOFF_MAX,
         )

@@ -118,6 +118,7 @@ class LocalNodes:
                 if failed:
                     time.sleep(1)  # the others notice the lost peer; a node killed by a signal is the cause
                     rank, code = min(failed, key=lambda item: item[1] is not None and item[1] >= 0)
+                    print(flush=True)  # node 0's last line may be a progress bar, cut before its newline
                     raise TrainingError(self._failure(rank, code))
                 if all(code == 0 for code in codes):
                     return
