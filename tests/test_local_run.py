@@ -141,3 +141,52 @@ def test_failed_local_step_ends_with_its_own_error_and_keeps_the_log(cli, tmp_pa
     assert "No valid images found" in error[0] and error[0].endswith(f"(full log: {log})"), error[0]
     assert "Traceback" not in result.output, "the step's traceback stays in the log"
     assert "Traceback (most recent call last)" in log.read_text()
+
+
+# Written out: this module's annotations are strings, and kfp reads a component's types from its signature.
+RETRIED_PIPELINE = """
+from kfp import dsl
+
+
+@dsl.component(install_kfp_package=False)
+def flaky(counter: str) -> str:
+    from pathlib import Path
+
+    count = int(Path(counter).read_text()) + 1 if Path(counter).exists() else 1
+    Path(counter).write_text(str(count))
+    print(f"attempt {count} starts")
+    if count < 2:
+        raise RuntimeError("node 1 was lost")
+    return "done"
+
+
+@dsl.pipeline
+def retried(counter: str) -> str:
+    task = flaky(counter=counter)
+    task.set_retry(num_retries=1, backoff_duration="0s")
+    return task.output
+"""
+
+
+def test_a_retried_step_is_said_in_one_line_and_shows_its_new_attempt(tmp_path):
+    """kfp.local restarts a failed task with a retry policy (`--retries`): the console says why in one line and
+    shows the new attempt's output, though the failed one's traceback had turned the step's echo off."""
+    import contextlib
+    import re
+
+    from kfp import local
+
+    from yolokf.local import _StepOutput
+    from yolokf.pipeline import _generated_function
+
+    retried = _generated_function("retried", RETRIED_PIPELINE)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    echoed: list[str] = []
+    with (tmp_path / "log").open("w") as log, contextlib.redirect_stdout(_StepOutput(log, echoed.append, False)):
+        assert retried(counter=str(tmp_path / "count")).output == "done"
+    text = "".join(echoed)
+    assert re.findall(r"^yolokf: step (.*)$", text, re.M) == [
+        "flaky failed (RuntimeError: node 1 was lost); restarting it (--retries)."
+    ]
+    assert text.index("attempt 1 starts") < text.index("restarting it") < text.index("attempt 2 starts")
+    assert "Traceback" not in text
