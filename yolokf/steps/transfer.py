@@ -29,6 +29,8 @@ from yolokf.errors import DataError
 if TYPE_CHECKING:
     import asyncio
 
+    from obstore import GetOptions
+
 DEFAULT_WORKERS = 32  # objects in flight; peak memory is about workers x PART_SIZE at worst
 WORKERS_ENV = "YOLOKF_FETCH_WORKERS"  # --fetch-workers, in the CLI and in the download step's pod
 PART_SIZE = 8 << 20  # objects larger than this are fetched as ranges of this size, several at once
@@ -220,9 +222,15 @@ async def _download(
     describe: Callable[[RemoteObject, BaseException], str] | None,
 ) -> Progress:
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     pending = iter(listing)
-    ranges = asyncio.Semaphore(max(4, workers // 2))  # ranges of large objects in flight, all objects together
+    in_flight = max(4, workers // 2)
+    ranges = asyncio.Semaphore(in_flight)  # ranges of large objects in flight, all objects together
+    # Every request is obstore's blocking call in a thread of this pool (`_get`): one per worker, one per range.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=workers + in_flight, thread_name_prefix="yolokf-fetch")
+    )
 
     async def worker() -> None:
         for obj in pending:
@@ -308,11 +316,22 @@ def _count(progress: Progress, counted: list[int], n: int) -> None:
     counted[0] += n
 
 
-async def _fetch_whole(store: Any, obj: RemoteObject, part: Path, progress: Progress, counted: list[int]) -> None:
+def _get(store: Any, key: str, options: GetOptions | None = None) -> Any:
+    """One object (or range) as bytes, with obstore's blocking call, which releases the GIL while it waits.
+
+    Not obstore's `get_async`: its futures are completed from tokio threads that attach to Python, and one still
+    attaching when the interpreter finalizes aborts the process (SIGABRT) after the step has succeeded; measured
+    here, 9 of 40 short processes (PyO3/pyo3-async-runtimes#40). The blocking calls never call back into Python.
+    """
     import obstore
 
-    result = await obstore.get_async(store, obj.key)
-    data = await result.bytes_async()
+    return obstore.get(store, key, options=options).bytes()
+
+
+async def _fetch_whole(store: Any, obj: RemoteObject, part: Path, progress: Progress, counted: list[int]) -> None:
+    import asyncio
+
+    data = await asyncio.to_thread(_get, store, obj.key)
     if len(data) != obj.size:
         raise TransientError(f"{obj.key}: got {len(data)} of {obj.size} bytes")
     expected = obj.md5
@@ -329,8 +348,6 @@ async def _fetch_ranges(
     """A large object as PART_SIZE ranges written in place; If-Match keeps every range to the listed version."""
     import asyncio
 
-    import obstore
-
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, obj.size)
@@ -338,8 +355,8 @@ async def _fetch_ranges(
         async def fetch_range(start: int) -> None:
             end = min(start + PART_SIZE, obj.size)
             async with ranges:
-                result = await obstore.get_async(store, obj.key, options={"range": (start, end), "if_match": obj.etag})
-                data = await result.bytes_async()
+                options: GetOptions = {"range": (start, end), "if_match": obj.etag}
+                data = await asyncio.to_thread(_get, store, obj.key, options)
                 if len(data) != end - start:
                     raise TransientError(f"{obj.key}: got {len(data)} of {end - start} bytes at {start}")
                 os.pwrite(fd, memoryview(data), start)
