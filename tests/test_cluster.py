@@ -189,7 +189,8 @@ def test_ambient_credentials_map_no_secret(cli, tmp_path):
     assert "exec-fetch-dataset" not in configs, "no Secret mapped: IRSA / Workload Identity / a public bucket"
 
 
-def test_local_run_ignores_cluster_flags(tmp_path):
+def test_local_run_ignores_cluster_flags_and_keeps_retries(tmp_path):
+    """Pod settings do not apply on this machine; --retries does (kfp.local restarts a failed step, as KFP does)."""
     from yolokf.step_options import StepOptions, parse_toleration
 
     step = StepOptions(
@@ -208,6 +209,7 @@ def test_local_run_ignores_cluster_flags(tmp_path):
         data_secret="-",  # local credentials: this machine's environment
         checkpoint_dir=str(Path("ckpt").resolve()),
         run_key="k",
+        retries=3,
     )
 
 
