@@ -31,7 +31,6 @@ KIND = "TrainJob"
 PATCH_MANAGER = "yolokf.kubeflow.org/launcher"
 NODE_JOB = "node"  # the runtime's replicated job and its container, as in torch-distributed
 RUN_NAME_PLACEHOLDER = "<run-name>"
-NODE_WORKDIR = "/tmp/yolokf-node"  # each node's scratch folder (its run folder is on the checkpoint PVC)
 # The runtime patch's PVC volumes; the launcher's preflight (steps/preflight.py) finds the claims by these names.
 DATA_VOLUME, CHECKPOINT_VOLUME = "data", "checkpoints"
 
@@ -70,23 +69,15 @@ def _inner(annotation: Any) -> Any:
     return annotation
 
 
-def worker_request(job: Job) -> dict[str, Any]:
-    """What every node's worker trains, as compiled: the job's training values (the launcher puts in the run's
-    own), the data path inside the pods, and the checkpoint folder on the shared PVC where rank 0 leaves its
-    result (`yolokf.steps.launch.prepare_trainjob` fills in the run's)."""
-    from yolokf.steps.checkpoint import default_run_key
-    from yolokf.steps.launch import RESULT_FILE, node_data, node_request
-    from yolokf.steps.train import Attempt
-
-    attempt = Attempt(CHECKPOINT_PVC_PATH, job.step.run_key or default_run_key(job.config))
-    result = f"{CHECKPOINT_PVC_PATH}/{attempt.run_key}/{RESULT_FILE}"
-    return node_request(job.config, attempt, workdir=NODE_WORKDIR, data=node_data(job.config.data), result=result)
-
-
 def build_trainjob(job: Job, name: str = RUN_NAME_PLACEHOLDER) -> Any:
     """The TrainJob the launcher creates for `job` (a `--nodes N` job planned for a cluster)."""
+    from yolokf.steps.launch import cluster_request
+    from yolokf.steps.train import Attempt
+
     models = _models()
     step = job.step
+    # The compiled request: the job's training values (the launcher puts in the run's own) and checkpoint folder.
+    attempt = Attempt(CHECKPOINT_PVC_PATH, step.run_key or "")
     quantities: dict[str, Any] = {}
     if step.gpus:
         quantities[step.accelerator_type] = models.IoK8sApimachineryPkgApiResourceQuantity(str(step.gpus))
@@ -146,7 +137,7 @@ def build_trainjob(job: Job, name: str = RUN_NAME_PLACEHOLDER) -> Any:
     trainer = models.TrainerV1alpha1Trainer(
         image=step.image,
         command=["torchrun"],  # its --nnodes, --node-rank, --master-addr... come from the runtime's PET_* variables
-        args=["-m", "yolokf.steps.distributed", json.dumps(worker_request(job), sort_keys=True)],
+        args=["-m", "yolokf.steps.distributed", json.dumps(cluster_request(job.config, attempt), sort_keys=True)],
         num_nodes=step.nodes,
         num_proc_per_node=step.gpus or 1,
         resources_per_node=models.IoK8sApiCoreV1ResourceRequirements(limits=quantities, requests=quantities)

@@ -29,6 +29,7 @@ from yolokf.steps.train import Attempt, TrainResult, training_step
 
 LOOPBACK = "127.0.0.1"
 RESULT_FILE = "yolokf-result.json"
+NODE_WORKDIR = "/tmp/yolokf-node"  # a TrainJob node's scratch folder (its run folder is on the checkpoint PVC)
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 REQUEST_FILE = "yolokf-request.json"
 RESUME_ADVICE = "rerun with --retries N and --checkpoint-dir (or --checkpoint-pvc) to resume from the last epoch"
@@ -296,20 +297,24 @@ def node_data(data: str) -> str:
     return str(Path(DATA_PVC_PATH) / source.path)
 
 
+def cluster_request(config: TrainConfig, attempt: Attempt) -> dict[str, Any]:
+    """The request of a TrainJob's nodes, as `compile` writes it and the launcher fills it with a run's values: the
+    dataset at its PVC mount, and rank 0's result beside its checkpoints in the attempt's folder (its run key the
+    training values' own when none is given, as in one pod)."""
+    from yolokf.steps.checkpoint import default_run_key
+
+    attempt = replace(attempt, run_key=attempt.run_key or default_run_key(config))
+    result = str(Path(attempt.checkpoint_dir) / attempt.run_key / RESULT_FILE)
+    return node_request(config, attempt, workdir=NODE_WORKDIR, data=node_data(config.data), result=result)
+
+
 def prepare_trainjob(template: dict[str, Any], config: TrainConfig, attempt: Attempt, *, name: str) -> dict[str, Any]:
     """The compiled TrainJob with this run's name and training values: what the worker trains is what the run
     received (a value edited in the run form, a sweep trial's values included), its checkpoint folder keyed on
     them as in one pod, rank 0's result beside its checkpoints."""
-    from yolokf.steps.checkpoint import default_run_key
-
     body = json.loads(json.dumps(template))
     body["metadata"]["name"] = name
-    args = body["spec"]["trainer"]["args"]
-    compiled = json.loads(args[-1])
-    attempt = replace(attempt, run_key=attempt.run_key or default_run_key(config))
-    result = str(Path(attempt.checkpoint_dir) / attempt.run_key / RESULT_FILE)
-    request = node_request(config, attempt, workdir=compiled["workdir"], data=node_data(config.data), result=result)
-    args[-1] = json.dumps(request, sort_keys=True)
+    body["spec"]["trainer"]["args"][-1] = json.dumps(cluster_request(config, attempt), sort_keys=True)
     return body
 
 
