@@ -45,6 +45,8 @@ from pathlib import Path
 
 import pytest
 
+from yolokf.steps.launch import free_port
+
 DATA_ROOT = Path(os.environ.get("YOLOKF_TEST_DOCKER_ROOT", "/var/cache/yolokf-test-docker"))
 REGISTRY_ROOT = Path(os.environ.get("YOLOKF_TEST_REGISTRY_ROOT", str(DATA_ROOT) + "-registry"))
 REGISTRY_PORT = int(os.environ.get("YOLOKF_TEST_REGISTRY_PORT", "5055"))  # a busy port falls back to a free one
@@ -84,12 +86,6 @@ ENV PIP_CONSTRAINT=/etc/pip/constraint.txt
 # The recipe's hash is in the tag (MINBASE_IMAGE, and so the minbase's, is in the text too). The host's CA
 # bundle is not: it only lets pip through this machine's TLS interception and does not change what is built.
 BASE_IMAGE = f"yolokf-test/base:bookworm-torch{TORCH_VERSION}-{recipe_hash(BASE_DOCKERFILE)}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:

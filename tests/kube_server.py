@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -31,6 +30,7 @@ from urllib.parse import parse_qs, urlparse
 from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
 
 from yolokf.errors import UsageError
+from yolokf.steps.launch import free_port
 from yolokf.trainjob import RBAC_RULES, check_fields
 
 PREFIX = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/"
@@ -373,9 +373,7 @@ class KubeServer:
     # -- the torch-distributed runtime ---------------------------------------------------------------------------
     def _start(self, run: Run, trainer: dict[str, Any]) -> None:
         nodes, procs = int(trainer.get("numNodes") or 1), int(trainer.get("numProcPerNode") or 1)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         name = run.body["metadata"]["name"]
         for rank in range(nodes):
             env = {**os.environ, **{e["name"]: e.get("value", "") for e in trainer.get("env") or []}}

@@ -23,12 +23,7 @@ import pytest
 import yaml
 
 from yolokf.steps.fetch import s3_client
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from yolokf.steps.launch import free_port
 
 
 def start_server(cmd: list[str], url: str, log: Path) -> subprocess.Popen:

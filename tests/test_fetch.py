@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.s3_fixtures import FakeArtifact, free_port, local_files, start_server, stop, upload_folder, upload_many
+from tests.s3_fixtures import FakeArtifact, local_files, start_server, stop, upload_folder, upload_many
 from yolokf.datasets import prepare_dataset, resolve_data
 from yolokf.errors import DataError
 from yolokf.steps.fetch import fetch, fetch_step
+from yolokf.steps.launch import free_port
 from yolokf.steps.transfer import PART_SIZE
 
 

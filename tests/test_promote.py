@@ -190,10 +190,10 @@ def test_engine_on_a_cluster_needs_gpus(cli, tmp_path):
 
 
 def test_an_unreachable_registry_is_one_line_before_training(cli, tmp_path):
-    from tests.test_remote import closed_port
+    from yolokf.steps.launch import free_port
 
     root = tmp_path / "root"
-    result = cli(["run", *TRAIN, "--registry", f"http://127.0.0.1:{closed_port()}", "--pipeline-root", root])
+    result = cli(["run", *TRAIN, "--registry", f"http://127.0.0.1:{free_port()}", "--pipeline-root", root])
     assert result.exit_code == 1, result.output
     assert_one_clear_line(result, 1, "Cannot reach Model Registry at http://127.0.0.1:")
     assert not root.exists()

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import warnings
@@ -431,10 +430,9 @@ def test_the_pods_token_goes_over_https_only(tls_registry, cert, secured, tmp_pa
 
 
 def test_an_unreachable_registry(registry):
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    from yolokf.steps.launch import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
 
     unreachable = rf"^Cannot reach Model Registry at {re.escape(url)}: .*\. Check --registry and that the service is up"
     with pytest.raises(ModelRegistryError, match=unreachable):

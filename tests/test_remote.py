@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import traceback
 
 import pytest
@@ -32,6 +31,7 @@ from yolokf.job import Job, plan_job
 from yolokf.kfp_api import Connection
 from yolokf.settings import TrainConfig
 from yolokf.step_options import StepOptions
+from yolokf.steps.launch import free_port
 
 TOKEN = "kfp-secret-token-3f9a1c"
 IMAGE = "registry.example.com/ml/yolokf:0.1.0-abc"
@@ -114,12 +114,6 @@ def run_id_of(result: CliResult) -> str:
 def spec_of(run_request) -> dict:
     body = run_request.json()["pipeline_spec"]
     return body.get("pipeline_spec", body)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_run_host_submits_the_compiled_pipeline_with_the_cli_values(kfp):
@@ -250,7 +244,7 @@ def test_upload_registers_the_pipeline_then_a_new_version(kfp):
 
 
 def test_dry_run_prints_what_would_be_submitted_and_contacts_nothing():
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     result = cli(["run", "--host", url, "--dry-run", "--epochs", "3", "--no-cache", "--upload", "--run-name", "r1"])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
@@ -436,7 +430,7 @@ def test_status_needs_a_host():
 
 
 def test_unreachable_host_is_retried_then_one_line():
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     result = cli(["run", "--host", url])
     assert result.exit_code == 1, result.output
     last = result.stderr.strip().splitlines()[-1]
