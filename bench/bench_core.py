@@ -32,7 +32,7 @@ BARE_KFP = textwrap.dedent(
     def yolo_train(model: str, data: str, epochs: int, imgsz: int, batch: int, device: str, workers: int,
                    seed: int, train_args: dict, weights: Output[Model], metrics: Output[Metrics],
                    report: Output[HTML], run_dir: Output[Artifact]):
-        from yolokf.steps.train import train_step
+        from yolokf.training.train import train_step
         train_step(**locals())
 
     @dsl.pipeline(name="yolov8-train")
@@ -81,8 +81,8 @@ def last_epoch(results_csv: Path) -> dict[str, str]:
 
 def compare_training(task: str, epochs: int, work: Path, yolokf: str) -> list[tuple[str, str, float | None, str]]:
     """A local `yolokf run` against plain `yolo train` with the same arguments, on the task's built-in data."""
-    from yolokf.datasets import builtin_dataset
-    from yolokf.shapes import TASK_DATASET
+    from yolokf.data.datasets import builtin_dataset
+    from yolokf.data.shapes import TASK_DATASET
 
     name = TASK_DATASET[task]
     model = {"detect": "yolov8n.yaml"}.get(task, f"yolov8n-{name.removeprefix('shapes-')}.yaml")

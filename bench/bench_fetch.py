@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 
 BUCKET = "bench"
-# The download step before issue 18 (yolokf/steps/fetch.py at be53283): list, then one boto3 download_file
+# The download step before issue 18 (yolokf/data/fetch.py at be53283): list, then one boto3 download_file
 # after another; an archive is one download_file (boto3's own threads for its parts), then unpacked.
 SEQUENTIAL = textwrap.dedent(
     """

@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--size-only", action="store_true", help="measure the sizes only (1.)")
     args = parser.parse_args()
 
-    from yolokf.datasets import builtin_dataset
+    from yolokf.data.datasets import builtin_dataset
 
     results: dict[str, object] = {}
     with running_engine() as engine, tempfile.TemporaryDirectory(prefix="yolokf-bench-") as tmp:

@@ -26,10 +26,10 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=2)
     args = parser.parse_args()
 
-    from yolokf.datasets import resolve_data
-    from yolokf.settings import TrainConfig
-    from yolokf.steps.launch import run_local_nodes
-    from yolokf.steps.train import train
+    from yolokf.core.settings import TrainConfig
+    from yolokf.data.datasets import resolve_data
+    from yolokf.training.launch import run_local_nodes
+    from yolokf.training.train import train
 
     config = TrainConfig(
         model=args.model,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from yolokf.cli import main
+from yolokf.cli.app import main
 
 pytest_plugins = [
     "tests.conftest_docker",  # the Docker engine and registry fixtures
@@ -56,7 +56,7 @@ def cli():
 
 @pytest.fixture(scope="session")
 def shapes_yaml() -> Path:
-    from yolokf.datasets import builtin_dataset
+    from yolokf.data.datasets import builtin_dataset
 
     return builtin_dataset("shapes")
 

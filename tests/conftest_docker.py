@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pytest
 
-from yolokf.steps.launch import free_port
+from yolokf.training.launch import free_port
 
 DATA_ROOT = Path(os.environ.get("YOLOKF_TEST_DOCKER_ROOT", "/var/cache/yolokf-test-docker"))
 REGISTRY_ROOT = Path(os.environ.get("YOLOKF_TEST_REGISTRY_ROOT", str(DATA_ROOT) + "-registry"))

@@ -29,9 +29,9 @@ from urllib.parse import parse_qs, urlparse
 
 from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
 
-from yolokf.errors import UsageError
-from yolokf.steps.launch import free_port
-from yolokf.trainjob import RBAC_RULES, check_fields
+from yolokf.core.errors import UsageError
+from yolokf.pipeline.trainjob import RBAC_RULES, check_fields
+from yolokf.training.launch import free_port
 
 PREFIX = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/"
 REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
@@ -411,7 +411,7 @@ class KubeServer:
     @staticmethod
     def _kill(run: Run) -> None:
         """Delete a TrainJob's pods: every node's torchrun agent and the workers it started in their own sessions."""
-        from yolokf.steps.launch import kill_node
+        from yolokf.training.launch import kill_node
 
         for process in run.processes:
             kill_node(process.pid)

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from yolokf.steps.fetch import s3_client
-from yolokf.steps.launch import free_port
+from yolokf.data.remote import s3_client
+from yolokf.training.launch import free_port
 
 
 def start_server(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
@@ -83,7 +83,7 @@ def s3(s3_server, monkeypatch) -> Any:
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
     """A small shapes dataset as a user would upload it: data.yaml at the top, `path:` from another machine."""
-    from yolokf.shapes import write_dataset
+    from yolokf.data.shapes import write_dataset
 
     root = tmp_path_factory.mktemp("upload") / "shapes"
     write_dataset(root, train=8, val=4, test=2, imgsz=64)

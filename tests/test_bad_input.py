@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from yolokf.errors import UsageError
+from yolokf.core.errors import UsageError
 
 TRAIN = ["--model", "yolov8n.yaml", "--data", "shapes"]
 
@@ -119,7 +119,7 @@ def online_check(monkeypatch):
     """The real connectivity probe, pointed at a loopback address instead of github.com."""
     import socket
 
-    from yolokf import offline
+    from yolokf.core import offline
 
     monkeypatch.delenv("YOLOKF_OFFLINE", raising=False)
     monkeypatch.delenv("YOLO_OFFLINE", raising=False)
@@ -136,7 +136,7 @@ def online_check(monkeypatch):
 
 
 def test_offline_probe_for_real_refused_port_fails_fast_open_port_is_online(cli, tmp_path, monkeypatch, online_check):
-    from yolokf import offline
+    from yolokf.core import offline
 
     monkeypatch.setenv("YOLOKF_ONLINE_PROBE", online_check["closed"])
     assert offline.is_online() is False

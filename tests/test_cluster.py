@@ -191,7 +191,7 @@ def test_ambient_credentials_map_no_secret(cli, tmp_path):
 
 def test_local_run_ignores_cluster_flags_and_keeps_retries(tmp_path):
     """Pod settings do not apply on this machine; --retries does (kfp.local restarts a failed step, as KFP does)."""
-    from yolokf.step_options import StepOptions, parse_toleration
+    from yolokf.pipeline.step_options import StepOptions, parse_toleration
 
     step = StepOptions(
         image="x",
@@ -280,8 +280,8 @@ def test_bad_cluster_input_fails_run_before_training(cli, tmp_path):
 
 def test_accelerator_counts_kfp_rejects_are_rejected_first():
     """kubeflow/pipelines#12865: kfp 2.17 takes any whole count; negative or fractional ones never reach it."""
-    from yolokf.errors import UsageError
-    from yolokf.step_options import StepOptions
+    from yolokf.core.errors import UsageError
+    from yolokf.pipeline.step_options import StepOptions
 
     for gpus in (3, 5, 32):
         assert StepOptions(image="x", gpus=gpus).gpus == gpus

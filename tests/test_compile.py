@@ -52,7 +52,7 @@ def test_compile_writes_a_pipeline_kfp_can_load(cli, tmp_path):
     assert train["image"] == "reg/yolokf:t1"
     command = " ".join(train["command"])
     assert "pip install" not in command, "the step must not install anything at start"
-    assert "from yolokf.steps.train import train_step" in command
+    assert "from yolokf.training.train import train_step" in command
 
 
 def test_compile_failure_leaves_no_file(cli, tmp_path):
@@ -74,7 +74,7 @@ def test_compile_replaces_an_existing_file_whole(cli, tmp_path):
 def test_help_and_compile_do_not_import_torch_or_ultralytics(tmp_path):
     probe = (
         "import sys\n"
-        "from yolokf.cli import main\n"
+        "from yolokf.cli.app import main\n"
         "for argv in (['--help'], ['compile', '--out', sys.argv[1]]):\n"
         "    try:\n"
         "        main(argv)\n"

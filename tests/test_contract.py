@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from tests.kfp_server import KfpServer
-from yolokf.settings import training_fields
+from yolokf.core.settings import training_fields
 
 IMAGE = "registry.example.com/ml/yolokf:0.1.0-abc"
 TRAIN = ["--model", "yolov8n.yaml", "--data", "shapes", "--epochs", "3", "--imgsz", "64"]
@@ -159,10 +159,11 @@ def test_s3_data_submitted_downloads_first_and_hands_the_dataset_to_training(cli
 
 def test_the_component_signature_is_the_training_fields():
     """Adding a training field adds a component input and a pipeline parameter, in the same order."""
-    from yolokf.job import plan_job
-    from yolokf.pipeline import build_pipeline, yolo_train
-    from yolokf.settings import TrainConfig
-    from yolokf.step_options import StepOptions
+    from yolokf.core.settings import TrainConfig
+    from yolokf.pipeline.components import yolo_train
+    from yolokf.pipeline.job import plan_job
+    from yolokf.pipeline.pipelines import build_pipeline
+    from yolokf.pipeline.step_options import StepOptions
 
     names = [f.name for f in training_fields()]
     component_inputs = list(yolo_train.component_spec.inputs)

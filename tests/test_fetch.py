@@ -24,11 +24,11 @@ import pytest
 import yaml
 
 from tests.s3_fixtures import FakeArtifact, local_files, start_server, stop, upload_folder, upload_many
-from yolokf.datasets import prepare_dataset, resolve_data
-from yolokf.errors import DataError
-from yolokf.steps.fetch import fetch, fetch_step
-from yolokf.steps.launch import free_port
-from yolokf.steps.transfer import PART_SIZE
+from yolokf.core.errors import DataError
+from yolokf.data.datasets import prepare_dataset, resolve_data
+from yolokf.data.fetch import fetch, fetch_step
+from yolokf.data.transfer import PART_SIZE
+from yolokf.training.launch import free_port
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import yaml
 from tests.s3_fixtures import FakeArtifact, local_files, upload_folder, upload_many
 from tests.test_cluster import compiled, container
 from tests.test_fetch import tar_gz
-from yolokf.datasets import CACHED, DESCRIPTOR, dataset_hash, prepare_dataset, step_data, step_dataset_hash
-from yolokf.steps import fetch as fetch_module
-from yolokf.steps.data_cache import fetch_cached, source_id
+from yolokf.data import fetch as fetch_module
+from yolokf.data.cache import fetch_cached, source_id
+from yolokf.data.datasets import CACHED, DESCRIPTOR, dataset_hash, prepare_dataset, step_data, step_dataset_hash
 
 
 def test_compiled_pipeline_mounts_the_cache_on_the_download_and_every_step_that_reads_data(cli, tmp_path):
@@ -115,7 +115,7 @@ def test_concurrent_and_interrupted_fetches_into_one_cache(proxy, s3, tmp_path):
     objects = upload_many(s3, "together", count=200)
     cache = tmp_path / "pvc"
     script = (
-        "import sys; from pathlib import Path; from yolokf.steps.data_cache import fetch_cached; "
+        "import sys; from pathlib import Path; from yolokf.data.cache import fetch_cached; "
         "print(fetch_cached(sys.argv[1], Path(sys.argv[2]), workers=4).path)"
     )
     command = [sys.executable, "-c", script, "s3://datasets/together", str(cache)]

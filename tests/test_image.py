@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from yolokf import __version__
-from yolokf.errors import UsageError
+from yolokf.core.errors import UsageError
 from yolokf.image.context import BuildSpec, plan_build
 from yolokf.image.engine import PASSWORD_ENV, USERNAME_ENV, BuildResult, QuietEvents, build_image, docker_client
 from yolokf.image.records import record, resolve_image
@@ -305,10 +305,10 @@ def test_the_image_runs_the_training_step(pushed, tmp_path: Path) -> None:
     """The pipeline's one component in the built image, through kfp.local's DockerRunner."""
     from kfp import local
 
-    from yolokf.job import plan_job
-    from yolokf.pipeline import build_pipeline
-    from yolokf.settings import TrainConfig
-    from yolokf.step_options import StepOptions
+    from yolokf.core.settings import TrainConfig
+    from yolokf.pipeline.job import plan_job
+    from yolokf.pipeline.pipelines import build_pipeline
+    from yolokf.pipeline.step_options import StepOptions
 
     reference = pushed.reference
     local.init(runner=local.DockerRunner(), pipeline_root=str(tmp_path))
@@ -400,10 +400,10 @@ def test_baked_weights_train_offline(pushed, tmp_path: Path) -> None:
     from kfp import local
     from ultralytics import YOLO
 
-    from yolokf.job import plan_job
-    from yolokf.pipeline import build_pipeline
-    from yolokf.settings import TrainConfig
-    from yolokf.step_options import StepOptions
+    from yolokf.core.settings import TrainConfig
+    from yolokf.pipeline.job import plan_job
+    from yolokf.pipeline.pipelines import build_pipeline
+    from yolokf.pipeline.step_options import StepOptions
 
     weights = tmp_path / "yolov8n.pt"
     YOLO("yolov8n.yaml").save(weights)  # a real checkpoint, made here: nothing can be downloaded

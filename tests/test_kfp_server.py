@@ -361,8 +361,8 @@ def test_tasks_in_different_states_at_once(server, client, experiment, package):
 
 
 def executors(run) -> dict:
-    """The executor node of each step, by task key, found as yolokf finds them (yolokf.steplogs)."""
-    from yolokf.steplogs import Node, step_pods
+    """The executor node of each step, by task key, found as yolokf finds them (yolokf.runs.steplogs)."""
+    from yolokf.runs.steplogs import Node, step_pods
 
     details = run.run_details.task_details
     nodes = [

@@ -15,14 +15,14 @@ import pytest
 import yaml
 
 from tests.kube_server import KubeServer
-from yolokf.errors import TrainingError
-from yolokf.job import plan_job
-from yolokf.settings import TrainConfig
-from yolokf.step_options import StepOptions
-from yolokf.steps.distributed import result_from_json
-from yolokf.steps.launch import prepare_trainjob, run_trainjob
-from yolokf.steps.train import Attempt
-from yolokf.trainjob import build_trainjob, trainjob_dict
+from yolokf.core.errors import TrainingError
+from yolokf.core.settings import TrainConfig
+from yolokf.pipeline.job import plan_job
+from yolokf.pipeline.step_options import StepOptions
+from yolokf.pipeline.trainjob import build_trainjob, trainjob_dict
+from yolokf.training.launch import prepare_trainjob, run_trainjob
+from yolokf.training.result import result_from_json
+from yolokf.training.train import Attempt
 
 NAMESPACE = "team-vision"
 TINY = {"model": "yolov8n.yaml", "data": "shapes", "imgsz": 64, "batch": 8, "workers": 0, "seed": 0}
@@ -79,8 +79,8 @@ def test_a_canceled_step_deletes_its_trainjob(kube, tmp_path):
         "import json, sys\n"
         "from tests.kube_server import KubeServer\n"
         "from kubernetes import client\n"
-        "from yolokf.steps.launch import run_trainjob\n"
-        "from yolokf.errors import TrainingError\n"
+        "from yolokf.training.launch import run_trainjob\n"
+        "from yolokf.core.errors import TrainingError\n"
         "configuration = client.Configuration(host=sys.argv[1])\n"
         "configuration.api_key = {'authorization': 'token'}\n"
         "configuration.api_key_prefix = {'authorization': 'Bearer'}\n"
@@ -168,7 +168,7 @@ def _outputs(folder: Path) -> dict:
 
 def _launch(tmp_path: Path, outputs: dict, **values) -> None:
     """launch_step as the compiled `--nodes 2` component calls it, with this run's `values`."""
-    from yolokf.steps.launch import launch_step
+    from yolokf.training.launch import launch_step
 
     config = TrainConfig(**TINY, epochs=5, train_args={"nbs": 8, "plots": False})
     job = plan_job(config, StepOptions(nodes=2, gpus=0, checkpoint_pvc="ckpt", shm_size=None), image="local")
@@ -246,7 +246,7 @@ def test_a_lost_node_fails_the_trainjob_and_the_retried_step_resumes(in_a_pod, t
     step's retry (`--retries`: a new pod, so a new TrainJob) resumes from rank 0's last.pt on the checkpoint PVC."""
     import threading
 
-    from yolokf.steps.launch import kill_node
+    from yolokf.training.launch import kill_node
 
     kube = in_a_pod
     killed: list[str] = []

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from yolokf.shapes import CLASSES, write_dataset
-from yolokf.steps.train import readable_metrics
+from yolokf.core.tasks import readable_metrics
+from yolokf.data.shapes import CLASSES, write_dataset
 
 
 @pytest.mark.slow
@@ -176,8 +176,8 @@ def test_a_retried_step_is_said_in_one_line_and_shows_its_new_attempt(tmp_path):
 
     from kfp import local
 
-    from yolokf.local import _StepOutput
-    from yolokf.pipeline import _generated_function
+    from yolokf.pipeline.components import _generated_function
+    from yolokf.runs.local import _StepOutput
 
     retried = _generated_function("retried", RETRIED_PIPELINE)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))

@@ -20,8 +20,8 @@ import pytest
 from tests import test_remote
 from tests.conftest import invoke
 from tests.kfp_server import KfpServer, Outcome, Poll
-from yolokf.progress import EpochParser, parse_epochs, step_error
-from yolokf.steplogs import TRAIN_STEP
+from yolokf.runs.progress import EpochParser, parse_epochs, step_error
+from yolokf.runs.steplogs import TRAIN_STEP
 
 IMAGE = test_remote.IMAGE
 TOKEN = "kfp-secret-token-3f9a1c"
@@ -32,8 +32,8 @@ MODELS["classify"] = "yolov8n-cls.yaml"
 TRAIN = """
 import sys
 from pathlib import Path
-from yolokf.settings import TrainConfig
-from yolokf.steps.train import train
+from yolokf.core.settings import TrainConfig
+from yolokf.training.train import train
 model, data, epochs, work = sys.argv[1:]
 train(TrainConfig(model=model, data=data, epochs=int(epochs), imgsz=64, batch=16, workers=0), Path(work))
 """
@@ -59,7 +59,7 @@ def tiny_logs(tmp_path_factory):
 
     def log_of(task: str) -> tuple[str, list[dict[str, str]]]:
         if task not in made:
-            from yolokf.tasks import EXAMPLE_DATA
+            from yolokf.core.tasks import EXAMPLE_DATA
 
             work = tmp_path_factory.mktemp(task)
             text = pod_output([MODELS[task], EXAMPLE_DATA[task], str(TINY_EPOCHS), str(work)])
@@ -107,7 +107,7 @@ def test_parsed_epochs_equal_results_csv_for_each_task(tiny_logs, task):
 
 
 def test_readable_figures_use_yolokfs_metric_names(tiny_logs):
-    from yolokf.tasks import task_metrics
+    from yolokf.core.tasks import task_metrics
 
     for task in ("segment", "classify"):
         figures = parse_epochs(tiny_logs(task)[0])[-1].readable()
@@ -142,7 +142,7 @@ def test_step_error_is_the_exception_line_of_a_real_failed_step(failed_log):
     text = failed_log
     assert "Traceback (most recent call last)" in text
     error = step_error(text.splitlines())
-    assert error is not None and error.startswith("yolokf.errors.DataError: ")
+    assert error is not None and error.startswith("yolokf.core.errors.DataError: ")
     assert "missing.yaml" in error
 
 

@@ -117,7 +117,7 @@ def test_killed_node_fails_the_run_with_one_line_and_the_rerun_resumes(cli, tmp_
     workers = [
         p
         for p in psutil.process_iter(["cmdline", "create_time"])
-        if "yolokf.steps.distributed" in str(p.info["cmdline"]) and p.info["create_time"] >= started
+        if "yolokf.training.node" in str(p.info["cmdline"]) and p.info["create_time"] >= started
     ]
     assert not workers, workers
 
@@ -203,8 +203,7 @@ def test_evaluate_refuses_nodes(cli):
 
 
 def test_distributed_result_round_trip(tmp_path):
-    from yolokf.steps.distributed import result_from_json, result_json
-    from yolokf.steps.train import TrainResult
+    from yolokf.training.result import TrainResult, result_from_json, result_json
 
     result = TrainResult(tmp_path, tmp_path / "best.pt", None, {"mAP50": 0.5}, "detect", {0: "a"}, 3, "8.4")
     assert result_from_json(result_json(result)) == result

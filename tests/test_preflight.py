@@ -11,9 +11,9 @@ import yaml
 
 from tests.kube_server import ALL_RIGHTS, KubeServer
 from tests.test_launcher import NAMESPACE, _body
-from yolokf.errors import TrainingError
-from yolokf.steps.launch import run_trainjob
-from yolokf.trainjob import RBAC_RULES, rbac_yaml
+from yolokf.core.errors import TrainingError
+from yolokf.pipeline.trainjob import RBAC_RULES, rbac_yaml
+from yolokf.training.launch import run_trainjob
 
 RBAC_ADVICE_START = "apply yolokf's Role and RoleBinding: kubectl apply -f the -rbac.yaml"
 

@@ -16,9 +16,9 @@ from tests.model_registry_server import ModelRegistryServer
 from tests.test_bad_input import assert_one_clear_line
 from tests.test_compile import load_spec
 from tests.test_serving import model_config_pb2
-from yolokf.errors import QualityGateError, UsageError
-from yolokf.promote import parse_gate
-from yolokf.steps.gate import PASS, SKIP, gate_step
+from yolokf.core.errors import QualityGateError, UsageError
+from yolokf.promotion.gate import PASS, SKIP, gate_step
+from yolokf.promotion.plan import parse_gate
 
 TRAIN = ["--model", "yolov8n.yaml", "--data", "shapes"]
 CLUSTER = ["--image", "r/y:1"]
@@ -58,8 +58,8 @@ def test_the_dataset_hash_is_its_content_not_its_place_or_yaml(tmp_path):
     """issue 16: names, images and labels make the hash; where the folder is and how its YAML says so do not."""
     import shutil
 
-    from yolokf.datasets import dataset_hash
-    from yolokf.shapes import write_dataset
+    from yolokf.data.datasets import dataset_hash
+    from yolokf.data.shapes import write_dataset
 
     first = tmp_path / "a" / "shapes"
     write_dataset(first, train=4, val=2, test=2, imgsz=64)
@@ -81,8 +81,8 @@ def test_the_dataset_hash_is_its_content_not_its_place_or_yaml(tmp_path):
 
 
 def test_a_dataset_ultralytics_cannot_find_is_one_line(tmp_path):
-    from yolokf.datasets import dataset_spec
-    from yolokf.errors import DataError
+    from yolokf.core.errors import DataError
+    from yolokf.data.datasets import dataset_spec
 
     with pytest.raises(DataError, match=r"^Dataset no-such-set\.yaml: .*'no-such-set\.yaml' does not exist"):
         dataset_spec("no-such-set.yaml")
@@ -121,7 +121,7 @@ def _results(task: str, boxes: list[list[float]], shift: float = 0.0, classes: l
 def test_prediction_agreement_matches_the_tasks_own_outputs(task):
     """issue 16: an export's boxes (masks, keypoints, rotated boxes) count as the .pt's only when they overlap at
     IoU (OKS) >= 0.5 with the same class; what the export adds or misses lowers the rate."""
-    from yolokf.steps.export import prediction_agreement
+    from yolokf.promotion.parity import prediction_agreement
 
     boxes = [[10, 10, 40, 40], [50, 50, 90, 90]]
     same = prediction_agreement([_results(task, boxes)], [_results(task, boxes)], task)
@@ -139,7 +139,7 @@ def test_prediction_agreement_matches_the_tasks_own_outputs(task):
 
 
 def test_prediction_agreement_of_classifiers_is_the_same_top1():
-    from yolokf.steps.export import prediction_agreement
+    from yolokf.promotion.parity import prediction_agreement
 
     reference = [_results("classify", [], classes=[c]) for c in (0, 1, 1, 0)]
     exported = [_results("classify", [], classes=[c]) for c in (0, 1, 0, 0)]
@@ -149,7 +149,7 @@ def test_prediction_agreement_of_classifiers_is_the_same_top1():
 def test_a_classification_folder_hashes_the_same_wherever_it_is(tmp_path):
     import shutil
 
-    from yolokf.datasets import builtin_dataset, dataset_hash
+    from yolokf.data.datasets import builtin_dataset, dataset_hash
 
     folder = builtin_dataset("shapes-cls")
     moved = shutil.copytree(folder, tmp_path / "moved")
@@ -190,7 +190,7 @@ def test_engine_on_a_cluster_needs_gpus(cli, tmp_path):
 
 
 def test_an_unreachable_registry_is_one_line_before_training(cli, tmp_path):
-    from yolokf.steps.launch import free_port
+    from yolokf.training.launch import free_port
 
     root = tmp_path / "root"
     result = cli(["run", *TRAIN, "--registry", f"http://127.0.0.1:{free_port()}", "--pipeline-root", root])
@@ -467,7 +467,7 @@ def test_a_missed_gate_registers_nothing(cli, tmp_path, best_pt, registry, actio
         assert "Nothing is registered (--gate-action skip)." in result.stdout
     else:
         assert result.exit_code == 1
-        assert result.stderr.startswith("Error: A local step failed: yolokf.errors.QualityGateError: Quality gate")
+        assert result.stderr.startswith("Error: A local step failed: yolokf.core.errors.QualityGateError: Quality gate")
 
 
 def test_a_refused_registry_token_is_one_line_without_the_token(cli, tmp_path):
@@ -537,7 +537,7 @@ def test_an_ultralytics_dataset_name_goes_through_evaluation_export_and_the_gate
     """
     import shutil
 
-    from yolokf.datasets import dataset_hash
+    from yolokf.data.datasets import dataset_hash
 
     args = ["--model", best_pt, "--data", "coco8.yaml", "--epochs", "8", "--imgsz", "128", "--batch", "16"]
     args += ["--set", "nbs=16", "--set", "optimizer=AdamW", "--set", "lr0=0.0014"]
@@ -601,7 +601,7 @@ def test_a_damaged_export_fails_parity_in_one_line(best_pt, tmp_path, shapes_yam
     import onnx
     from onnx import numpy_helper
 
-    from yolokf.steps.export import ExportSettings, check_parity, export
+    from yolokf.promotion.export import ExportSettings, check_parity, export
 
     weights = tmp_path / "best.pt"
     shutil.copy2(best_pt, weights)
@@ -640,7 +640,7 @@ def test_names_come_from_the_data_a_run_received_not_the_compiled_one(cli, tmp_p
     data's name (the steps derive `<model>-<data>` from what they received)."""
     from kfp import components, local
 
-    from yolokf.shapes import write_dataset
+    from yolokf.data.shapes import write_dataset
 
     parts = tmp_path / "parts"
     write_dataset(parts, train=4, val=4, test=8, imgsz=128, seed=7)

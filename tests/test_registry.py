@@ -1,4 +1,4 @@
-"""Registering a trained model in Kubeflow Model Registry (yolokf.steps.register).
+"""Registering a trained model in Kubeflow Model Registry (yolokf.promotion.register).
 
 The official client, `model_registry`, talks to tests/model_registry_server.py over real sockets
 (http and https); that server checks every body against the client's own generated models, as the
@@ -19,9 +19,9 @@ import pytest
 import requests
 
 from tests.model_registry_server import API, ModelRegistryServer
-from yolokf.errors import ModelRegistryError
-from yolokf.steps import register as reg_module
-from yolokf.steps.register import ModelFile, Registration, check_registry, register
+from yolokf.core.errors import ModelRegistryError
+from yolokf.promotion import register as reg_module
+from yolokf.promotion.register import ModelFile, Registration, check_registry, register
 
 # Any warning is a failure here: an unclosed aiohttp session or event loop, a deprecation in the client.
 pytestmark = pytest.mark.filterwarnings("error")
@@ -403,7 +403,7 @@ def test_no_token_says_how_to_give_one(secured):
 def test_the_pods_token_goes_over_https_only(tls_registry, cert, secured, tmp_path, monkeypatch):
     """issue 16: the pod's service-account token travels to https registries; to an http one only a token the
     user gives explicitly (--registry-token-file) does, and a line says which."""
-    from yolokf.steps.publish import registry_token
+    from yolokf.promotion.publish import registry_token
 
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
@@ -430,7 +430,7 @@ def test_the_pods_token_goes_over_https_only(tls_registry, cert, secured, tmp_pa
 
 
 def test_an_unreachable_registry(registry):
-    from yolokf.steps.launch import free_port
+    from yolokf.training.launch import free_port
 
     url = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
 
@@ -488,7 +488,7 @@ def test_the_step_output_stays_clean(registry):
     """In a fresh process (a pipeline step): no handler added to the root logger, nothing on stderr."""
     code = (
         "import logging, sys\n"
-        "from yolokf.steps.register import check_registry\n"
+        "from yolokf.promotion.register import check_registry\n"
         "check_registry(sys.argv[1], None, None)\n"
         "assert logging.getLogger().handlers == [], logging.getLogger().handlers\n"
     )

@@ -23,15 +23,15 @@ from typer.testing import CliRunner
 
 from tests.conftest import CliResult
 from tests.kfp_server import KfpServer, Outcome, Poll, check_pipeline_spec, self_signed_cert
-from yolokf import follow, kfp_api, submit
-from yolokf.cli import main
-from yolokf.console import RunDisplay
-from yolokf.errors import ClusterError, RunFailedError, UsageError
-from yolokf.job import Job, plan_job
-from yolokf.kfp_api import Connection
-from yolokf.settings import TrainConfig
-from yolokf.step_options import StepOptions
-from yolokf.steps.launch import free_port
+from yolokf.cli.app import main
+from yolokf.cli.console import RunDisplay
+from yolokf.core.errors import ClusterError, RunFailedError, UsageError
+from yolokf.core.settings import TrainConfig
+from yolokf.pipeline.job import Job, plan_job
+from yolokf.pipeline.step_options import StepOptions
+from yolokf.runs import follow, kfp_api, submit
+from yolokf.runs.kfp_api import Connection
+from yolokf.training.launch import free_port
 
 TOKEN = "kfp-secret-token-3f9a1c"
 IMAGE = "registry.example.com/ml/yolokf:0.1.0-abc"

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 from kfp.dsl import HTML, Artifact, Metrics, Model
-from yolokf.steps.train import train_step
+from yolokf.training.train import train_step
 
 out = Path(sys.argv[1])
 weights = Model(uri=str(out / "weights"))
@@ -111,8 +111,8 @@ def test_killed_step_resumes_from_its_last_epoch(tmp_path, model, data):
 
 
 def test_run_key_follows_the_training_arguments():
-    from yolokf.settings import TrainConfig
-    from yolokf.steps.checkpoint import default_run_key
+    from yolokf.core.settings import TrainConfig
+    from yolokf.training.checkpoint import default_run_key
 
     base = TrainConfig(model="yolov8n.yaml", data="s3://b/pets", epochs=50)
     key = default_run_key(base)
@@ -123,7 +123,7 @@ def test_run_key_follows_the_training_arguments():
 
 
 def test_unreadable_checkpoint_starts_over(tmp_path):
-    from yolokf.steps.checkpoint import find_checkpoint
+    from yolokf.training.checkpoint import find_checkpoint
 
     weights = tmp_path / "run" / "weights"
     weights.mkdir(parents=True)

@@ -17,8 +17,8 @@ import yaml
 from kfp import components, local
 
 from tests import test_fetch
-from yolokf.contract import EVALUATE_PARAMETERS, run_parameters
-from yolokf.settings import training_fields
+from yolokf.core.settings import training_fields
+from yolokf.pipeline.contract import EVALUATE_PARAMETERS, run_parameters
 
 IMAGE = "registry.example.com/ml/yolokf:0.1.0"
 TINY = ["--model", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0"]
@@ -28,7 +28,7 @@ TINY += ["--set", "plots=false"]
 @pytest.fixture(scope="module")
 def other_dataset(tmp_path_factory) -> Path:
     """A dataset folder the pipeline was not compiled with: 16 training images, 6 held out."""
-    from yolokf.shapes import write_dataset
+    from yolokf.data.shapes import write_dataset
 
     root = tmp_path_factory.mktemp("other") / "parts"
     write_dataset(root, train=16, val=6, test=6, imgsz=64, seed=7)
@@ -82,9 +82,9 @@ def failed_step_output(capfd, run) -> str:
 
 @pytest.mark.parametrize("command", ["compile", "tune", "evaluate"])
 def test_every_root_input_is_a_run_parameter_of_the_contract(cli, tmp_path, command):
-    from yolokf.job import plan_job
-    from yolokf.settings import TrainConfig
-    from yolokf.step_options import StepOptions
+    from yolokf.core.settings import TrainConfig
+    from yolokf.pipeline.job import plan_job
+    from yolokf.pipeline.step_options import StepOptions
 
     args = {"compile": ["--data", "shapes", "--evaluate"]}
     args["tune"] = ["--space", "lr0=uniform:0.001:0.01", "--set", "optimizer=SGD", "--checkpoint-pvc", "ckpt"]

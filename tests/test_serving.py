@@ -1,4 +1,4 @@
-"""yolokf.steps.serving, checked with what consumes its files: Triton's model-config protobuf, onnxruntime, and
+"""yolokf.promotion.serving, checked with what consumes its files: Triton's model-config protobuf, onnxruntime, and
 KServe's own InferenceService model. The ONNX files are real ultralytics exports (untrained yolov8n, imgsz 64)."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from google.protobuf import text_format
 from kserve.api_client import ApiClient
 from onnx import TensorProto, helper
 
-from yolokf.errors import UsageError
-from yolokf.steps.serving import inference_service, triton_config, write_inference_service, write_model_repository
+from yolokf.core.errors import UsageError
+from yolokf.promotion.serving import inference_service, triton_config, write_inference_service, write_model_repository
 
 IMGSZ = 64
 NAME_RULE = (

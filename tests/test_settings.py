@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from yolokf import ultralytics_cfg
-from yolokf.errors import UsageError
-from yolokf.settings import TrainConfig, parse_set
+from yolokf.core import ultralytics_cfg
+from yolokf.core.errors import UsageError
+from yolokf.core.settings import TrainConfig, parse_set
 
 
 def test_set_values_are_parsed_like_ultralytics_cli():
@@ -60,5 +60,5 @@ def test_snapshot_matches_installed_ultralytics():
 
     snapshot = ultralytics_cfg.UltralyticsCfg.from_json(json.loads(ultralytics_cfg.SNAPSHOT.read_text()))
     installed = ultralytics_cfg.read_installed(package)
-    assert snapshot == installed, "refresh it: python -m yolokf.ultralytics_cfg"
+    assert snapshot == installed, "refresh it: python -m yolokf.core.ultralytics_cfg"
     assert "lr0" in installed.defaults and "epochs" in installed.int_keys and "cos_lr" in installed.bool_keys

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolokf.shapes import CLASSES, FLIP_IDX, KPT_SHAPE, write_dataset
-from yolokf.tasks import dataset_kind, model_task
+from yolokf.core.tasks import model_task
+from yolokf.data.shapes import CLASSES, FLIP_IDX, KPT_SHAPE, write_dataset
+from yolokf.data.task_fit import dataset_kind
 
 
 @pytest.mark.parametrize(

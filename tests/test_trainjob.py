@@ -9,8 +9,8 @@ import pytest
 import yaml
 from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
 
-from yolokf.errors import UsageError
-from yolokf.trainjob import check_fields
+from yolokf.core.errors import UsageError
+from yolokf.pipeline.trainjob import check_fields
 
 CLUSTER = ["--host", "http://localhost:1", "--image", "reg.example.com/yolokf:1", "--model", "yolov8n.pt"]
 CLUSTER += ["--data", "pvc://datasets/coco/data.yaml", "--epochs", "50", "--checkpoint-pvc", "ckpt"]
@@ -49,7 +49,7 @@ def test_dry_run_prints_the_trainjob_the_models_define(cli):
     assert trainer["resourcesPerNode"] == {"limits": quantities, "requests": quantities}
     assert "env" not in trainer  # the runtime sets PET_*; a TrainJob that sets them is refused
     assert trainer["command"] == ["torchrun"]
-    assert trainer["args"][:2] == ["-m", "yolokf.steps.distributed"]
+    assert trainer["args"][:2] == ["-m", "yolokf.training.node"]
     request = json.loads(trainer["args"][2])
     assert request["parameters"]["device"] == "0,1,2,3,4,5,6,7"  # LOCAL_RANK picks each process's GPU
     assert request["parameters"]["epochs"] == 50

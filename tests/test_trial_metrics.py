@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from yolokf.steps.train import final_metrics, results_rows, validation_metrics
+from yolokf.training.result import final_metrics, results_rows, validation_metrics
 
 
 @pytest.mark.slow

@@ -13,11 +13,12 @@ from google.protobuf import json_format
 
 from tests.test_bad_input import assert_one_clear_line
 from tests.test_compile import load_spec
-from yolokf.errors import TrainingError, UsageError, YolokfError
-from yolokf.search_space import parse_space, sample, sobol
-from yolokf.settings import SweepOptions, TrainConfig
-from yolokf.steps.select import rank, report_step, select_step
-from yolokf.sweep import Round, halving_rounds, plan_sweep, round_keep, round_stop
+from yolokf.core.errors import TrainingError, UsageError, YolokfError
+from yolokf.core.settings import SweepOptions, TrainConfig
+from yolokf.sweeps.plan import plan_sweep
+from yolokf.sweeps.select import rank, report_step, select_step
+from yolokf.sweeps.space import parse_space, sample, sobol
+from yolokf.training.trial import Round, halving_rounds, round_keep, round_stop
 
 BASE = ["--model", "yolov8n.yaml", "--data", "shapes", "--set", "optimizer=SGD"]
 SPACE = ["--space", "lr0=loguniform:1e-4:1e-1", "--space", "mosaic=choice:0,0.5,1.0"]
@@ -101,7 +102,7 @@ def record(trial: int, value: float | None, status: str = "succeeded", epochs: i
 
 def test_selection_keeps_the_best_and_skips_failed_trials():
     results = [json.dumps(record(0, 0.2)), record(1, None, "failed", 0), record(2, 0.5), record(3, 0.4)]
-    # 4 trials, halving by 2 over 3 rounds: round 1 keeps 2 (yolokf.sweep.round_keep).
+    # 4 trials, halving by 2 over 3 rounds: round 1 keeps 2 (yolokf.sweeps.plan.round_keep).
     kept, history = select_step(results, [], "fitness", "max", [{}] * 4, 8, {"round": 0, "rounds": 3, "eta": 2})
     assert kept == [{"trial": 2, "values": {"lr0": 0.03}}, {"trial": 3, "values": {"lr0": 0.04}}]
     assert [r["trial"] for r in history] == [0, 1, 2, 3] and {r["round"] for r in history} == {0}
@@ -316,7 +317,7 @@ def test_tune_host_submits_the_trials_as_the_run_argument_compile_writes(tmp_pat
 
 
 def test_a_trial_that_fails_is_recorded_not_raised(tmp_path):
-    from yolokf.steps.train import train_step
+    from yolokf.training.train import train_step
 
     class Artifact:
         def __init__(self, name: str):

@@ -1,3 +1,3 @@
-from yolokf.cli import main
+from yolokf.cli.app import main
 
 main()

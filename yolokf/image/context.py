@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import subprocess
 import tarfile
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yolokf
 from yolokf import __version__
-from yolokf.errors import UsageError
+from yolokf.core.errors import UsageError
 
 # NVIDIA's PyTorch 26.09: PyTorch 2.14 (what yolokf is tested with), CUDA 13.4, amd64 + arm64. Keep in
 # step with the ARG in dockerfiles/Dockerfile.
@@ -34,6 +35,8 @@ PINNED_FROM_HOST = ("kfp", "kfp-kubernetes", "ultralytics-opencv-headless")
 IMAGE_EXCLUDES = ("docker",)
 SOURCE_DATE = 315532800  # 1980-01-01: fixed mtimes keep the context tar, and so the tag, reproducible
 LABEL_PREFIX = "io.yolokf"
+USERNAME_ENV = "YOLOKF_REGISTRY_USERNAME"
+PASSWORD_ENV = "YOLOKF_REGISTRY_PASSWORD"
 
 _REFERENCE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]{1,2}[a-z0-9]+)*)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -108,6 +111,28 @@ class Plan:
     @property
     def tag(self) -> str:
         return self.reference.rsplit(":", 1)[1]
+
+
+@dataclass
+class Step:
+    """One Dockerfile instruction as the engine ran it."""
+
+    number: int
+    total: int
+    instruction: str
+    cached: bool = False
+    seconds: float = 0.0
+    base: bool = False  # ARG before FROM, and FROM: they pick the base and are never "cached"
+
+
+@dataclass
+class BuildResult:
+    plan: Plan
+    image_id: str
+    steps: list[Step]
+    labels: dict[str, str]
+    seconds: float
+    digest_reference: str | None = None  # repo@sha256:... after a push
 
 
 def source_tree(source: Path | None = None) -> tuple[Path, Path]:
@@ -209,7 +234,7 @@ def _dist_info(root: Path, files: list[str]) -> list[tuple[str, bytes, int]]:
     files_out = {
         "METADATA": metadata,
         "INSTALLER": "yolokf build-image\n",
-        "entry_points.txt": "[console_scripts]\nyolokf = yolokf.cli:main\n",
+        "entry_points.txt": "[console_scripts]\nyolokf = yolokf.cli.app:main\n",
         "top_level.txt": "yolokf\n",
     }
     record = [f"{f},," for f in files] + [f"{info}/{name},," for name in [*files_out, "RECORD"]]
@@ -315,7 +340,6 @@ def registry_of(reference: str) -> str:
 
 def describe(plan: Plan) -> list[str]:
     """The lines `build-image --dry-run` prints."""
-    from yolokf.image.engine import credentials  # reads the environment only; no Docker SDK import
 
     spec = plan.spec
     lines = [f"Would build {plan.reference}"]
@@ -334,3 +358,13 @@ def describe(plan: Plan) -> list[str]:
     lines += [f"  {k}={v}" for k, v in sorted(plan.labels.items())]
     lines.append(f"  {LABEL_PREFIX}.{{torch,torchvision,python,...}}.version=<read from the image after the build>")
     return lines
+
+
+def credentials(registry: str) -> dict[str, str] | None:
+    """Credentials from YOLOKF_REGISTRY_USERNAME/PASSWORD; None lets the engine client use ~/.docker/config.json."""
+    username, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
+    if bool(username) != bool(password):
+        raise UsageError(f"Set both {USERNAME_ENV} and {PASSWORD_ENV}, or neither (then `docker login {registry}`).")
+    if username and password:
+        return {"username": username, "password": password, "serveraddress": registry}
+    return None

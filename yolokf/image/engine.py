@@ -17,18 +17,25 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from yolokf.errors import ImageBuildError, RegistryError, UsageError
-from yolokf.image.context import LABEL_PREFIX, Plan, deterministic_tar, registry_of
+from yolokf.core.errors import ImageBuildError, RegistryError
+from yolokf.image.context import (
+    LABEL_PREFIX,
+    PASSWORD_ENV,
+    USERNAME_ENV,
+    BuildResult,
+    Plan,
+    Step,
+    credentials,
+    deterministic_tar,
+    registry_of,
+)
 from yolokf.image.records import record
 
 if TYPE_CHECKING:
     import docker
 
-USERNAME_ENV = "YOLOKF_REGISTRY_USERNAME"
-PASSWORD_ENV = "YOLOKF_REGISTRY_PASSWORD"
 LOG_TAIL = 40
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -50,28 +57,6 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
-@dataclass
-class Step:
-    """One Dockerfile instruction as the engine ran it."""
-
-    number: int
-    total: int
-    instruction: str
-    cached: bool = False
-    seconds: float = 0.0
-    base: bool = False  # ARG before FROM, and FROM: they pick the base and are never "cached"
-
-
-@dataclass
-class BuildResult:
-    plan: Plan
-    image_id: str
-    steps: list[Step]
-    labels: dict[str, str]
-    seconds: float
-    digest_reference: str | None = None  # repo@sha256:... after a push
-
-
 # Called for each engine status line about one layer while pulling or pushing:
 # (layer id, status such as "Pushing", bytes done, bytes total); the byte counts are None when unknown.
 LayerSink = Callable[[str, str, int | None, int | None], None]
@@ -79,7 +64,7 @@ LayerSink = Callable[[str, str, int | None, int | None], None]
 
 class BuildEvents(Protocol):
     """What `build_image` and `push_image` report as they go. `QuietEvents` shows nothing; the CLI passes
-    `yolokf.console.BuildReporter`."""
+    `yolokf.cli.console.BuildReporter`."""
 
     def message(self, text: str) -> None:
         """A line for the user: what is being built, how long it took, what was pushed."""
@@ -297,16 +282,6 @@ def _label(client: Any, image_id: str, labels: dict[str, str], plan: Plan, event
     label_id, _ = _follow_build(stream, QuietEvents())
     events.message(f"  labels: {len(labels)} (versions read from the image)")
     return label_id
-
-
-def credentials(registry: str) -> dict[str, str] | None:
-    """Credentials from YOLOKF_REGISTRY_USERNAME/PASSWORD; None lets the engine client use ~/.docker/config.json."""
-    username, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
-    if bool(username) != bool(password):
-        raise UsageError(f"Set both {USERNAME_ENV} and {PASSWORD_ENV}, or neither (then `docker login {registry}`).")
-    if username and password:
-        return {"username": username, "password": password, "serveraddress": registry}
-    return None
 
 
 def push_image(client: Any, reference: str, events: BuildEvents | None = None) -> str:

@@ -9,14 +9,11 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from yolokf import __version__
-from yolokf.errors import UsageError
-from yolokf.image.context import DEFAULT_REPOSITORY, BuildSpec, assemble_context
-
-if TYPE_CHECKING:
-    from yolokf.image.engine import BuildResult
+from yolokf.core.errors import UsageError
+from yolokf.image.context import DEFAULT_REPOSITORY, BuildResult, BuildSpec, assemble_context
 
 
 def _record_file() -> Path:

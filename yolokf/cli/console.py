@@ -1,0 +1,320 @@
+"""Everything yolokf draws on a terminal: the consoles, tables, live displays, prompts and progress reporters.
+
+Only the CLI layer imports this module; core modules return data or take a callback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+
+    from rich.console import Console
+
+    from yolokf.data.transfer import Progress as FetchProgress
+    from yolokf.image.engine import LayerSink, Step
+    from yolokf.runs.follow import Failure
+    from yolokf.runs.local import LocalRun
+    from yolokf.runs.run_report import RunReport
+
+
+@functools.cache
+def out() -> Console:
+    """stdout. Made on first use: importing rich.console costs 50 ms that `compile` and `--help` skip."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+@functools.cache
+def errs() -> Console:
+    """stderr: progress, warnings and errors."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """One plain line (no markup, no highlighting): paths, ids and messages print as they are.
+
+    Plain `print`: rich costs 50 ms to import, which `compile` and other one-line commands skip.
+    """
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def stdout_writer() -> Callable[[str], None]:
+    """Writes text as it comes (a training step's own output) to this stdout, even while sys.stdout is redirected."""
+    stream = sys.stdout
+
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
+
+
+def print_local_run(result: LocalRun) -> None:
+    """The end of a local run: the final metrics table and where the outputs are."""
+    from rich.table import Table
+
+    from yolokf.sweeps.plan import SWEEP_COUNTS
+
+    table = Table(title="The best trial's validation metrics" if result.trials else "Final validation metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.0f}" if name in SWEEP_COUNTS else f"{value:.4f}")
+    if result.metrics:
+        out().print(table)
+    for text in result.tables.values():
+        say(text.rstrip())  # Markdown as written for the KFP UI: per-class results, the exports side by side
+    for name, path in result.artifacts.items():
+        say(f"{name:>8}: {path}")
+    say(f"     log: {result.log}")
+    done = "Trained" if result.metrics else "Evaluated"
+    say(f"{done} in {result.seconds:.0f} s; outputs under {result.pipeline_root}")
+
+
+def print_trials(records: list[dict[str, Any]], metric: str | None, title: str) -> None:
+    """A sweep's trial table: planned (`metric` None), or finished, best first."""
+    from rich.table import Table
+
+    from yolokf.sweeps.plan import trial_table
+
+    header, body = trial_table(records, metric)
+    table = Table(title=title)
+    for name in header:
+        table.add_column(name, justify="left" if name in ("status",) else "right")
+    for row in body:
+        table.add_row(*row)
+    out().print(table)
+
+
+def print_run_report(run: RunReport, failure: Failure | None = None) -> None:
+    """`yolokf status`: state, error, a table of the tasks, the failed step's own error, and the UI link."""
+    from rich.table import Table
+
+    from yolokf.runs.run_report import format_seconds
+
+    say(f"Run {run.name} ({run.run_id}): {run.state}, {format_seconds(run.seconds)}")
+    if run.error:
+        say(f"Error: {run.error}")
+    if run.parameters:
+        say(f"Parameters: {json.dumps(run.parameters, sort_keys=True)}")
+    table = Table("task", "state", "time", "outputs (artifact ids)")
+    for task in (t for t in run.tasks if t.is_step):
+        outputs = ", ".join(f"{k}: {' '.join(v)}" for k, v in sorted(task.outputs.items()))
+        table.add_row(task.name, task.state, format_seconds(task.seconds), outputs or "-")
+    out().print(table)
+    if failure is not None:
+        print_failure(failure)
+    if run.state == "SUCCEEDED":
+        say("Metrics, report and weights: open the run's artifacts in the UI (KFP's API does not serve them).")
+    say(f"Details: {run.url}")
+
+
+def print_failure(failure: Failure) -> None:
+    """The failed step's own error line, or its last log lines, and the command for its whole log."""
+    if failure.error:
+        say(f"Step {failure.step} failed: {failure.error}")
+    elif failure.tail:
+        say(f"Step {failure.step} failed; the last {len(failure.tail)} lines of its log:")
+        print_log_tail(failure.tail, err=False)
+    else:
+        say(f"Step {failure.step} failed; its log could not be read ({failure.problem}).")
+    say(f"Whole log: {failure.command}")
+
+
+def print_log_tail(lines: list[str], *, err: bool = True) -> None:
+    for line in lines:
+        say(f"  | {line}", err=err)
+
+
+def ask_terminate(run_id: str) -> bool:
+    """After Ctrl-C while following: terminate the run on the cluster? No (and no terminal to ask on) keeps it."""
+    from rich.prompt import Confirm
+
+    try:
+        return Confirm.ask(
+            f"\nInterrupted. Terminate run {run_id} on the cluster? (no: stop following, it keeps running)",
+            console=out(),
+            default=False,
+        )
+    except (EOFError, KeyboardInterrupt):
+        return False
+
+
+class RunDisplay:
+    """A followed run's state and its trainings' epochs: live on a terminal; elsewhere (CI logs, pipes) one line
+    per change of state and one per new epoch."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or out()
+        self.live: Any = None
+        self.last: tuple[str, str] | None = None
+        self.epochs: dict[str, int] = {}  # the last epoch printed, by step
+
+    def __enter__(self) -> RunDisplay:
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self, run: RunReport) -> None:
+        from yolokf.runs.run_report import TERMINAL_STATES, format_seconds
+
+        task = run.current_task
+        task_text = f"task {task.name}: {task.state}" if task else "no task started yet"
+        line = f"{run.state:<9} {format_seconds(run.seconds):>9}  {task_text}"
+        sweep = len(run.progress) > 1 or any(t.trial is not None for t in run.tasks)
+        rows = [p.line(best=sweep) for p in run.progress]
+        if self.live is not None:
+            from rich.console import Group
+            from rich.spinner import Spinner
+            from rich.text import Text
+
+            done = run.state in TERMINAL_STATES
+            head = Text(line) if done else Spinner("dots", text=line)
+            self.live.update(Group(head, *(Text(f"  {row}") for row in rows)) if rows else head)
+        else:
+            if self.last != (run.state, task_text):
+                self.console.print(line, markup=False, highlight=False)
+            for progress in run.progress:
+                epoch = progress.epoch.epoch if progress.epoch else 0
+                if epoch > self.epochs.get(progress.name, 0):
+                    self.console.print(progress.line(best=sweep), markup=False, highlight=False)
+                    self.epochs[progress.name] = epoch
+        self.last = (run.state, task_text)
+
+
+class BuildReporter:
+    """`build-image` progress on a rich console (yolokf.image.engine.BuildEvents): one line per build step,
+    a bar per layer while pulling or pushing, never the engine's raw JSON."""
+
+    def __init__(self, console: Console | None) -> None:
+        self.console = console
+        self._status: Any = None
+
+    def message(self, text: str) -> None:
+        self._print(text)
+
+    def step_started(self, step: Step) -> None:
+        self._stop_status()
+        if self.console is not None and self.console.is_terminal:
+            self._status = self.console.status(f"[{step.number}/{step.total}] {self._short(step.instruction)}")
+            self._status.start()
+
+    def output(self, line: str) -> None:
+        if self._status is not None:
+            self._status.update(f"{self._status.status.split(chr(10))[0]}\n  {self._short(line, 100)}")
+
+    def step_done(self, step: Step) -> None:
+        self._stop_status()
+        how = "base" if step.base else "cached" if step.cached else f"{step.seconds:.1f} s"
+        self._print(f"  [{step.number}/{step.total}] {self._short(step.instruction)}  ({how})")
+
+    def failed(self, step: Step | None, tail: list[str]) -> None:
+        self._stop_status()
+        if step is not None:
+            self._print(f"Step {step.number}/{step.total} failed: {step.instruction}", style="bold red")
+        for line in tail:
+            self._print(f"  | {line}", style="dim")
+
+    def layers(self, title: str) -> AbstractContextManager[LayerSink | None]:
+        """A progress bar per layer while pulling or pushing."""
+        import contextlib
+
+        console = self.console
+        if console is None:
+            return contextlib.nullcontext(None)
+
+        @contextlib.contextmanager
+        def bars() -> Iterator[LayerSink]:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
+
+            self._print(title)
+            progress = Progress(
+                TextColumn("  {task.description}"), BarColumn(), DownloadColumn(), console=console, transient=True
+            )
+            tasks: dict[str, TaskID] = {}
+
+            def update(layer: str, status: str, current: int | None, total: int | None) -> None:
+                if layer not in tasks:
+                    tasks[layer] = progress.add_task(layer[:12], total=None)
+                description = f"{layer[:12]} {status}"
+                if current is not None and total is not None:
+                    progress.update(tasks[layer], total=total, completed=current, description=description)
+                else:
+                    progress.update(tasks[layer], description=description)
+
+            with progress:
+                yield update
+
+        return bars()
+
+    def _print(self, text: str, style: str | None = None) -> None:
+        if self.console is not None:
+            self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+    def _stop_status(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    @staticmethod
+    def _short(text: str, width: int = 90) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fetch_bar(label: str) -> AbstractContextManager[Callable[[FetchProgress], None]]:
+    """A progress bar for `yolokf fetch` on a terminal (files, bytes, rate, time left); nothing elsewhere."""
+    import contextlib
+
+    console = errs()
+    if not console.is_terminal:
+        return contextlib.nullcontext(lambda progress: None)
+
+    @contextlib.contextmanager
+    def bar() -> Iterator[Callable[[FetchProgress], None]]:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[files]}"),
+            console=console,
+            transient=True,
+        )
+        task = progress.add_task(label, total=None, files="")
+
+        def update(state: FetchProgress) -> None:
+            files = f"{state.files_done:,}/{state.files_total:,} files"
+            progress.update(task, total=state.bytes_total, completed=state.bytes_done, files=files)
+
+        with progress:
+            yield update
+
+    return bar()

@@ -1,0 +1,301 @@
+"""Follow and report runs on a Kubeflow Pipelines cluster: state, tasks, errors, outputs.
+
+Nothing here draws: `wait` hands every new state to a callback (the CLI shows it live) and asks a callback
+what to do on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from yolokf.core.errors import ClusterError, RunFailedError, UsageError
+from yolokf.runs.kfp_api import Cluster
+from yolokf.runs.progress import TAIL_LINES, Epoch, EpochParser, seconds_left, step_error
+from yolokf.runs.run_report import (
+    STOP_STATES,
+    TERMINAL_STATES,
+    UNSPECIFIED_LIMIT,
+    UNSPECIFIED_STATES,
+    RunReport,
+    StepProgress,
+    TaskState,
+    format_seconds,
+    get_report,
+    report,
+    run_names,
+)
+from yolokf.runs.steplogs import (
+    TRAIN_STEP,
+    LogRead,
+    PipelineNames,
+    read_log,
+)
+
+_MAIN_FIGURES = ("mask_mAP50-95", "pose_mAP50-95", "mAP50-95", "top1_accuracy")
+
+
+class ProgressWatch:
+    """Reads the running training steps' logs at each poll and keeps each one's epochs.
+
+    A log that cannot be read is said once through `notify`; following goes on by state alone.
+    """
+
+    def __init__(self, cluster: Cluster, run_id: str, notify: Callable[[str], None]):
+        self.cluster, self.run_id, self.notify = cluster, run_id, notify
+        self.seen: dict[str, tuple[EpochParser, int]] = {}  # by pod name: the parser and the lines read
+        self.told = False
+
+    def update(self, run: RunReport) -> list[StepProgress]:
+        rows = []
+        for task in run.tasks:
+            pod = task.pod
+            if pod is None or pod.key != TRAIN_STEP or (task.state != "RUNNING" and pod.pod_name not in self.seen):
+                continue
+            parser, count = self.seen.get(pod.pod_name, (EpochParser(), 0))
+            if task.state == "RUNNING":
+                log = read_log(self.cluster, self.run_id, pod)
+                if log.text is None:
+                    if not self.told and log.problem:
+                        why = log.problem.rstrip(".")
+                        self.notify(f"No log of {task.name} could be read ({why}); following by state alone.")
+                        self.told = True
+                else:
+                    lines = log.text.splitlines()
+                    parser.feed_all(lines[count:] if len(lines) >= count else lines)
+                    count = len(lines)
+            self.seen[pod.pod_name] = (parser, count)
+            if task.state == "RUNNING":
+                rows.append(_progress(task.name, parser.epochs))
+        return rows
+
+
+def _progress(name: str, epochs: list[Epoch]) -> StepProgress:
+    best = None
+    for epoch in epochs:
+        figures = epoch.readable()
+        main = next((n for n in _MAIN_FIGURES if n in figures), None)
+        if main is not None and (best is None or figures[main] > best[1]):
+            best = (main, figures[main])
+    return StepProgress(name, epochs[-1] if epochs else None, best, seconds_left(epochs))
+
+
+@dataclass
+class Failure:
+    """Why a step failed, in its own words where its log has them."""
+
+    step: str
+    error: str | None
+    tail: list[str]
+    command: str
+    problem: str | None = None  # why no log could be read
+
+
+def logs_command(cluster: Cluster, run_id: str, task: TaskState) -> str:
+    """The `yolokf logs` command that prints `task`'s whole log (with the flags that reach this cluster)."""
+    words = ["yolokf", "logs", run_id, "--step", task.step or task.name]
+    if task.trial is not None:
+        words += ["--trial", str(task.trial)]
+    words += ["--host", cluster.host]
+    if cluster.namespace:
+        words += ["--namespace", cluster.namespace]
+    return " ".join(words)
+
+
+def explain_failure(cluster: Cluster, run: RunReport) -> Failure | None:
+    """The failed step's own error (or its last lines) and the command for its whole log; None if no step failed."""
+    failed = [t for t in run.tasks if t.state == "FAILED" and t.pod is not None]
+    if not failed:
+        return None
+    task = failed[-1]
+    assert task.pod is not None
+    log = read_log(cluster, run.run_id, task.pod)
+    command = logs_command(cluster, run.run_id, task)
+    if log.text is None:
+        return Failure(task.name, None, [], command, log.problem)
+    lines = [line for line in log.text.splitlines() if line.strip()]
+    error = step_error(lines)
+    return Failure(task.name, error, [] if error else lines[-TAIL_LINES:], command)
+
+
+class StepFailedError(RunFailedError):
+    """A run that ended FAILED; `tail` holds the failed step's last log lines when it printed no error line."""
+
+    def __init__(self, message: str, tail: list[str]):
+        super().__init__(message)
+        self.tail = tail
+
+
+def wait(
+    cluster: Cluster,
+    run_id: str,
+    *,
+    timeout: float | None = None,
+    poll_interval: float = 5.0,
+    on_update: Callable[[RunReport], None] = lambda report: None,
+    unspecified_limit: float = UNSPECIFIED_LIMIT,
+    watch: ProgressWatch | None = None,
+) -> RunReport:
+    """Poll the run until it ends; return its report when it SUCCEEDED.
+
+    With `watch`, each report carries the running trainings' progress from their logs. Raises RunFailedError
+    on FAILED (StepFailedError, with the failed step's own error), CANCELED, SKIPPED, PAUSED, a state that stays
+    unspecified past `unspecified_limit` seconds, or `timeout`. kfp's `wait_for_run_completion` is not used:
+    in kfp 2.17 it never returns on CANCELED. Ctrl-C (KeyboardInterrupt) propagates: the caller decides what
+    happens to the run.
+    """
+    started = time.monotonic()
+    deadline = started + timeout if timeout else None
+    current: RunReport | None = None
+    names: PipelineNames | None = None
+    unspecified_since: float | None = None
+    while True:
+        try:
+            run = cluster.call(f"Reading run {run_id}", cluster.client.get_run, run_id)
+        except ClusterError as exc:
+            if current is None:
+                raise
+            raise ClusterError(
+                f"{exc} yolokf stopped following; the run itself is not affected: yolokf status {run_id}"
+            ) from None
+        names = names if names is not None else run_names(cluster, run)
+        current = report(cluster, run, names)
+        if watch is not None:
+            current.progress = watch.update(current)
+        on_update(current)
+        now = time.monotonic()
+        if current.state in TERMINAL_STATES or current.state in STOP_STATES:
+            break
+        if current.state in UNSPECIFIED_STATES:
+            unspecified_since = unspecified_since if unspecified_since is not None else now
+            if now - unspecified_since >= unspecified_limit:
+                raise RunFailedError(
+                    f"Run {current.name} ({run_id}) has had no state for {format_seconds(now - unspecified_since)}: "
+                    f"the cluster has not scheduled it. yolokf stopped following; check the KFP API server and "
+                    f"`yolokf status {run_id}` or {current.url}"
+                )
+        else:
+            unspecified_since = None
+        if deadline is not None and now >= deadline:
+            raise RunFailedError(
+                f"Run {current.name} ({run_id}) is still {current.state} after --timeout "
+                f"{format_seconds(timeout)}; it keeps running on the cluster. Follow it with "
+                f"`yolokf status {run_id}` or {current.url}"
+            )
+        time.sleep(poll_interval if deadline is None else max(0.0, min(poll_interval, deadline - now)))
+    if current.state == "SUCCEEDED":
+        return current
+    if current.state == "PAUSED":
+        raise RunFailedError(
+            f"Run {current.name} ({run_id}) is PAUSED on the cluster after {format_seconds(current.seconds)}; it "
+            f"goes on only when resumed. yolokf stopped following: resume it in the UI, then "
+            f"`yolokf status {run_id} --wait`. {current.url}"
+        )
+    failure = explain_failure(cluster, current) if current.state == "FAILED" else None
+    head = f"Run {current.name} ({run_id}) {current.state} after {format_seconds(current.seconds)}"
+    if failure is not None and failure.error:
+        raise StepFailedError(
+            f"{head}: step {failure.step}: {failure.error}. Whole log: {failure.command}; details: {current.url}", []
+        )
+    if failure is not None and failure.tail:
+        raise StepFailedError(
+            f"{head}: step {failure.step} failed; its last {len(failure.tail)} log lines are above. "
+            f"Whole log: {failure.command}; details: {current.url}",
+            failure.tail,
+        )
+    error = f": {current.error}" if current.error else " (the server gave no error message)"
+    raise RunFailedError(f"{head}{error}. Details and logs: {current.url}")
+
+
+def terminate(cluster: Cluster, run_id: str) -> None:
+    """Ask the cluster to terminate run `run_id` (it ends as CANCELED)."""
+    cluster.call(f"Terminating run {run_id}", cluster.client.terminate_run, run_id)
+
+
+def find_step(run: RunReport, step: str | None, trial: int | None) -> TaskState:
+    """The step `step` (its name as `status` shows it, or its task key; default the training) of `run`."""
+    steps = [t for t in run.tasks if t.pod is not None]
+    if not steps:
+        raise UsageError(
+            f"Run {run.name} ({run.run_id}) is {run.state} and no step has a pod yet; try again once a step started."
+        )
+    named = [t for t in steps if t.pod and (t.pod.key == TRAIN_STEP if step is None else step in (t.step, t.pod.key))]
+    if not named:
+        have = ", ".join(dict.fromkeys(t.step for t in steps))
+        what = "no training step yet" if step is None else f"no step {step!r}"
+        raise UsageError(f"Run {run.name} ({run.run_id}) has {what}; its steps: {have}. Pick one with --step NAME.")
+    trials = [t.trial for t in named if t.trial is not None]
+    if trial is not None:
+        named = [t for t in named if t.trial == trial]
+        if not named:
+            have = ", ".join(str(t) for t in trials) or "none (it is not in a sweep)"
+            raise UsageError(f"Step {step or TRAIN_STEP} of run {run.run_id} has no trial {trial}; its trials: {have}.")
+    elif len(named) > 1:
+        raise UsageError(
+            f"Step {named[0].step} of run {run.run_id} ran once per trial: add --trial N, one of "
+            f"{', '.join(str(t) for t in trials)}."
+        )
+    return named[0]
+
+
+def stream_log(
+    cluster: Cluster,
+    run_id: str,
+    echo: Callable[[str], None],
+    *,
+    step: str | None = None,
+    trial: int | None = None,
+    tail: int | None = None,
+    follow: bool = False,
+    poll_interval: float = 5.0,
+    notify: Callable[[str], None] = lambda line: None,
+) -> TaskState:
+    """Write a step's log to `echo` (its last `tail` lines); with `follow`, go on writing new lines until the
+    step ends. Returns the step as last seen. A log that cannot be read raises ClusterError, or with `follow`
+    is said once through `notify` while the step is followed by state alone."""
+    waiting = False
+    while True:  # with `follow`, a step that has not started yet is waited for until the run ends
+        run = get_report(cluster, run_id)
+        try:
+            task = find_step(run, step, trial)
+            break
+        except UsageError:
+            if not follow or run.state in TERMINAL_STATES or run.state in STOP_STATES:
+                raise
+        if not waiting:
+            notify(f"Run {run.name} is {run.state}; waiting for step {step or TRAIN_STEP} to start.")
+            waiting = True
+        time.sleep(poll_interval)
+    names: PipelineNames | None = None
+    pod_name, written, told = "", 0, False
+    while True:
+        assert task.pod is not None
+        if task.pod.pod_name != pod_name:
+            if pod_name:
+                notify(f"Step {task.name} is retried: attempt {task.pod.attempt}, pod {task.pod.pod_name}")
+            pod_name, written = task.pod.pod_name, 0
+        ended = task.state in TERMINAL_STATES
+        started = task.state not in ("PENDING", "RUNTIME_STATE_UNSPECIFIED")  # a pod not running has no log yet
+        log = read_log(cluster, run_id, task.pod) if started or not follow else LogRead(None, None)
+        if log.text is None:
+            message = f"No log of step {task.name} could be read: {(log.problem or '').rstrip('.')}."
+            if not follow:
+                raise ClusterError(f"{message} Its pod is {task.pod.pod_name}.")
+            if started and not told:
+                notify(f"{message} Following its state alone.")
+                told = True
+        else:
+            text = log.text if (ended or not follow) else log.text[: log.text.rfind("\n") + 1]  # whole lines
+            lines = text.splitlines(keepends=True)
+            if written == 0 and tail is not None:
+                written = max(0, len(lines) - tail)
+            if lines[written:]:
+                echo("".join(lines[written:]))
+            written = max(written, len(lines))
+        if not follow or ended:
+            return task
+        time.sleep(poll_interval)
+        raw = cluster.call(f"Reading run {run_id}", cluster.client.get_run, run_id)
+        names = names if names is not None else run_names(cluster, raw)
+        task = find_step(report(cluster, raw, names), step or task.step, trial if trial is not None else task.trial)

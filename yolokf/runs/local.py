@@ -1,0 +1,196 @@
+"""Run the pipeline on this machine through kfp.local, with the same component a cluster runs.
+
+kfp.local's SubprocessRunner executes the step in this Python environment (`use_venv=False`, so
+nothing is installed), and writes outputs under the pipeline root, where they stay after the run.
+What kfp.local prints about itself (executor input, component loading, artifact reprs) goes to the run's
+log file only, unless `verbose`; the step's own output (ultralytics' progress) is handed to `echo`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from yolokf.core.devices import check_visible
+from yolokf.core.errors import TrainingError, UsageError
+from yolokf.core.offline import check_model
+from yolokf.core.tasks import model_task
+from yolokf.data.datasets import resolve_data
+from yolokf.data.task_fit import check_task
+from yolokf.pipeline.job import Job
+from yolokf.runs.progress import TRACEBACK
+
+DEFAULT_PIPELINE_ROOT = Path("yolokf-runs")
+METRIC_ORDER = ("precision", "recall", "mAP50", "mAP50-95", "top1_accuracy", "top5_accuracy", "fitness")
+
+
+@dataclass
+class LocalRun:
+    """Where a local run left its outputs."""
+
+    pipeline_root: Path
+    metrics: dict[str, float]
+    artifacts: dict[str, Path]
+    seconds: float
+    log: Path
+    trials: list[dict[str, Any]] = field(default_factory=list)  # a sweep's trials, best first
+    tables: dict[str, str] = field(default_factory=dict)  # Markdown outputs: per-class results, the exports
+
+
+# kfp.local's own log records (kfp/local/logging_utils.py: '%(asctime)s - %(levelname)s - %(message)s', one write
+# per record), and the executor's inside the step ('[KFP Executor %(asctime)s %(levelname)s]: ...').
+_KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - [A-Z]+ - ")
+_EXECUTOR_RECORD = "[KFP Executor "
+_STEP_INDENT = "    "  # kfp.local indents the step's lines (logging_utils.indented_print)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _StepOutput(io.TextIOBase):
+    """kfp.local's stdout during a run: everything into the log file, the step's own lines to `echo`."""
+
+    def __init__(self, log: TextIO, echo: Callable[[str], None], verbose: bool):
+        self.log, self.echo, self.verbose = log, echo, verbose
+        self.pending = ""
+        self.in_executor_input = False
+        self.failing = False
+        self.failed_task = ""  # the task kfp.local just reported failed (it may retry it)
+        self.tail: deque[str] = deque(maxlen=5000)  # an exception can list every bad file after it
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.log.flush()
+        if self.verbose:
+            self.echo(text)
+        if _KFP_RECORD.match(text):
+            self._record(_ANSI.sub("", text))
+            return len(text)
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            self._line(line.removeprefix(_STEP_INDENT))
+        return len(text)
+
+    def _record(self, record: str) -> None:
+        """kfp.local's own log records: a task that starts shows its output again, and one that starts again
+        after it failed is a retry (--retries), which the user is told with the error it restarts after."""
+        if " - Executing task " in record:
+            if self.failed_task and f"Executing task '{self.failed_task}'" in record:
+                failed = f"yolokf: step {self.failed_task} failed ({self.failure()})"
+                self.echo(f"{failed}; restarting it (--retries).\n")
+            self.failing, self.failed_task = False, ""
+        elif " finished with status FAILURE" in record:
+            self.failed_task = record.split("'")[1] if record.count("'") >= 2 else ""
+
+    def _line(self, line: str) -> None:
+        if self.in_executor_input:  # the executor logs its whole input as indented JSON
+            self.in_executor_input = line.rstrip() != "}"
+            return
+        if line.startswith(_EXECUTOR_RECORD):
+            self.in_executor_input = line.rstrip().endswith("Got executor_input:")
+            return
+        if not line.strip() or set(line.strip()) == {"-"}:  # blank, or kfp.local's separator rules
+            return
+        self.tail.append(line)
+        if TRACEBACK in line:  # first, or after a progress bar a killed process left without its newline
+            self.failing = True  # the step is dying: its traceback goes to the log, its last line to the error
+        if not self.verbose and not self.failing:
+            self.echo(line + "\n")
+
+    def failure(self) -> str:
+        """The step's own error: the exception line after its last traceback, else its last lines."""
+        from yolokf.runs.progress import step_error
+
+        lines = [_ANSI.sub("", line) for line in self.tail]
+        return step_error(lines) or " | ".join(line.strip() for line in lines[-3:]) or "no output"
+
+
+def preflight(job: Job) -> None:
+    """Fail before starting kfp.local when the model, device or dataset cannot work here."""
+    check_model(job.config.model)
+    check_device(job.config.device)
+    if job.source is None:  # s3://, gs://, https:// go through the pipeline's download step
+        data = resolve_data(job.config.data)
+        task = model_task(job.config.model)
+        if task is not None:
+            check_task(task, Path(data), job.config.model)
+
+
+def check_device(device: str) -> None:
+    """Refuse a CUDA device this machine lacks (`0`, `0,1`, `cuda:1`); other backends are left to ultralytics."""
+    check_visible(
+        device,
+        where="this machine",
+        flag="--device",
+        advice="Leave --device out or use --device cpu here, or train on a cluster with --host URL --gpus N.",
+    )
+
+
+def run_local(
+    job: Job,
+    pipeline_root: Path = DEFAULT_PIPELINE_ROOT,
+    *,
+    echo: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> LocalRun:
+    """Run `job` (from `plan_local_job`) through kfp.local and return the outputs' locations and final metrics.
+
+    `echo` receives the lines for the user: where outputs go, then the step's own output (all of kfp.local's
+    output with `verbose`). The whole log is kept in `<pipeline root>/logs/`.
+    """
+    from kfp import local
+
+    from yolokf.pipeline.pipelines import build
+
+    preflight(job)
+    pipeline_root = Path(pipeline_root).resolve()
+    if job.sweep is not None:
+        # Trials run one after another here, and keep their weights where the selection steps find them.
+        folder = job.step.checkpoint_dir or str(pipeline_root / "sweeps")
+        job = replace(job, step=replace(job.step, checkpoint_dir=folder), sweep=replace(job.sweep, parallel=1))
+    log_path = pipeline_root / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"Cannot create --pipeline-root {pipeline_root}: {exc.strerror}.") from None
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    pipeline = build(job)
+    echo(f"Training locally through kfp.local: outputs go to {pipeline_root}, the full log to {log_path}\n")
+    started = time.perf_counter()
+    with log_path.open("w") as log:
+        output = _StepOutput(log, echo, verbose)
+        try:
+            with contextlib.redirect_stdout(output), warnings.catch_warnings():
+                # kfp.local says, rightly, that cluster settings and the image do not apply here.
+                warnings.filterwarnings("ignore", message=r".*(have no effect|non-Python base image)", category=Warning)
+                task = pipeline()
+        except RuntimeError:
+            what = "The local training step" if job.promotion is None and job.sweep is None else "A local step"
+            raise TrainingError(f"{what} failed: {output.failure()} (full log: {log_path})") from None
+    outputs: dict[str, Any] = task.outputs if hasattr(task, "outputs") else {}
+    metrics = _ordered(outputs["metrics"].metadata) if "metrics" in outputs else {}
+    tables: dict[str, str] = {
+        name: Path(outputs[name].path).read_text() for name in ("classes", "exports") if name in outputs
+    }
+    # Output[Metrics] is metadata only under kfp.local: list the artifacts that are files or folders.
+    artifacts = {name: Path(a.path) for name, a in outputs.items() if hasattr(a, "path") and Path(a.path).exists()}
+    trials = list(outputs.get("trials") or [])
+    seconds = time.perf_counter() - started
+    return LocalRun(pipeline_root, metrics, artifacts, seconds, log_path, trials, tables)
+
+
+def _ordered(logged: dict[str, Any]) -> dict[str, float]:
+    """Metrics in METRIC_ORDER, then the rest by name; numbers only (the split is metadata too)."""
+    numbers = {name: float(value) for name, value in logged.items() if isinstance(value, (int, float))}
+    first = [name for name in METRIC_ORDER if name in numbers]
+    return {name: numbers[name] for name in first + sorted(set(numbers) - set(first))}
