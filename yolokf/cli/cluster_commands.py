@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from yolokf.cli.console import say
+from yolokf.cli.console import RunDisplay, ask_terminate, print_log_tail, print_run_report, say, stdout_writer
 from yolokf.cli.options import (
     PollInterval,
     RunOptions,
@@ -35,7 +35,7 @@ def status(
     poll_interval: PollInterval = 5.0,
 ) -> None:
     """Show a cluster run: state, tasks, error, outputs.  Example: yolokf status RUN_ID --host http://localhost:8080"""
-    from yolokf.cli.console import print_run_report
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.runs.run_report import get_report
 
     cluster = _connect(connection)
@@ -60,7 +60,7 @@ def logs(
     poll_interval: PollInterval = 5.0,
 ) -> None:
     """Print a step's log (the training's by default).  Example: yolokf logs RUN_ID --follow --host http://localhost:8080"""
-    from yolokf.cli.console import stdout_writer
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.runs.follow import stream_log
 
     cluster = _connect(connection)
@@ -82,6 +82,7 @@ def logs(
 def submit_job(job: Job, connection: Connection, run: RunOptions, dry_run: bool) -> bool:
     """Submit `job` (or, with `dry_run`, say what would be submitted); with --wait, follow the run to its end.
     True when a followed run succeeded."""
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.runs.submit import describe_submission, submit
 
     if dry_run:
@@ -97,6 +98,7 @@ def submit_job(job: Job, connection: Connection, run: RunOptions, dry_run: bool)
 
 
 def _connect(connection: Connection) -> Cluster:
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.runs.kfp_api import connect
 
     return connect(connection, notify=lambda line: say(line, err=True))
@@ -105,7 +107,7 @@ def _connect(connection: Connection) -> Cluster:
 def _follow(cluster: Cluster, run_id: str, timeout: str | None, terminate: bool, poll_interval: float) -> None:
     """Follow the run live, with the training's epochs from its log; Ctrl-C terminates the run (asked, or
     --terminate-on-interrupt) or leaves it running. A failed step's last log lines print before the error."""
-    from yolokf.cli.console import RunDisplay, ask_terminate, print_log_tail
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.pipeline.step_options import parse_duration
     from yolokf.runs.follow import ProgressWatch, StepFailedError, wait
     from yolokf.runs.follow import terminate as terminate_run
@@ -134,6 +136,7 @@ def _follow(cluster: Cluster, run_id: str, timeout: str | None, terminate: bool,
 
 
 def _failure(cluster: Cluster, report: RunReport) -> Failure | None:
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.runs.follow import explain_failure
 
     return explain_failure(cluster, report) if report.state == "FAILED" else None

@@ -11,13 +11,14 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from yolokf.data.transfer import Progress as FetchProgress
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from contextlib import AbstractContextManager
 
     from rich.console import Console
 
-    from yolokf.data.transfer import Progress as FetchProgress
     from yolokf.image.engine import LayerSink, Step
     from yolokf.runs.follow import Failure
     from yolokf.runs.local import LocalRun
@@ -63,6 +64,7 @@ def print_local_run(result: LocalRun) -> None:
     """The end of a local run: the final metrics table and where the outputs are."""
     from rich.table import Table
 
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.sweeps.plan import SWEEP_COUNTS
 
     table = Table(title="The best trial's validation metrics" if result.trials else "Final validation metrics")
@@ -85,6 +87,7 @@ def print_trials(records: list[dict[str, Any]], metric: str | None, title: str) 
     """A sweep's trial table: planned (`metric` None), or finished, best first."""
     from rich.table import Table
 
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.sweeps.plan import trial_table
 
     header, body = trial_table(records, metric)
@@ -100,6 +103,7 @@ def print_run_report(run: RunReport, failure: Failure | None = None) -> None:
     """`yolokf status`: state, error, a table of the tasks, the failed step's own error, and the UI link."""
     from rich.table import Table
 
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.runs.run_report import format_seconds
 
     say(f"Run {run.name} ({run.run_id}): {run.state}, {format_seconds(run.seconds)}")
@@ -173,6 +177,7 @@ class RunDisplay:
             self.live.__exit__(*exc)
 
     def update(self, run: RunReport) -> None:
+        # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
         from yolokf.runs.run_report import TERMINAL_STATES, format_seconds
 
         task = run.current_task

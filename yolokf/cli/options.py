@@ -20,6 +20,7 @@ from yolokf.core.settings import PromoteOptions, SweepOptions, TrainConfig, pars
 from yolokf.pipeline.step_options import (
     StepOptions,
 )
+from yolokf.runs.kfp_api import Connection
 
 if TYPE_CHECKING:
     from yolokf.runs.submit import Submission
@@ -243,7 +244,6 @@ def sweep_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Replace the command's `connection: Connection` parameter with the `--host` options."""
-    from yolokf.runs.kfp_api import Connection
 
     return _replace_parameter(command, "connection", CONNECTION_OPTIONS, Connection)
 
@@ -328,6 +328,7 @@ class RunOptions:
     poll_interval: float
 
     def submission(self) -> Submission:
+        # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
         from yolokf.runs.submit import Submission
 
         return Submission(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from yolokf.cli.cluster_commands import submit_job
-from yolokf.cli.console import say
+from yolokf.cli.console import print_local_run, print_trials, say, stdout_writer
 from yolokf.cli.options import (
     DryRun,
     Image,
@@ -24,7 +24,7 @@ from yolokf.cli.options import (
     training_options,
 )
 from yolokf.core.errors import UsageError
-from yolokf.core.settings import PromoteOptions, SweepOptions, TrainConfig
+from yolokf.core.settings import PromoteOptions, SweepOptions, TrainConfig, auto_optimizer_hint, ignored_under_auto
 from yolokf.pipeline.step_options import StepOptions
 from yolokf.runs.kfp_api import Connection
 
@@ -44,6 +44,7 @@ def compile_(
     image: Image = None,
 ) -> None:
     """Write the Kubeflow pipeline YAML.  Example: yolokf compile --out yolov8_train.yaml --epochs 50"""
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.image.records import resolve_image
     from yolokf.pipeline.job import plan_job
     from yolokf.pipeline.pipelines import compile_pipeline
@@ -76,10 +77,12 @@ def run(
     if not connection.host:
         if dry_run:
             raise UsageError("--dry-run shows what a --host run would submit; add --host URL (or set KFP_HOST).")
+        # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
         from yolokf.pipeline.job import plan_local_job
 
         _run_local(plan_local_job(config, step).with_promotion(promote), run)
         return
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.image.records import resolve_image
     from yolokf.pipeline.job import plan_job
 
@@ -110,7 +113,7 @@ def tune(
 
     Example: yolokf tune --data shapes --set optimizer=SGD --space lr0=loguniform:1e-4:1e-1 --trials 8 --halving 2
     """
-    from yolokf.cli.console import print_trials
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.sweeps.plan import plan_sweep
 
     planned = plan_sweep(config, sweep, run_key=step.run_key)
@@ -123,11 +126,13 @@ def tune(
         say(plan)
         return
     if out is not None or connection.host:
+        # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
         from yolokf.image.records import resolve_image
         from yolokf.pipeline.job import plan_job
 
         job = plan_job(config, step, image=resolve_image(run.image)).with_sweep(planned).with_promotion(promote)
         if out is not None:
+            # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
             from yolokf.pipeline.pipelines import compile_pipeline
 
             say(f"Wrote {compile_pipeline(job, out)}")
@@ -141,7 +146,7 @@ def tune(
         if submit_job(job, connection, run, dry_run):
             say("Every trial's result: the run's sweep report and trial table (outputs of the 'best trial' step).")
         return
-    from yolokf.cli.console import print_local_run
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.pipeline.job import plan_local_job
 
     job = plan_local_job(config, step).with_sweep(planned).with_promotion(promote)
@@ -178,11 +183,13 @@ def evaluate(
     if not connection.host and out is None:
         if dry_run:
             raise UsageError("--dry-run shows what a --host run would submit; add --host URL (or set KFP_HOST).")
+        # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
         from yolokf.pipeline.job import plan_local_job
 
         config = config.with_overrides(model=_weights_file(config.model))
         _run_local(replace(plan_local_job(config, step), evaluate_only=True).with_promotion(promote), run)
         return
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.image.records import resolve_image
     from yolokf.pipeline.job import plan_job
 
@@ -195,6 +202,7 @@ def evaluate(
         config = config.with_overrides(model=_weights_file(config.model))  # a YAML for kfp.local
     job = replace(plan_job(config, step, image=resolve_image(run.image)), evaluate_only=True).with_promotion(promote)
     if out is not None:
+        # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
         from yolokf.pipeline.pipelines import compile_pipeline
 
         say(f"Wrote {compile_pipeline(job, out)}")
@@ -211,13 +219,12 @@ def _weights_file(model: str) -> str:
 
 
 def _run_local(job: Job, run: RunOptions) -> None:
-    from yolokf.cli.console import print_local_run
 
     print_local_run(_run_local_job(job, run))
 
 
 def _run_local_job(job: Job, run: RunOptions) -> LocalRun:
-    from yolokf.cli.console import stdout_writer
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.runs.local import DEFAULT_PIPELINE_ROOT, run_local
 
     root = Path(run.pipeline_root) if run.pipeline_root else DEFAULT_PIPELINE_ROOT
@@ -226,7 +233,6 @@ def _run_local_job(job: Job, run: RunOptions) -> LocalRun:
 
 def _warn_ignored(config: TrainConfig) -> None:
     """ultralytics ignores some arguments without a word (lr0 under optimizer=auto): say it before training."""
-    from yolokf.core.settings import auto_optimizer_hint, ignored_under_auto
 
     ignored = ignored_under_auto(config.train_args, config.train_args)
     if ignored:
@@ -235,6 +241,7 @@ def _warn_ignored(config: TrainConfig) -> None:
 
 def _show_trainjob(job: Job, title: str) -> None:
     """`--dry-run` with `--nodes`: the TrainJob the launcher step creates, as YAML."""
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.pipeline.trainjob import trainjob_yaml
 
     say(f"{title} ({job.step.nodes} nodes; the run's name as a placeholder):")
@@ -243,6 +250,7 @@ def _show_trainjob(job: Job, title: str) -> None:
 
 def _write_rbac(out: Path) -> None:
     """`--nodes`: the Role and RoleBinding the launcher needs, next to the pipeline (docs/cluster.md)."""
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.pipeline.trainjob import rbac_yaml
 
     rbac = out.with_name(f"{out.stem}-rbac.yaml")

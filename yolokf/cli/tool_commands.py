@@ -12,7 +12,7 @@ from yolokf.cli.cluster_options import (
     FetchOut,
     FetchWorkers,
 )
-from yolokf.cli.console import errs, say
+from yolokf.cli.console import BuildReporter, errs, fetch_bar, say
 from yolokf.core.errors import UsageError
 
 
@@ -42,7 +42,7 @@ def build_image(
     Registry credentials: `docker login`, or YOLOKF_REGISTRY_USERNAME and YOLOKF_REGISTRY_PASSWORD.
     Example: yolokf build-image --repository registry.example.com/ml/yolokf --push
     """
-    from yolokf.cli.console import BuildReporter
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.image.context import BuildSpec, describe, plan_build
     from yolokf.image.engine import build_image as build
 
@@ -65,6 +65,7 @@ def shapes(
 
     Example: yolokf shapes ./shapes-seg --task segment
     """
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.data.shapes import TASK_DATASET, write_dataset
 
     if task not in TASK_DATASET:
@@ -86,7 +87,7 @@ def fetch(
     """
     import importlib.util
 
-    from yolokf.cli.console import fetch_bar
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.data.fetch import fetch as fetch_data
 
     missing = [name for name in ("boto3", "obstore") if importlib.util.find_spec(name) is None]

@@ -233,6 +233,7 @@ def check_train_args(args: dict[str, Any]) -> dict[str, Any]:
         return {}
     import difflib
 
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.core import ultralytics_cfg
 
     cfg = ultralytics_cfg.load()  # 60 ms: only when there is something to check

@@ -17,7 +17,17 @@ from typing import Any
 
 from yolokf.core.errors import DataError, UsageError
 from yolokf.core.mounts import AMBIENT_CREDENTIALS, DATA_CACHE_PATH, DATA_PVC_PATH, NO_CREDENTIALS
-from yolokf.data.datasets import find_dataset
+from yolokf.data.cache import fetch_cached
+from yolokf.data.datasets import (
+    CACHED,
+    DOWNLOADED,
+    MOUNTED,
+    PASSTHROUGH,
+    dataset_hash,
+    find_dataset,
+    prepare_dataset,
+    write_descriptor,
+)
 from yolokf.data.remote import fetch_bucket, fetch_http
 from yolokf.data.sources import is_remote, parse_data_uri
 from yolokf.data.transfer import (
@@ -89,7 +99,6 @@ def fetch_step(
     With `data_cache_pvc` (compile-time), s3:// and gs:// data go into the cache PVC the steps mount, not the
     artifact (`yolokf.data.cache`).
     """
-    from yolokf.data.datasets import DOWNLOADED, MOUNTED, PASSTHROUGH, write_descriptor
 
     dest = Path(dataset.path)
     if dest.exists():  # a retried step: start clean rather than mix two downloads
@@ -141,8 +150,6 @@ def cached_content_hash(version: Path) -> str:
     the cache key (the listing's digest) cannot, since a listing's ETags and times are the store's own."""
     import tempfile
 
-    from yolokf.data.datasets import dataset_hash, prepare_dataset
-
     kept = version.parent / f"{version.name}.content-hash"
     if kept.is_file():
         return kept.read_text().strip()
@@ -156,8 +163,6 @@ def cached_content_hash(version: Path) -> str:
 
 def _fetch_into_cache(uri: str, dest: Path, dataset: Any) -> None:
     """--data-cache-pvc: the data lands in the cache (once per version); the artifact only says where."""
-    from yolokf.data.cache import fetch_cached
-    from yolokf.data.datasets import CACHED, write_descriptor
 
     cached = fetch_cached(uri, Path(DATA_CACHE_PATH), on_progress=log_progress(uri))
     find_dataset(cached.path)  # fail here, not an hour later in the training step

@@ -111,6 +111,7 @@ yolo_train_nodes = _training_component(
 def fetch_dataset(uri: str, credentials: str, data_pvc: str, data_cache_pvc: str, dataset: Output[Dataset]):
     """Download the run's dataset from s3://, gs:// or https://, or pass a local or PVC one on (yolokf)."""
     inputs = dict(locals())
+    # Runs in the step's pod: kfp embeds this function's source, imports included.
     from yolokf.data.fetch import fetch_step
 
     fetch_step(**inputs)
@@ -130,6 +131,7 @@ def select_trials(
     """Keep the best trials of a sweep round to continue (yolokf); returns them, the next round's items."""
     import json
 
+    # Runs in the step's pod: kfp embeds this function's source, imports included.
     from yolokf.sweeps.select import select_step
 
     kept, merged = select_step(results, history, metric, mode, trials, epochs, sweep)
@@ -152,6 +154,7 @@ def sweep_report(
     table: Output[Markdown],
 ) -> list:
     """Pick a sweep's best trial and report every trial (yolokf)."""
+    # Runs in the step's pod: kfp embeds this function's source, imports included.
     from yolokf.sweeps.select import report_step
 
     return report_step(results, history, metric, mode, rounds, best=best, metrics=metrics, report=report, table=table)
@@ -182,6 +185,7 @@ def _step_component(name: str, step: Callable[..., Any]) -> Any:
 
 
 def promote_components() -> tuple[Any, Any, Any, Any]:
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.promotion.evaluate import evaluate_step
     from yolokf.promotion.export import export_step
     from yolokf.promotion.gate import gate_step

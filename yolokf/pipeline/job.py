@@ -17,6 +17,7 @@ from yolokf.core.mounts import AMBIENT_CREDENTIALS
 from yolokf.core.settings import PromoteOptions, TrainConfig
 from yolokf.data.sources import DataSource, is_remote, parse_data_uri, pvc_source
 from yolokf.pipeline.step_options import StepOptions
+from yolokf.promotion.plan import default_registered_model, plan_promotion, promoted_task
 
 if TYPE_CHECKING:
     from yolokf.promotion.plan import Promotion
@@ -41,7 +42,6 @@ class Job:
     @property
     def stem(self) -> str:
         """`yolov8n-coco128`: the model's and the dataset's names, for run and registered-model names."""
-        from yolokf.promotion.plan import default_registered_model  # the steps name a registered model the same way
 
         data = self.source.uri if self.source is not None else self.config.data
         return default_registered_model(self.config.model, data)
@@ -61,7 +61,6 @@ class Job:
         """This job with the steps after training that `options` ask for (none: a plain training pipeline)."""
         if not (options.active or self.evaluate_only or options.champion or options.registered_model):
             return self  # a plain training pipeline; nothing to check or import
-        from yolokf.promotion.plan import plan_promotion, promoted_task
 
         local = self.step.image == "local"
 

@@ -43,6 +43,8 @@ from yolokf.pipeline.step_options import (
     apply_step_options,
     launcher_options,
 )
+from yolokf.pipeline.trainjob import build_trainjob, trainjob_dict
+from yolokf.promotion.plan import CA_CONFIGMAP_PATH, TOKEN_SECRET_PATH
 
 if TYPE_CHECKING:
     from yolokf.sweeps.plan import Sweep
@@ -190,8 +192,6 @@ def _mount_registry_credentials(task: Any, promotion: Any) -> None:
     point (yolokf.promotion.plan), so no YAML needs editing."""
     from kfp import kubernetes
 
-    from yolokf.promotion.plan import CA_CONFIGMAP_PATH, TOKEN_SECRET_PATH
-
     if promotion.token_secret:
         kubernetes.use_secret_as_volume(task, secret_name=promotion.token_secret, mount_path=TOKEN_SECRET_PATH)
     if promotion.ca_configmap:
@@ -218,7 +218,6 @@ def _trainjob(job: Job) -> dict[str, Any]:
     """The TrainJob a cluster's launcher creates (the run's name and values put in by the step); none locally."""
     if job.step.image == "local":
         return {}
-    from yolokf.pipeline.trainjob import build_trainjob, trainjob_dict
 
     return trainjob_dict(build_trainjob(job))
 

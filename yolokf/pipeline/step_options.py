@@ -20,6 +20,7 @@ from yolokf.core.mounts import (
     DATA_PVC_PATH,
     SHM_PATH,
 )
+from yolokf.data.transfer import WORKERS_ENV
 
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
 DEFAULT_SHM_SIZE = "8Gi"
@@ -317,8 +318,6 @@ def apply_fetch_options(task: Any, options: StepOptions) -> None:
         # would hand back the last run's note for the same URI even after the bucket changed.
         task.set_caching_options(False)
     if options.fetch_workers:
-        from yolokf.data.transfer import WORKERS_ENV
-
         task.set_env_variable(WORKERS_ENV, str(options.fetch_workers))
 
 

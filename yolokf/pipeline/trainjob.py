@@ -70,6 +70,7 @@ def _inner(annotation: Any) -> Any:
 
 def build_trainjob(job: Job, name: str = RUN_NAME_PLACEHOLDER) -> Any:
     """The TrainJob the launcher creates for `job` (a `--nodes N` job planned for a cluster)."""
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.training.launch import cluster_request
     from yolokf.training.train import Attempt
 

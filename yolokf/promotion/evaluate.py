@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from yolokf.core.offline import prepare_environment
 from yolokf.core.tasks import readable_metrics
-from yolokf.data.datasets import dataset_spec
+from yolokf.data.datasets import dataset_spec, step_data, step_dataset_hash
 
 if TYPE_CHECKING:  # the component's types: pipeline.py generates yolo_evaluate from this signature (issue 15)
     from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output, OutputPath
@@ -159,7 +159,6 @@ def evaluate_step(
     The summary (for the gate and the registration step) carries what the weights and the data say of themselves:
     the task, trained epochs and image size from the checkpoint, and the dataset's content hash.
     """
-    from yolokf.data.datasets import step_data, step_dataset_hash
 
     with tempfile.TemporaryDirectory(prefix="yolokf-evaluate-") as workdir:
         local = step_data(data, dataset, Path(workdir))

@@ -30,9 +30,12 @@ from typing import TYPE_CHECKING, Any
 from yolokf.core.errors import QualityGateError, UsageError
 from yolokf.core.offline import prepare_environment
 from yolokf.core.tasks import primary_metric, readable_metrics
-from yolokf.data.datasets import dataset_spec, split_images
-from yolokf.promotion.evaluate import validate, weights_file
+from yolokf.data.datasets import dataset_spec, split_images, step_data
+from yolokf.promotion.evaluate import validate, weights_file, weights_info
 from yolokf.promotion.parity import format_version, latency_ms, opset, prediction_agreement, predictions, size_bytes
+from yolokf.promotion.plan import default_registered_model
+from yolokf.promotion.plan import serving_name as to_serving_name
+from yolokf.promotion.serving import inference_service, write_inference_service, write_model_repository
 
 if TYPE_CHECKING:  # the component's types: pipeline.py generates yolo_export from this signature (issue 15)
     from kfp.dsl import Dataset, Input, Markdown, Model, Output
@@ -230,11 +233,6 @@ def export_step(
     """
     import ultralytics
 
-    from yolokf.data.datasets import step_data
-    from yolokf.promotion.evaluate import weights_info
-    from yolokf.promotion.plan import default_registered_model
-    from yolokf.promotion.plan import serving_name as to_serving_name
-
     records = [json.loads(r) if isinstance(r, str) else dict(r) for r in previous]
     serving_name = serving_name or to_serving_name(default_registered_model(run_model, data))
     with tempfile.TemporaryDirectory(prefix="yolokf-export-") as tmp:
@@ -307,7 +305,6 @@ def write_serving(
     `service_account`: the InferenceService's, which carries the storage credentials by KServe's convention (a
     Secret with the S3 keys, annotated with serving.kserve.io/s3-endpoint, attached to that service account).
     """
-    from yolokf.promotion.serving import inference_service, write_inference_service, write_model_repository
 
     repository = folder / "triton"
     write_model_repository(onnx_file, repository, name, max_batch_size=max_batch_size)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from yolokf.core.errors import UsageError
 from yolokf.core.settings import PromoteOptions
+from yolokf.core.tasks import model_task, task_metrics
+from yolokf.promotion.serving import NAME_MAX
 
 EXPORT_FORMATS = ("onnx", "openvino", "torchscript", "engine")
 GATE_ACTIONS = ("skip", "fail")
@@ -90,7 +92,6 @@ def plan_promotion(
     `gpu()`: whether the steps will have a GPU (a local CUDA device, or `--gpus N` on a cluster). `local`: the steps
     run on this machine, so files and the registry can be checked from here before anything runs.
     """
-    from yolokf.core.tasks import task_metrics
 
     if options.champion and not options.registry:
         raise UsageError("--champion needs --registry URL.")
@@ -152,6 +153,7 @@ def plan_promotion(
     if local:
         _check_local_files(options)
         if registry:
+            # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
             from yolokf.promotion.register import check_registry
 
             token = Path(options.registry_token_file).read_text().strip() if options.registry_token_file else None
@@ -187,10 +189,10 @@ def plan_promotion(
 def promoted_task(model: str) -> str | None:
     """The task of the model the promote steps get: from its name (`yolov8n-seg.yaml`), else, for weights on this
     machine named otherwise (`best.pt`), from the checkpoint itself, so gates are checked before anything runs."""
-    from yolokf.core.tasks import model_task
 
     task = model_task(model)
     if task is None and model.endswith(".pt") and Path(model).is_file():
+        # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
         from yolokf.promotion.evaluate import weights_info
 
         try:
@@ -222,7 +224,6 @@ def default_registered_model(model: str, data: str) -> str:
 
 def serving_name(registered_model: str) -> str:
     """The KServe/Triton name for a registered model, made to fit KServe's rule (yolokf.promotion.serving)."""
-    from yolokf.promotion.serving import NAME_MAX  # plain Python: the step module imports onnx only when it runs
 
     name = re.sub(r"[^a-z0-9-]+", "-", registered_model.lower()).strip("-")
     name = name if name[:1].isalpha() else f"m-{name}"

@@ -11,6 +11,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from yolokf.core.tasks import primary_metric
+from yolokf.promotion.plan import default_registered_model
+from yolokf.promotion.register import ModelFile, Registration, register
+
 if TYPE_CHECKING:  # the component's types: pipeline.py generates yolo_register from this signature (issue 15)
     from kfp.dsl import Input, Model
 
@@ -41,10 +45,6 @@ def register_step(
     """
     import torch
     import ultralytics
-
-    from yolokf.core.tasks import primary_metric
-    from yolokf.promotion.plan import default_registered_model
-    from yolokf.promotion.register import ModelFile, Registration, register
 
     record = json.loads(evaluation) if isinstance(evaluation, str) else dict(evaluation)
     formats = [json.loads(r) if isinstance(r, str) else dict(r) for r in exports]

@@ -27,6 +27,7 @@ from yolokf.data.datasets import resolve_data
 from yolokf.data.task_fit import check_task
 from yolokf.pipeline.job import Job
 from yolokf.runs.progress import TRACEBACK
+from yolokf.runs.progress import step_error
 
 DEFAULT_PIPELINE_ROOT = Path("yolokf-runs")
 METRIC_ORDER = ("precision", "recall", "mAP50", "mAP50-95", "top1_accuracy", "top5_accuracy", "fitness")
@@ -109,7 +110,6 @@ class _StepOutput(io.TextIOBase):
 
     def failure(self) -> str:
         """The step's own error: the exception line after its last traceback, else its last lines."""
-        from yolokf.runs.progress import step_error
 
         lines = [_ANSI.sub("", line) for line in self.tail]
         return step_error(lines) or " | ".join(line.strip() for line in lines[-3:]) or "no output"
@@ -150,6 +150,7 @@ def run_local(
     """
     from kfp import local
 
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.pipeline.pipelines import build
 
     preflight(job)

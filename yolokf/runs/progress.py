@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from yolokf.core.tasks import readable_metrics
 
 # Terminal control sequences (colours, ESC[K) that ultralytics writes even without a terminal.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -43,7 +44,6 @@ class Epoch:
 
     def readable(self) -> dict[str, float]:
         """The validation figures under yolokf's names (mAP50, mask_mAP50-95, top1_accuracy)."""
-        from yolokf.core.tasks import readable_metrics
 
         return readable_metrics({k: v for k, v in self.metrics.items() if k.startswith("metrics/")})
 

@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from yolokf.runs.kfp_api import get_text
 
 if TYPE_CHECKING:
     from yolokf.runs.kfp_api import Cluster
@@ -203,7 +204,6 @@ class LogRead:
 
 def read_log(cluster: Cluster, run_id: str, pod: StepPod) -> LogRead:
     """The pod's whole log so far: the UI's pod log (live, archive behind it), else the API's archived log."""
-    from yolokf.runs.kfp_api import get_text
 
     query = {"podname": pod.pod_name}
     if cluster.multi_user and cluster.namespace:

@@ -100,6 +100,7 @@ def set_caching(spec: dict[str, Any], enabled: bool) -> int:
 
 def write_package(job: Job, cache: bool | None, folder: Path) -> Path:
     """Compile the pipeline (the same one `yolokf compile` writes) with the caching choice applied."""
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.pipeline.pipelines import compile_pipeline
 
     path = compile_pipeline(job, folder / "pipeline.yaml")

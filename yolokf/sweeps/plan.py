@@ -13,6 +13,7 @@ from typing import Any
 
 from yolokf.core.errors import UsageError
 from yolokf.core.settings import SWEEP_MODES, SweepOptions, TrainConfig, auto_optimizer_hint, ignored_under_auto
+from yolokf.core.tasks import model_task, task_metrics
 from yolokf.sweeps.space import Dimension, parse_space, sample
 from yolokf.training.trial import Round, halving_rounds
 
@@ -62,7 +63,6 @@ def plan_sweep(config: TrainConfig, options: SweepOptions, *, run_key: str | Non
         raise UsageError(f"--mode {options.mode!r}: use max or min.")
     if options.halving is not None and options.halving < 2:
         raise UsageError(f"--halving must be at least 2 (keep the best 1/ETA each round), got {options.halving}.")
-    from yolokf.core.tasks import model_task, task_metrics
 
     task = model_task(config.model)
     known = task_metrics(task)

@@ -15,6 +15,8 @@ from typing import Any
 
 from yolokf.core.errors import TrainingError
 from yolokf.sweeps.plan import SWEEP_COUNTS
+from yolokf.sweeps.report import render_html, render_markdown
+from yolokf.training.trial import round_keep
 
 
 def _records(results: list[Any]) -> list[dict[str, Any]]:
@@ -77,7 +79,6 @@ def select_step(
     """After the round `sweep` describes: the best trials to continue (as trial items), and every trial's record.
 
     How many go on follows from the run's own `trials` and `epochs` (`yolokf.sweeps.plan.round_keep`)."""
-    from yolokf.training.trial import round_keep
 
     round_, keep = int(sweep["round"]), round_keep(sweep, len(trials), int(epochs))
     records = _records(results)
@@ -105,7 +106,6 @@ def report_step(
     table: Any,
 ) -> list[dict[str, Any]]:
     """After the last round: the best trial's weights, its metrics, the sweep report; returns every trial's record."""
-    from yolokf.sweeps.report import render_html, render_markdown
 
     records = _records(results)
     ranked = rank(records, metric, mode)

@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from yolokf.core.errors import TrainingError
+from yolokf.core.mounts import DATA_PVC_PATH
 from yolokf.core.settings import TrainConfig
 from yolokf.data.datasets import step_data
+from yolokf.data.sources import is_remote, parse_data_uri
+from yolokf.training.checkpoint import default_run_key
 from yolokf.training.preflight import RBAC_ADVICE, check_cluster
 from yolokf.training.result import TrainResult, result_from_json
 from yolokf.training.train import Attempt, training_step
@@ -281,8 +284,6 @@ def run_trainjob(
 def node_data(data: str) -> str:
     """Where every node reads `data` (this run's value): a pvc:// dataset at its mount; '' for the worker to
     resolve (a built-in dataset)."""
-    from yolokf.core.mounts import DATA_PVC_PATH
-    from yolokf.data.sources import is_remote, parse_data_uri
 
     if not is_remote(data):
         return ""
@@ -296,7 +297,6 @@ def cluster_request(config: TrainConfig, attempt: Attempt) -> dict[str, Any]:
     """The request of a TrainJob's nodes, as `compile` writes it and the launcher fills it with a run's values: the
     dataset at its PVC mount, and rank 0's result beside its checkpoints in the attempt's folder (its run key the
     training values' own when none is given, as in one pod)."""
-    from yolokf.training.checkpoint import default_run_key
 
     attempt = replace(attempt, run_key=attempt.run_key or default_run_key(config))
     result = str(Path(attempt.checkpoint_dir) / attempt.run_key / RESULT_FILE)

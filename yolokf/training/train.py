@@ -21,9 +21,11 @@ from yolokf.core.errors import TrainingError
 from yolokf.core.settings import TrainConfig
 from yolokf.data.datasets import resolve_data, step_data
 from yolokf.data.task_fit import check_task
+from yolokf.training.checkpoint import clear_run, default_run_key, find_checkpoint
 from yolokf.training.distributed import distributed_trainer, world
 from yolokf.training.report import render_report
 from yolokf.training.result import TrainResult, final_metrics, results_rows, validation_loss, validation_metrics
+from yolokf.training.trial import round_stop, sweep_key, trial_name
 
 RUN_NAME = "train"
 STOPPED_METRICS = "yolokf-stopped-metrics.json"  # the metrics at a sweep round's stop, next to results.csv
@@ -82,8 +84,6 @@ def train(
     import ultralytics
     from ultralytics import YOLO
     from ultralytics.utils import USER_CONFIG_DIR
-
-    from yolokf.training.checkpoint import clear_run, default_run_key, find_checkpoint
 
     offline.place_fonts(Path(USER_CONFIG_DIR))
     project, name = (
@@ -247,8 +247,6 @@ def training_step(
     record: dict[str, Any] = {}
     attempt = Attempt(checkpoint_dir, run_key)
     if trial:
-        from yolokf.training.trial import round_stop, sweep_key, trial_name
-
         spec, every = sweep or {}, list(trials or [trial])
         record = {"trial": int(trial["trial"]), "values": dict(trial["values"])}
         attempt = Attempt(
