@@ -71,6 +71,17 @@ def test_compile_replaces_an_existing_file_whole(cli, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]
 
 
+def test_out_dash_writes_the_pipeline_to_stdout_and_no_file(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli(["compile", "--out", "-", "--epochs", "7", "--image", "reg/yolokf:t1"])
+    assert result.exit_code == 0, result.output
+    spec = pipeline_spec_pb2.PipelineSpec()
+    json_format.ParseDict(next(yaml.safe_load_all(result.stdout)), spec)  # `compile --out - > p.yaml` loads
+    assert spec.pipeline_info.name == "yolov8-train"
+    assert spec.root.input_definitions.parameters["epochs"].default_value.number_value == 7
+    assert list(tmp_path.iterdir()) == [], "no file named '-'"
+
+
 def test_help_and_compile_do_not_import_torch_or_ultralytics(tmp_path):
     probe = (
         "import sys\n"

@@ -96,8 +96,7 @@ def compiled(cli, tmp_path, args: list[str]) -> tuple[dict[str, Any], list[dict[
 def dry_run(cli, kfp: KfpServer, args: list[str]) -> dict[str, Any]:
     result = cli(["run", "--host", kfp.url, "--dry-run", *TRAIN, *args])
     assert result.exit_code == 0, result.output
-    line = next(line for line in result.stdout.splitlines() if line.startswith("  parameters: "))
-    return json.loads(line.removeprefix("  parameters: "))
+    return yaml.safe_load(result.stdout)["parameters"]  # stdout is YAML (issue 26)
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from yolokf import __version__
 from yolokf.core.errors import UsageError
@@ -103,13 +104,14 @@ def test_dry_run_prints_what_it_would_build_push_and_label(cli, monkeypatch: pyt
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # proves no engine is needed
     result = cli(["build-image", "--dry-run", "--repository", "registry.example.com/ml/yolokf", "--push"])
     assert result.exit_code == 0, result.output
-    assert re.search(rf"^Would build registry\.example\.com/ml/yolokf:{re.escape(__version__)}-[0-9a-f]{{12}}$",
+    assert re.search(rf"^# Would build registry\.example\.com/ml/yolokf:{re.escape(__version__)}-[0-9a-f]{{12}}$",
                      result.stdout, re.M), result.stdout  # fmt: skip
-    assert "Would push registry.example.com/ml/yolokf:" in result.stdout
+    assert "# Would push registry.example.com/ml/yolokf:" in result.stdout
+    labels = yaml.safe_load(result.stdout)["labels"]  # stdout stays YAML (issue 26)
     for label in ("source", "version", "revision", "base.name"):
-        assert f"org.opencontainers.image.{label}=" in result.stdout
-    assert "io.yolokf.kfp.version=" in result.stdout
-    assert "io.yolokf.ultralytics.version=" in result.stdout
+        assert f"org.opencontainers.image.{label}" in labels
+    assert "io.yolokf.kfp.version" in labels
+    assert "io.yolokf.ultralytics.version" in labels
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import requests
 from tests.model_registry_server import API, ModelRegistryServer
 from yolokf.core.errors import ModelRegistryError
 from yolokf.promotion import register as reg_module
+from yolokf.promotion import registry_client
 from yolokf.promotion.register import ModelFile, Registration, check_registry, register
 
 # Any warning is a failure here: an unclosed aiohttp session or event loop, a deprecation in the client.
@@ -442,7 +443,7 @@ def test_an_unreachable_registry(registry):
 
 
 def test_a_registry_that_does_not_answer_times_out(registry, monkeypatch):
-    monkeypatch.setattr(reg_module, "REQUEST_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(registry_client, "REQUEST_TIMEOUT_S", 0.3)
     registry.fail(200, delay=1.0)
 
     with pytest.raises(ModelRegistryError, match=r"Cannot reach Model Registry at .*: no answer within 0.3 s"):

@@ -248,16 +248,18 @@ def test_dry_run_prints_what_would_be_submitted_and_contacts_nothing():
     result = cli(["run", "--host", url, "--dry-run", "--epochs", "3", "--no-cache", "--upload", "--run-name", "r1"])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        f"Would submit run r1 to {url}",
-        "Would register pipeline yolov8-train, or a new version of it when it exists",
-        "  experiment: yolokf (created when missing)",
-        f"  image: {IMAGE}",
-        '  parameters: {"batch": 16, "data": "coco128.yaml", "device": "", "epochs": 3, "imgsz": 640, '
+        f"# Would submit run r1 to {url}",
+        "# Would register pipeline yolov8-train, or a new version of it when it exists",
+        "experiment: yolokf (created when missing)",
+        f"image: {IMAGE}",
+        'parameters: {"batch": 16, "data": "coco128.yaml", "device": "", "epochs": 3, "imgsz": 640, '
         '"model": "yolov8n.pt", "seed": 0, "train_args": {}, "workers": 8}',
-        "  pipeline root: the cluster default",
-        "  service account: the cluster default",
-        "  caching: off, for every task",
+        "pipeline root: the cluster default",
+        "service account: the cluster default",
+        "caching: off, for every task",
     ]
+    # issue 26: `--dry-run > file` stays YAML that loads
+    assert yaml.safe_load(result.stdout)["parameters"]["epochs"] == 3
     local = cli(["run", "--dry-run"])
     assert local.exit_code == 2 and "--dry-run shows what a --host run would submit" in local.stderr
 

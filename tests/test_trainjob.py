@@ -22,8 +22,9 @@ def _dry_run(cli, *args: str) -> dict:
     header, _, body = result.stdout.partition("\n")
     assert (
         header
-        == f"The training step's TrainJob ({args[args.index('--nodes') + 1]} nodes; the run's name as a placeholder):"
+        == f"# The training step's TrainJob ({args[args.index('--nodes') + 1]} nodes; the run's name as a placeholder):"
     )
+    assert yaml.safe_load(result.stdout) == yaml.safe_load(body), "`--dry-run > trainjob.yaml` is what kubectl reads"
     return yaml.safe_load(body)
 
 
@@ -215,5 +216,7 @@ def test_tune_nodes_dry_run_prints_each_trial_s_trainjob(cli):
     assert result.exit_code == 0, result.stderr
     title = "Each trial's TrainJob (the step puts in the trial's values and folder) (2 nodes; the run's name as a"
     assert title in result.stdout
-    body = yaml.safe_load(result.stdout.split("placeholder):\n", 1)[1].split("\nWould submit", 1)[0])
+    documents = list(yaml.safe_load_all(result.stdout))  # stdout is YAML: the TrainJob, then the submission
+    assert len(documents) == 2 and "# Would submit run" in result.stdout
+    body = documents[0]
     assert body["kind"] == "TrainJob" and body["spec"]["trainer"]["numNodes"] == 2

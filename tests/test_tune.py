@@ -27,7 +27,11 @@ SPACE = ["--space", "lr0=loguniform:1e-4:1e-1", "--space", "mosaic=choice:0,0.5,
 def dry_run_trials(cli, *args, space: list[str] = SPACE) -> list[list[str]]:
     result = cli(["tune", *BASE, *space, "--dry-run", *args])
     assert result.exit_code == 0, result.output
-    return [re.findall(r"[^│\s]+", line) for line in result.stdout.splitlines() if line.startswith("│")]
+    # issue 26: the table is for people (stderr); stdout is the trials as YAML
+    trials = yaml.safe_load(result.stdout)["trials"]
+    rows = [re.findall(r"[^│\s]+", line) for line in result.stderr.splitlines() if line.startswith("│")]
+    assert [int(row[0]) for row in rows] == [trial["trial"] for trial in trials]
+    return rows
 
 
 # --- the search space and samplers ------------------------------------------------------------------------------

@@ -6,7 +6,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from yolokf.cli.console import RunDisplay, ask_terminate, print_log_tail, print_run_report, say, stdout_writer
+from yolokf.cli.console import (
+    RunDisplay,
+    ask_terminate,
+    print_log_tail,
+    print_run_report,
+    say,
+    say_documents,
+    stdout_writer,
+    yaml_document,
+)
 from yolokf.cli.options import (
     PollInterval,
     RunOptions,
@@ -79,14 +88,15 @@ def logs(
         raise RunFailedError(f"Step {task.name} of run {run_id} ended {task.state}.")
 
 
-def submit_job(job: Job, connection: Connection, run: RunOptions, dry_run: bool) -> bool:
+def submit_job(job: Job, connection: Connection, run: RunOptions, dry_run: bool, before: tuple[str, ...] = ()) -> bool:
     """Submit `job` (or, with `dry_run`, say what would be submitted); with --wait, follow the run to its end.
     True when a followed run succeeded."""
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.runs.submit import describe_submission, submit
 
     if dry_run:
-        say("\n".join(describe_submission(connection.host or "", connection.namespace, job, run.submission())))
+        titles, fields = describe_submission(connection.host or "", connection.namespace, job, run.submission())
+        say_documents(*before, yaml_document(titles, fields))
         return False
     cluster = _connect(connection)
     submitted = submit(cluster, job, run.submission())

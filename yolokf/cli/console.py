@@ -49,6 +49,31 @@ def say(text: str, *, err: bool = False) -> None:
     print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
 
+def yaml_document(titles: list[str], body: dict[str, Any] | str) -> str:
+    """A YAML document for stdout (`--dry-run`, `--out -`): titles as comments, so `> file` stays loadable.
+
+    Collections print as one-line JSON (valid YAML flow), scalars through the YAML emitter."""
+    import yaml
+
+    if isinstance(body, str):
+        text = body.rstrip("\n")
+    else:
+        lines = []
+        for key, value in body.items():
+            if isinstance(value, (dict, list, tuple)):
+                rendered = json.dumps(value, sort_keys=isinstance(value, dict))
+            else:
+                rendered = yaml.safe_dump(value, width=1 << 20).removesuffix("\n...\n").strip()
+            lines.append(f"{key}: {rendered}")
+        text = "\n".join(lines)
+    return "\n".join([*(f"# {title}" for title in titles), text])
+
+
+def say_documents(*documents: str) -> None:
+    """YAML documents on stdout, separated by `---`."""
+    say("\n---\n".join(documents))
+
+
 def stdout_writer() -> Callable[[str], None]:
     """Writes text as it comes (a training step's own output) to this stdout, even while sys.stdout is redirected."""
     stream = sys.stdout
@@ -83,7 +108,7 @@ def print_local_run(result: LocalRun) -> None:
     say(f"{done} in {result.seconds:.0f} s; outputs under {result.pipeline_root}")
 
 
-def print_trials(records: list[dict[str, Any]], metric: str | None, title: str) -> None:
+def print_trials(records: list[dict[str, Any]], metric: str | None, title: str, *, err: bool = False) -> None:
     """A sweep's trial table: planned (`metric` None), or finished, best first."""
     from rich.table import Table
 
@@ -96,7 +121,7 @@ def print_trials(records: list[dict[str, Any]], metric: str | None, title: str) 
         table.add_column(name, justify="left" if name in ("status",) else "right")
     for row in body:
         table.add_row(*row)
-    out().print(table)
+    (errs() if err else out()).print(table)
 
 
 def print_run_report(run: RunReport, failure: Failure | None = None) -> None:

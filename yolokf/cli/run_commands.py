@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from yolokf.cli.cluster_commands import submit_job
-from yolokf.cli.console import print_local_run, print_trials, say, stdout_writer
+from yolokf.cli.console import print_local_run, print_trials, say, say_documents, stdout_writer, yaml_document
 from yolokf.cli.options import (
     DryRun,
     Image,
@@ -47,12 +47,9 @@ def compile_(
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.image.records import resolve_image
     from yolokf.pipeline.job import plan_job
-    from yolokf.pipeline.pipelines import compile_pipeline
 
     job = plan_job(config, step, image=resolve_image(image)).with_promotion(promote)
-    say(f"Wrote {compile_pipeline(job, out)}")
-    if job.step.nodes > 1:
-        _write_rbac(out)
+    _write_pipeline(job, out)
 
 
 @training_options
@@ -88,7 +85,7 @@ def run(
 
     job = plan_job(config, step, image=resolve_image(run.image)).with_promotion(promote)
     if dry_run and job.step.nodes > 1:
-        _show_trainjob(job, "The training step's TrainJob")
+        say_documents(_trainjob_document(job, "The training step's TrainJob"))
         return
     submit_job(job, connection, run, dry_run)
 
@@ -122,8 +119,9 @@ def tune(
         f"{planned.trial_epochs()} trial-epochs"
     )
     if dry_run and not connection.host and out is None:
-        print_trials(list(planned.trials), None, "Trials")
-        say(plan)
+        print_trials(list(planned.trials), None, "Trials", err=True)  # stdout: the trials as YAML
+        say(plan, err=True)
+        say(yaml_document(["The trials (--dry-run; no --host)"], {"trials": list(planned.trials)}))
         return
     if out is not None or connection.host:
         # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
@@ -132,18 +130,15 @@ def tune(
 
         job = plan_job(config, step, image=resolve_image(run.image)).with_sweep(planned).with_promotion(promote)
         if out is not None:
-            # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
-            from yolokf.pipeline.pipelines import compile_pipeline
-
-            say(f"Wrote {compile_pipeline(job, out)}")
-            if job.step.nodes > 1:
-                _write_rbac(out)
+            _write_pipeline(job, out)
             return
-        print_trials(list(planned.trials), None, "Trials")
-        say(plan)
+        print_trials(list(planned.trials), None, "Trials", err=dry_run)  # --dry-run: stdout is YAML
+        say(plan, err=dry_run)
+        before: tuple[str, ...] = ()
         if dry_run and job.step.nodes > 1:
-            _show_trainjob(job, "Each trial's TrainJob (the step puts in the trial's values and folder)")
-        if submit_job(job, connection, run, dry_run):
+            title = "Each trial's TrainJob (the step puts in the trial's values and folder)"
+            before = (_trainjob_document(job, title),)
+        if submit_job(job, connection, run, dry_run, before):
             say("Every trial's result: the run's sweep report and trial table (outputs of the 'best trial' step).")
         return
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
@@ -239,13 +234,30 @@ def _warn_ignored(config: TrainConfig) -> None:
         say(f"Warning: --set {ignored[0]}: {auto_optimizer_hint(ignored)}.", err=True)
 
 
-def _show_trainjob(job: Job, title: str) -> None:
+def _trainjob_document(job: Job, title: str) -> str:
     """`--dry-run` with `--nodes`: the TrainJob the launcher step creates, as YAML."""
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.pipeline.trainjob import trainjob_yaml
 
-    say(f"{title} ({job.step.nodes} nodes; the run's name as a placeholder):")
-    say(trainjob_yaml(job).rstrip())
+    return yaml_document([f"{title} ({job.step.nodes} nodes; the run's name as a placeholder):"], trainjob_yaml(job))
+
+
+def _write_pipeline(job: Job, out: Path) -> None:
+    """`--out FILE`: the pipeline YAML (and, with `--nodes`, its Role next to it); `--out -`: the YAML on stdout."""
+    # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
+    from yolokf.pipeline.pipelines import compile_pipeline, pipeline_yaml
+
+    if str(out) == "-":
+        say(pipeline_yaml(job).rstrip("\n"))
+        if job.step.nodes > 1:
+            say(
+                "The launcher's Role is not written with --out -: compile with --out FILE to get FILE-rbac.yaml.",
+                err=True,
+            )
+        return
+    say(f"Wrote {compile_pipeline(job, out)}")
+    if job.step.nodes > 1:
+        _write_rbac(out)
 
 
 def _write_rbac(out: Path) -> None:

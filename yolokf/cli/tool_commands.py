@@ -12,7 +12,7 @@ from yolokf.cli.cluster_options import (
     FetchOut,
     FetchWorkers,
 )
-from yolokf.cli.console import BuildReporter, errs, fetch_bar, say
+from yolokf.cli.console import BuildReporter, errs, fetch_bar, say, yaml_document
 from yolokf.core.errors import UsageError
 
 
@@ -49,7 +49,7 @@ def build_image(
     spec = BuildSpec(base_image, repository, tag, platform, pip_index_url, pip_extra_index_url, weights)
     plan = plan_build(spec, push=push)
     if dry_run:
-        say("\n".join(describe(plan)))
+        say(yaml_document(*describe(plan)))
         return
     result = build(plan, BuildReporter(errs()))
     say(result.digest_reference or plan.reference)

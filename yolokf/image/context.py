@@ -19,6 +19,7 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yolokf
@@ -338,26 +339,23 @@ def registry_of(reference: str) -> str:
     return first if "/" in reference and ("." in first or ":" in first or first == "localhost") else "docker.io"
 
 
-def describe(plan: Plan) -> list[str]:
-    """The lines `build-image --dry-run` prints."""
-
+def describe(plan: Plan) -> tuple[list[str], dict[str, Any]]:
+    """What `build-image --dry-run` prints: its titles ("Would build ...", "Would push ...") and fields."""
     spec = plan.spec
-    lines = [f"Would build {plan.reference}"]
-    lines.append(f"  base image: {spec.base_image}" + (f" ({spec.platform})" if spec.platform else ""))
-    for name, value in spec.build_args().items():
-        if name != "BASE_IMAGE":
-            lines.append(f"  build arg {name}={value}")
-    lines.append(f"  requirements: {', '.join(plan.context.requirements)}")
-    if spec.weights:
-        lines.append(f"  weights: {Path(spec.weights).name} -> /opt/yolokf/weights/")
-    lines.append(f"  context: {len(plan.context.files)} files, {len(plan.context.tar) / 1e6:.1f} MB")
+    titles = [f"Would build {plan.reference}"]
     if plan.push:
         auth = "from env" if credentials(registry_of(plan.reference)) else "from Docker config"
-        lines.append(f"Would push {plan.reference} to {registry_of(plan.reference)} (credentials {auth})")
-    lines.append("Labels:")
-    lines += [f"  {k}={v}" for k, v in sorted(plan.labels.items())]
-    lines.append(f"  {LABEL_PREFIX}.{{torch,torchvision,python,...}}.version=<read from the image after the build>")
-    return lines
+        titles.append(f"Would push {plan.reference} to {registry_of(plan.reference)} (credentials {auth})")
+    fields: dict[str, Any] = {"base image": spec.base_image + (f" ({spec.platform})" if spec.platform else "")}
+    fields["build args"] = {k: v for k, v in spec.build_args().items() if k != "BASE_IMAGE"}
+    fields["requirements"] = list(plan.context.requirements)
+    if spec.weights:
+        fields["weights"] = f"{Path(spec.weights).name} -> /opt/yolokf/weights/"
+    fields["context"] = f"{len(plan.context.files)} files, {len(plan.context.tar) / 1e6:.1f} MB"
+    labels = dict(sorted(plan.labels.items()))
+    labels[f"{LABEL_PREFIX}.{{torch,torchvision,python,...}}.version"] = "<read from the image after the build>"
+    fields["labels"] = labels
+    return titles, fields
 
 
 def credentials(registry: str) -> dict[str, str] | None:

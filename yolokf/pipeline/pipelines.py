@@ -368,6 +368,12 @@ def compile_pipeline(job: Job, out: Path) -> Path:
     return out
 
 
+def pipeline_yaml(job: Job) -> str:
+    """The pipeline YAML as text (`--out -`)."""
+    with tempfile.TemporaryDirectory(prefix="yolokf-compile-") as tmp:
+        return compile_pipeline(job, Path(tmp) / "pipeline.yaml").read_text()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -55,24 +55,27 @@ class Submitted:
         return lines + [f"Run id: {self.run_id}", f"Details: {self.url}"]
 
 
-def describe_submission(host: str, namespace: str | None, job: Job, options: Submission) -> list[str]:
-    """The lines `run --host --dry-run` prints. Compiles the pipeline, contacts nothing."""
+def describe_submission(
+    host: str, namespace: str | None, job: Job, options: Submission
+) -> tuple[list[str], dict[str, Any]]:
+    """What `run --host --dry-run` prints: its titles ("Would submit ...") and fields. Compiles the pipeline,
+    contacts nothing."""
     host = normalize_host(host)
     with tempfile.TemporaryDirectory(prefix="yolokf-dry-run-") as tmp:
         write_package(job, options.cache, Path(tmp))
     where = f"{host} (namespace {namespace})" if namespace else host
     cache = {True: "on", False: "off", None: "as compiled (on)"}[options.cache]
-    lines = [f"Would submit run {options.run_name or default_run_name(job)} to {where}"]
+    titles = [f"Would submit run {options.run_name or default_run_name(job)} to {where}"]
     if options.upload:
-        lines.append(f"Would register pipeline {job.pipeline_name}, or a new version of it when it exists")
-    return lines + [
-        f"  experiment: {options.experiment} (created when missing)",
-        f"  image: {job.step.image}",
-        f"  parameters: {json.dumps(job.arguments(), sort_keys=True)}",
-        f"  pipeline root: {options.pipeline_root or 'the cluster default'}",
-        f"  service account: {options.service_account or 'the cluster default'}",
-        f"  caching: {cache}, for every task",
-    ]
+        titles.append(f"Would register pipeline {job.pipeline_name}, or a new version of it when it exists")
+    return titles, {
+        "experiment": f"{options.experiment} (created when missing)",
+        "image": job.step.image,
+        "parameters": job.arguments(),
+        "pipeline root": options.pipeline_root or "the cluster default",
+        "service account": options.service_account or "the cluster default",
+        "caching": f"{cache}, for every task",
+    }
 
 
 def default_run_name(job: Job, now: datetime.datetime | None = None) -> str:
