@@ -48,12 +48,6 @@ RETRY = RetryPolicy()
 REQUEST_TIMEOUT = (15.0, 120.0)  # connect, read (uploads can be slow)
 
 
-
-
-
-
-
-
 @dataclass
 class Cluster:
     """A connected Kubeflow Pipelines API: the kfp.Client and what yolokf learned about it."""
@@ -244,8 +238,6 @@ def _in_cluster_namespace() -> str | None:
         return None
 
 
-
-
 def call_api(
     cluster: Cluster,
     action: str,
@@ -282,16 +274,6 @@ def call_api(
             )
             time.sleep(delay)
             attempt += 1
-
-
-
-
-
-
-
-
-
-
 
 
 @dataclass(frozen=True)

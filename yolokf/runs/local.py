@@ -26,8 +26,7 @@ from yolokf.core.tasks import model_task
 from yolokf.data.datasets import resolve_data
 from yolokf.data.task_fit import check_task
 from yolokf.pipeline.job import Job
-from yolokf.runs.progress import TRACEBACK
-from yolokf.runs.progress import step_error
+from yolokf.runs.progress import TRACEBACK, step_error
 
 DEFAULT_PIPELINE_ROOT = Path("yolokf-runs")
 METRIC_ORDER = ("precision", "recall", "mAP50", "mAP50-95", "top1_accuracy", "top5_accuracy", "fitness")

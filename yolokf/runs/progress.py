@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
 from yolokf.core.tasks import readable_metrics
 
 # Terminal control sequences (colours, ESC[K) that ultralytics writes even without a terminal.

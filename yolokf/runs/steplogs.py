@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
 from yolokf.runs.kfp_api import get_text
 
 if TYPE_CHECKING:
