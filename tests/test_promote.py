@@ -440,6 +440,16 @@ def test_evaluate_export_gate_register_and_serve_a_trained_model(cli, tmp_path, 
     assert uris["onnx"] == storage_uri
     assert "Registered shapes-detector version" in result.stdout
 
+    # One number for one model on one split (issue 26): the evaluation, the exports table, the gate's input and the
+    # registry hold the same .pt figure, from one validation (the same imgsz, batch and square letterbox).
+    figure = summary["metrics"]["mAP50-95"]
+    assert {k: summary["settings"][k] for k in ("imgsz", "batch", "rect")} == {"imgsz": 128, "batch": 16, "rect": False}
+    assert len(records) == 3 and all(r["reference"]["mAP50-95"] == figure for r in records)
+    assert all(r["reference_from"] == "evaluation" for r in records)
+    assert f"| pytorch (.pt) | {figure:.4f} | reference (the evaluation's) |" in "\n".join(table)
+    assert "(imgsz 128, batch 16, square letterbox)" in table[0]
+    assert float(properties["pytorch.mAP50-95"]["double_value"]) == figure
+
 
 @pytest.mark.slow
 def test_weights_named_best_pt_say_their_task_before_anything_runs(cli, tmp_path, best_pt):

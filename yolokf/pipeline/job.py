@@ -38,6 +38,10 @@ class Job:
     sweep: Sweep | None = None  # `yolokf tune`: the trials and rounds the pipeline runs
     promotion: Promotion | None = None  # evaluate, export, gate, register after training (promote flags)
     evaluate_only: bool = False  # `yolokf evaluate`: `config.model` is existing weights, nothing trains
+    # kfp.local on data on this machine: no download step, whose process would only pass the path on (issue 27:
+    # a local run's seconds are the training's); a compiled pipeline always has it, since its run form may change
+    # `data` to any kind of source.
+    local_data: bool = False
 
     @property
     def stem(self) -> str:
@@ -131,7 +135,7 @@ def plan_local_job(config: TrainConfig, step: StepOptions) -> Job:
         raise UsageError(
             f"{source.uri} is on a cluster volume; locally, pass the dataset's folder or YAML, or run with --host."
         )
-    return Job(config, local, source)
+    return Job(config, local, source, local_data=source is None)
 
 
 def _data_source(data: str, step: StepOptions) -> DataSource | None:

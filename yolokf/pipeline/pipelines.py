@@ -73,7 +73,10 @@ def _dataset_inputs(job: Job, data: Any) -> dict[str, Any]:
 
     The step runs whatever `data` was compiled with, so a run whose `data` is edited (Kubeflow UI) to another
     kind of source still works: the kind is decided from the run's value, in the step (docs/cluster.md).
+    A local run on local data has none: the steps read `data` where it is.
     """
+    if job.local_data:
+        return {}
     fetched = fetch_dataset(
         uri=data,
         credentials=job.step.data_secret or NO_CREDENTIALS,
@@ -140,6 +143,7 @@ def _promote(job: Job, weights: Any, params: dict[str, Any], inputs: dict[str, A
             tolerance=promotion.tolerance,
             agreement=promotion.agreement,
             previous=exports,
+            evaluation=evaluation.outputs["summary"],  # the .pt's one evaluation: the exports' reference
             serving_name=promotion.serving_name,
             serving_service_account=promotion.serving_service_account,
             serving_max_batch=promotion.serving_max_batch,

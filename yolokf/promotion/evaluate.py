@@ -57,12 +57,24 @@ class Evaluation:
     classes: list[dict[str, Any]] = field(default_factory=list)  # one row per class (ultralytics' summary())
     categories: list[str] = field(default_factory=list)  # confusion-matrix labels (+ background for boxes)
     matrix: list[list[int]] = field(default_factory=list)  # rows: the true class, columns: the predicted one
+    settings: dict[str, Any] = field(default_factory=dict)  # validation_settings: what produced these figures
 
 
-def held_out_split(data: str) -> str:
+# How the .pt is validated, once per run, for the evaluation, the exports' reference, the gate and the registry
+# (issue 26: one number for one model on one split): a square letterbox (rect=False), as a static export must be
+# validated, so the exports differ from it by their runtime only.
+RECT = False
+
+
+def held_out_split(data: str, spec: dict[str, Any] | None = None) -> str:
     """`test` when the dataset has a test split (a YAML `test:` entry, or a classification `test/` folder), as
-    ultralytics resolves the dataset (any name, YAML or folder training accepts)."""
-    return "test" if dataset_spec(data).get("test") else "val"
+    ultralytics resolves the dataset (any name, YAML or folder training accepts); the one place this is decided."""
+    return "test" if (spec if spec is not None else dataset_spec(data)).get("test") else "val"
+
+
+def validation_settings(imgsz: int, batch: int, device: str) -> dict[str, Any]:
+    """The settings one validation of the .pt ran with, as the evaluation records them and the exports compare."""
+    return {"imgsz": int(imgsz), "batch": int(batch), "rect": RECT, "device": device}
 
 
 def validate(
@@ -105,7 +117,9 @@ def validate(
 def evaluate(weights: Path, data: str, *, imgsz: int, batch: int, device: str, workdir: Path) -> Evaluation:
     """Validate `weights` on the held-out split of `data` (a local dataset YAML or classification folder)."""
     split = held_out_split(data)
-    results = validate(weights, data, split=split, imgsz=imgsz, batch=batch, device=device, workdir=workdir, plots=True)
+    results = validate(
+        weights, data, split=split, imgsz=imgsz, batch=batch, device=device, workdir=workdir, plots=True, rect=RECT
+    )
     names = {int(k): str(v) for k, v in (results.names or {}).items()}
     task = str(getattr(results, "task", "") or "detect")
     confusion = getattr(results, "confusion_matrix", None)
@@ -130,6 +144,9 @@ def class_table(evaluation: Evaluation) -> str:
     """The per-class table as Markdown (the KFP UI renders Markdown artifacts)."""
     rows = evaluation.classes
     lines = [f"# Evaluation on the {evaluation.split} split", ""]
+    if evaluation.settings:
+        s = evaluation.settings
+        lines += [f"imgsz {s['imgsz']}, batch {s['batch']}, square letterbox (as the exports are checked)", ""]
     lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in evaluation.metrics.items()]
     if rows:
         header = list(rows[0])
@@ -165,10 +182,12 @@ def evaluate_step(
         best = weights_file(weights)
         info = weights_info(best)
         evaluation = evaluate(best, local, imgsz=info.imgsz, batch=batch, device=device, workdir=Path(workdir))
+        evaluation.settings = validation_settings(info.imgsz, batch, device)
         digest = step_dataset_hash(local, dataset)
     for name, value in evaluation.metrics.items():
         metrics.log_metric(name, value)
     metrics.metadata["split"] = evaluation.split
+    metrics.metadata["settings"] = evaluation.settings
     if evaluation.matrix:
         confusion.log_confusion_matrix(evaluation.categories, evaluation.matrix)
     Path(classes.path).parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +199,7 @@ def evaluate_step(
         "epochs": info.epochs,
         "imgsz": info.imgsz,
         "dataset_hash": digest,
+        "settings": evaluation.settings,
     }
     Path(summary).parent.mkdir(parents=True, exist_ok=True)
     Path(summary).write_text(json.dumps(record))

@@ -31,7 +31,7 @@ from yolokf.core.errors import QualityGateError, UsageError
 from yolokf.core.offline import prepare_environment
 from yolokf.core.tasks import primary_metric, readable_metrics
 from yolokf.data.datasets import dataset_spec, split_images, step_data
-from yolokf.promotion.evaluate import validate, weights_file, weights_info
+from yolokf.promotion.evaluate import RECT, held_out_split, validate, validation_settings, weights_file, weights_info
 from yolokf.promotion.parity import format_version, latency_ms, opset, prediction_agreement, predictions, size_bytes
 from yolokf.promotion.plan import default_registered_model
 from yolokf.promotion.plan import serving_name as to_serving_name
@@ -122,14 +122,14 @@ def check_parity(
 
     task = str(YOLO(str(weights)).task)
     spec = dataset_spec(data)
-    split = "test" if spec.get("test") else "val"
+    split = held_out_split(data, spec)
     metric = primary_metric(task)
 
     def check(path: Path) -> dict[str, float]:
         # The .pt is validated like a static export: square letterbox (rect=False), so only the runtime differs.
         results = validate(
             path, data, split=split, imgsz=settings.imgsz, batch=batch, device=device, workdir=workdir, task=task,
-            rect=False,
+            rect=RECT,
         )  # fmt: skip
         return readable_metrics(results.results_dict)
 
@@ -137,6 +137,7 @@ def check_parity(
     if not images:
         raise QualityGateError(f"--export {fmt}: no images in the {split} split to check the export on.")
     expected = dict(reference["reference"]) if reference else check(weights)
+    source = reference.get("reference_from", "an earlier export") if reference else "measured here"
     checked = check(exported)
     timing: dict[str, Any] = {"task": task, "imgsz": settings.imgsz, "device": device}
     shared = prediction_agreement(predictions(weights, images, **timing), predictions(exported, images, **timing), task)
@@ -149,6 +150,8 @@ def check_parity(
         "metric": metric,
         "metrics": checked,
         "reference": expected,
+        "reference_from": source,
+        "validation": validation_settings(settings.imgsz, batch, device),
         "difference": difference,
         "agreement": rate,
         "agreement_images": len(images),
@@ -189,12 +192,15 @@ def formats_table(records: list[dict[str, Any]]) -> str:
         return ""
     metric, first = records[0]["metric"], records[0]
     imgsz = int(first["settings"]["imgsz"])  # kfp.local hands whole numbers back as floats
+    batch = int(first.get("validation", {}).get("batch", 0))
+    source = "the evaluation's" if first.get("reference_from") == "evaluation" else "measured"
     lines = [
-        f"# Exports: {metric} on the {first['split']} split, latency per image (batch 1, imgsz {imgsz})",
+        f"# Exports: {metric} on the {first['split']} split (imgsz {imgsz}, batch {batch}, square letterbox), "
+        "latency per image at batch 1",
         "",
         f"| format | {metric} | change | agreement | latency ms | .pt latency ms | size MB |",
         "|---|---|---|---|---|---|---|",
-        f"| pytorch (.pt) | {first['reference'][metric]:.4f} | reference | | | | |",
+        f"| pytorch (.pt) | {first['reference'][metric]:.4f} | reference ({source}) | | | | |",
     ]
     for r in records:
         change = r["difference"] / r["reference"][metric] if r["reference"][metric] else 0.0
@@ -203,6 +209,20 @@ def formats_table(records: list[dict[str, Any]]) -> str:
             f"{r['latency_ms']:.1f} | {r['reference_latency_ms']:.1f} | {r['size_bytes'] / 1e6:.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _reference(evaluation: Any, records: list[dict[str, Any]], wanted: dict[str, Any]) -> dict[str, Any] | None:
+    """The .pt's figures measured with `wanted` settings earlier in the run, and where they come from."""
+    summary = json.loads(evaluation) if isinstance(evaluation, str) and evaluation else dict(evaluation or {})
+    same = ("imgsz", "batch", "rect")
+    settings = summary.get("settings") or {}
+    if settings and all(settings.get(k) == wanted[k] for k in same):
+        return {"reference": summary["metrics"], "reference_from": "evaluation"}
+    for record in records:
+        validation = record.get("validation") or {}
+        if validation and all(validation.get(k) == wanted[k] for k in (*same, "device")):
+            return {"reference": record["reference"], "reference_from": record.get("reference_from", "an export")}
+    return None
 
 
 def export_step(
@@ -221,6 +241,7 @@ def export_step(
     tolerance: float,
     agreement: float,
     previous: list,
+    evaluation: str,
     serving_name: str,
     serving_service_account: str,
     serving_max_batch: int,
@@ -242,8 +263,9 @@ def export_step(
         settings = ExportSettings(
             imgsz=imgsz, dynamic=dynamic, half=half, simplify=simplify, tolerance=tolerance, agreement=agreement
         )
-        # The .pt's metrics from an earlier export on the same device are reused; its latency is measured here.
-        reference = next((r for r in records if r.get("device") == device), None)
+        # One number for the .pt (issue 26): the evaluation's, when it validated with these settings; else an
+        # earlier export's on the same device and size; else measured here. Its latency is always measured here.
+        reference = _reference(evaluation, records, validation_settings(imgsz, batch, device))
         best = weights_file(weights)
         record = export_and_check(
             best, local, fmt, settings, batch=batch, device=device, workdir=workdir, reference=reference
