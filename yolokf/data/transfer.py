@@ -227,7 +227,7 @@ async def _download(
     pending = iter(listing)
     in_flight = max(4, workers // 2)
     ranges = asyncio.Semaphore(in_flight)  # ranges of large objects in flight, all objects together
-    # Every request is obstore's blocking call in a thread of this pool (`_get`): one per worker, one per range.
+    # Every request is obstore's blocking call in a thread of this pool (`read_object`): one per worker, one per range.
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=workers + in_flight, thread_name_prefix="yolokf-fetch")
     )
@@ -288,7 +288,7 @@ async def _fetch_object(
         except Exception as exc:
             progress.bytes_done -= counted[0]
             progress.bytes_fetched -= counted[0]
-            if attempt == ATTEMPTS - 1 or not _transient(exc):
+            if attempt == ATTEMPTS - 1 or not is_transient(exc):
                 part.unlink(missing_ok=True)
                 raise
             progress.retries += 1
@@ -301,7 +301,7 @@ async def _fetch_object(
     progress.files_fetched += 1
 
 
-def _transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     """Retry short reads, checksum mismatches and network errors; not a missing object or refused credentials."""
     from obstore.exceptions import PermissionDeniedError, PreconditionError, UnauthenticatedError
 
@@ -316,7 +316,7 @@ def _count(progress: Progress, counted: list[int], n: int) -> None:
     counted[0] += n
 
 
-def _get(store: Any, key: str, options: GetOptions | None = None) -> Any:
+def read_object(store: Any, key: str, options: GetOptions | None = None) -> Any:
     """One object (or range) as bytes, with obstore's blocking call, which releases the GIL while it waits.
 
     Not obstore's `get_async`: its futures are completed from tokio threads that attach to Python, and one still
@@ -331,7 +331,7 @@ def _get(store: Any, key: str, options: GetOptions | None = None) -> Any:
 async def _fetch_whole(store: Any, obj: RemoteObject, part: Path, progress: Progress, counted: list[int]) -> None:
     import asyncio
 
-    data = await asyncio.to_thread(_get, store, obj.key)
+    data = await asyncio.to_thread(read_object, store, obj.key)
     if len(data) != obj.size:
         raise TransientError(f"{obj.key}: got {len(data)} of {obj.size} bytes")
     expected = obj.md5
@@ -356,7 +356,7 @@ async def _fetch_ranges(
             end = min(start + PART_SIZE, obj.size)
             async with ranges:
                 options: GetOptions = {"range": (start, end), "if_match": obj.etag}
-                data = await asyncio.to_thread(_get, store, obj.key, options)
+                data = await asyncio.to_thread(read_object, store, obj.key, options)
                 if len(data) != end - start:
                     raise TransientError(f"{obj.key}: got {len(data)} of {end - start} bytes at {start}")
                 os.pwrite(fd, memoryview(data), start)
