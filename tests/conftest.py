@@ -14,7 +14,7 @@ from yolokf.cli.app import main
 
 pytest_plugins = [
     "tests.conftest_docker",  # the Docker engine and registry fixtures
-    "tests.s3_fixtures",  # moto's S3 server, the fault proxy, datasets to upload (fetch tests)
+    "tests.loopback.s3",  # moto's S3 server, the fault proxy, datasets to upload (fetch tests)
 ]
 
 # Make every test deterministic about the network: this machine has none, CI neither.

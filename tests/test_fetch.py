@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.s3_fixtures import FakeArtifact, local_files, start_server, stop, upload_folder, upload_many
+from tests.loopback.s3 import FakeArtifact, local_files, start_server, stop, upload_folder, upload_many
 from yolokf.core.errors import DataError
 from yolokf.data.datasets import prepare_dataset, resolve_data
 from yolokf.data.fetch import fetch, fetch_step

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.s3_fixtures import FakeArtifact, local_files, upload_folder, upload_many
+from tests.loopback.s3 import FakeArtifact, local_files, upload_folder, upload_many
 from tests.test_cluster import compiled, container
 from tests.test_fetch import tar_gz
 from yolokf.data import fetch as fetch_module

@@ -15,7 +15,7 @@ from kfp import compiler, dsl
 from kfp.client import Client
 from kfp_server_api.exceptions import ApiException
 
-from tests.kfp_server import EPOCH, KfpServer, Outcome, Poll, fnv1a32
+from tests.loopback.kfp import EPOCH, KfpServer, Outcome, Poll, fnv1a32
 
 pytestmark = pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline")
 

@@ -1,4 +1,4 @@
-"""The launcher step's TrainJob side (issue 19) against a strict loopback Kubernetes API server (tests/kube_server.py)
+"""The launcher step's TrainJob side (issue 19) against a strict loopback Kubernetes API server (tests/loopback/kube)
 driven by the official `kubernetes` client: success, failure, cancel, timeout and a missing permission."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.kube_server import KubeServer
+from tests.loopback.kube import KubeServer
 from yolokf.core.errors import TrainingError
 from yolokf.core.settings import TrainConfig
 from yolokf.pipeline.job import plan_job
@@ -77,7 +77,7 @@ def test_a_canceled_step_deletes_its_trainjob(kube, tmp_path):
     body = _body(tmp_path, "yolo-cancel", epochs=50)
     script = (
         "import json, sys\n"
-        "from tests.kube_server import KubeServer\n"
+        "from tests.loopback.kube import KubeServer\n"
         "from kubernetes import client\n"
         "from yolokf.training.launch import run_trainjob\n"
         "from yolokf.core.errors import TrainingError\n"

@@ -1,5 +1,5 @@
 """The `--nodes` launcher's preflight (issue 19): the service account's rights, asked with SelfSubjectAccessReviews,
-and the PVCs every node mounts, against the strict loopback Kubernetes API server (tests/kube_server.py) driven by
+and the PVCs every node mounts, against the strict loopback Kubernetes API server (tests/loopback/kube) driven by
 the official `kubernetes` client. Nothing here trains: each run is refused before its create, or runs `true`."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from tests.kube_server import ALL_RIGHTS, KubeServer
+from tests.loopback.kube import ALL_RIGHTS, KubeServer
 from tests.test_launcher import NAMESPACE, _body
 from yolokf.core.errors import TrainingError
 from yolokf.pipeline.trainjob import RBAC_RULES, rbac_yaml

@@ -1,6 +1,6 @@
 """Registering a trained model in Kubeflow Model Registry (yolokf.promotion.register).
 
-The official client, `model_registry`, talks to tests/model_registry_server.py over real sockets
+The official client, `model_registry`, talks to tests/loopback/model_registry over real sockets
 (http and https); that server checks every body against the client's own generated models, as the
 real Go server does. Results are read back through the client, as a user of the registry would.
 """
@@ -18,7 +18,7 @@ import warnings
 import pytest
 import requests
 
-from tests.model_registry_server import API, ModelRegistryServer
+from tests.loopback.model_registry import API, ModelRegistryServer
 from yolokf.core.errors import ModelRegistryError
 from yolokf.promotion import register as reg_module
 from yolokf.promotion import registry_client
@@ -63,7 +63,7 @@ def secured():
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory):
-    from tests.kfp_server import self_signed_cert
+    from tests.loopback.tls import self_signed_cert
 
     return self_signed_cert(tmp_path_factory.mktemp("tls"))
 

@@ -1,6 +1,6 @@
 """`yolokf run --host` and `yolokf status` against a stateful KFP v2beta1 API server on loopback.
 
-The real kfp.Client talks to tests/kfp_server.py over real sockets (http and https); nothing in
+The real kfp.Client talks to tests/loopback/kfp over real sockets (http and https); nothing in
 kfp is patched. Only yolokf's own retry pacing is shortened.
 """
 
@@ -22,7 +22,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.conftest import CliResult
-from tests.kfp_server import KfpServer, Outcome, Poll, check_pipeline_spec, self_signed_cert
+from tests.loopback.kfp import KfpServer, Outcome, Poll, check_pipeline_spec
+from tests.loopback.tls import self_signed_cert
 from yolokf.cli.app import main
 from yolokf.cli.console import RunDisplay
 from yolokf.core.errors import ClusterError, RunFailedError, UsageError

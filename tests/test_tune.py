@@ -302,7 +302,7 @@ def test_the_same_seed_draws_the_same_trials_and_another_seed_others(cli, tmp_pa
 
 
 def test_tune_host_submits_the_trials_as_the_run_argument_compile_writes(tmp_path):
-    from tests.kfp_server import KfpServer
+    from tests.loopback.kfp import KfpServer
     from tests.test_remote import cli as remote_cli
 
     server = KfpServer().start()

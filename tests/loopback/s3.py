@@ -6,6 +6,7 @@ the fixtures. Servers are started by fixtures and stopped by pid; nothing is moc
 
 from __future__ import annotations
 
+import http.client
 import os
 import random
 import signal
@@ -13,7 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.loopback.base import Loopback
 from yolokf.data.remote import s3_client
 from yolokf.training.launch import free_port
 
@@ -108,18 +112,18 @@ class FakeArtifact:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-class FaultProxy:
+class FaultProxy(Loopback):
     """A loopback HTTP proxy in front of the S3 server that slows, fails or cuts GETs of chosen keys.
 
     Everything else passes through unchanged, so the client speaks to the real server; the proxy only counts
     the object GETs (by path) and breaks the ones a test asks it to, once each.
     """
 
-    def __init__(self, upstream: str) -> None:
-        import http.server
-        import threading
-        from collections import Counter
+    name = "s3-fault-proxy"
+    methods = ("GET", "HEAD", "PUT", "POST", "DELETE")
 
+    def __init__(self, upstream: str) -> None:
+        super().__init__()
         self.upstream = upstream.removeprefix("http://")
         self.gets: Counter[str] = Counter()
         self.ranges: list[str] = []
@@ -127,29 +131,9 @@ class FaultProxy:
         self.cut_once: set[str] = set()  # send the headers and half the body, then drop the connection
         self.gone: set[str] = set()  # answer 404 NoSuchKey (deleted after the listing)
         self.delay = 0.0
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                proxy.handle(self)
-
-            do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.start()
 
     def handle(self, request: Any) -> None:
-        import http.client
-        import urllib.parse
-
         path = urllib.parse.unquote(urllib.parse.urlsplit(request.path).path)
         is_object_get = request.command == "GET" and "?" not in request.path
         if is_object_get:
@@ -200,8 +184,7 @@ class FaultProxy:
             request.wfile.write(data)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.stop()
 
 
 @pytest.fixture
