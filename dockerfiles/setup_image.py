@@ -131,7 +131,7 @@ def configure() -> None:
     settings = (
         "from ultralytics.utils import SETTINGS; "
         f"SETTINGS.update(weights_dir={str(WEIGHTS_DIR)!r}, datasets_dir='/tmp/yolokf/datasets', "
-        "runs_dir='runs', sync=False)"
+        "runs_dir='runs', sync=False, mlflow=False)"  # yolokf logs to MLflow itself (--mlflow): no import
     )
     subprocess.run([sys.executable, "-c", settings], check=True, stdout=subprocess.DEVNULL)
     for path in ULTRALYTICS_DIR.glob("*.json"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,17 @@ def test_out_dash_writes_the_pipeline_to_stdout_and_no_file(cli, tmp_path, monke
     assert spec.pipeline_info.name == "yolov8-train"
     assert spec.root.input_definitions.parameters["epochs"].default_value.number_value == 7
     assert list(tmp_path.iterdir()) == [], "no file named '-'"
+
+
+def test_root_help_is_the_whole_apps_without_building_every_command():
+    """`yolokf --help` skips building each command's options (issue 27), and prints what the whole app prints."""
+    env = {**os.environ, "COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1", "_TYPER_FORCE_DISABLE_TERMINAL": "1"}
+    whole = "import typer; from yolokf.cli.app import app; typer.main.get_command(app).main(['--help'], 'yolokf')"
+    expected = subprocess.run([sys.executable, "-c", whole], capture_output=True, text=True, env=env)
+    ours = subprocess.run([sys.executable, "-m", "yolokf", "--help"], capture_output=True, text=True, env=env)
+    assert ours.returncode == 0 and expected.returncode == 0, ours.stderr + expected.stderr
+    assert "│ run " in ours.stdout and "│ config " in ours.stdout
+    assert ours.stdout == expected.stdout
 
 
 def test_help_and_compile_do_not_import_torch_or_ultralytics(tmp_path):

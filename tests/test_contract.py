@@ -15,7 +15,7 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from tests.kfp_server import KfpServer
+from tests.loopback.kfp import KfpServer
 from yolokf.core.settings import training_fields
 
 IMAGE = "registry.example.com/ml/yolokf:0.1.0-abc"
@@ -167,7 +167,10 @@ def test_the_component_signature_is_the_training_fields():
     names = [f.name for f in training_fields()]
     component_inputs = list(yolo_train.component_spec.inputs)
     assert component_inputs[: len(names)] == names
-    assert component_inputs[len(names) :] == ["dataset", "checkpoint_dir", "run_key", "trial", "trials", "sweep"]
+    assert component_inputs[len(names) :] == [
+        *("dataset", "checkpoint_dir", "run_key", "trial", "trials", "sweep"),
+        *("mlflow", "kfp_run"),  # --mlflow (issue 25)
+    ]
     pipeline = build_pipeline(plan_job(TrainConfig(epochs=7), StepOptions(), image=IMAGE))
     assert list(pipeline.component_spec.inputs) == names
     assert pipeline.component_spec.inputs["epochs"].default == 7

@@ -111,8 +111,12 @@ def test_local_console_shows_the_training_not_kfp_internals(trained):
     assert lines[0].startswith(
         f"Training locally through kfp.local: outputs go to {root}, the full log to {root}/logs/"
     )
-    epochs = [line for line in lines if re.search(r"^(\x1b\[K)?\s+15/15\s", line)]
-    assert len(epochs) >= 1, "ultralytics' own epoch progress is shown"
+    # issue 26: one line a step and an epoch, off a terminal; ultralytics' own output stays in the log
+    epochs = [line for line in lines if line.startswith("train: epoch ")]
+    assert len(epochs) == 15 and epochs[-1].startswith("train: epoch 15/15  precision "), epochs
+    assert "train: running" in lines and any(re.fullmatch(r"train: done in \S+", line) for line in lines), lines
+    assert not any(re.match(r"^(\x1b\[K)?\s+\d+/15\s", line) for line in lines), "ultralytics' bars: the log only"
+    assert "GPU_mem" not in result.stdout
     for internal in ("executor_input", "Looking for component", "ephemeral_component", "Model(", "Metrics(", "INFO -"):
         assert internal not in result.stdout, internal
     (log,) = list((root / "logs").iterdir())
@@ -172,21 +176,19 @@ def test_a_retried_step_is_said_in_one_line_and_shows_its_new_attempt(tmp_path):
     """kfp.local restarts a failed task with a retry policy (`--retries`): the console says why in one line and
     shows the new attempt's output, though the failed one's traceback had turned the step's echo off."""
     import contextlib
-    import re
 
     from kfp import local
 
     from yolokf.pipeline.components import _generated_function
-    from yolokf.runs.local import _StepOutput
+    from yolokf.runs.local import StepEvent, _StepOutput
 
     retried = _generated_function("retried", RETRIED_PIPELINE)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
-    echoed: list[str] = []
-    with (tmp_path / "log").open("w") as log, contextlib.redirect_stdout(_StepOutput(log, echoed.append, False)):
+    events: list[StepEvent] = []
+    with (tmp_path / "log").open("w") as log, contextlib.redirect_stdout(_StepOutput(log, events.append, False)):
         assert retried(counter=str(tmp_path / "count")).output == "done"
-    text = "".join(echoed)
-    assert re.findall(r"^yolokf: step (.*)$", text, re.M) == [
-        "flaky failed (RuntimeError: node 1 was lost); restarting it (--retries)."
-    ]
-    assert text.index("attempt 1 starts") < text.index("restarting it") < text.index("attempt 2 starts")
-    assert "Traceback" not in text
+    flaky = [(e.kind, e.text) for e in events if e.step == "flaky"]
+    assert [kind for kind, _ in flaky] == ["started", "failed", "retrying", "started", "succeeded"], flaky
+    assert flaky[2][1] == "yolokf: step flaky failed (RuntimeError: node 1 was lost); restarting it (--retries)."
+    assert "Traceback" not in "".join(text for _, text in flaky)
+    assert "attempt 2 starts" in (tmp_path / "log").read_text(), "the step's own lines are in the log"

@@ -136,9 +136,7 @@ def test_with_retries_a_lost_node_restarts_the_step_which_resumes(tmp_path):
     run, last = _run_and_lose_node_1(args, tmp_path, "root")
     code, stdout, stderr = run.finish(timeout=600)
     assert code == 0, stdout[-3000:] + stderr
-    restarted = re.findall(
-        r"^yolokf: step yolo-train-nodes failed \((.*)\); restarting it \(--retries\)\.$", stdout, re.M
-    )
+    restarted = re.findall(r"^yolokf: step train failed \((.*)\); restarting it \(--retries\)\.$", stdout, re.M)
     assert len(restarted) == 1, stdout[-3000:]
     assert "Node 1 of 2 was killed (SIGKILL); the training stopped" in restarted[0]
     assert "Traceback" not in stdout + stderr

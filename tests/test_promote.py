@@ -12,7 +12,7 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from tests.model_registry_server import ModelRegistryServer
+from tests.loopback.model_registry import ModelRegistryServer
 from tests.test_bad_input import assert_one_clear_line
 from tests.test_compile import load_spec
 from tests.test_serving import model_config_pb2
@@ -465,7 +465,7 @@ def test_weights_named_best_pt_say_their_task_before_anything_runs(cli, tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("action", ["skip", "fail"])
 def test_a_missed_gate_registers_nothing(cli, tmp_path, best_pt, registry, action):
-    args = ["--data", "shapes", "--imgsz", "128", "--gate", "mAP50-95>=0.99", "--gate-action", action]
+    args = ["--data", "shapes", "--gate", "mAP50-95>=0.99", "--gate-action", action]
     result = cli(["evaluate", "--model", best_pt, *args, "--registry", registry.url, "--pipeline-root", tmp_path])
     assert not registry.registered_models and not registry.versions
     missed = re.search(
@@ -581,7 +581,7 @@ def test_the_same_data_from_a_folder_and_from_s3_is_one_dataset_for_the_champion
 ):
     """Two evaluations of the same weights on the same images, one from a local folder, one downloaded from
     s3://: the same content hash is registered, and the second run finds the first as the champion to beat."""
-    from tests.s3_fixtures import upload_folder
+    from tests.loopback.s3 import upload_folder
 
     assert upload_folder(s3, shapes_yaml.parent, "vision/shapes") > 0
     args = ["--registry", registry.url, "--registered-model", "shapes", "--champion"]

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
     from yolokf.image.engine import LayerSink, Step
     from yolokf.runs.follow import Failure
-    from yolokf.runs.local import LocalRun
+    from yolokf.runs.local import LocalRun, StepEvent
+    from yolokf.runs.progress import Epoch
     from yolokf.runs.run_report import RunReport
 
 
@@ -99,11 +100,15 @@ def print_local_run(result: LocalRun) -> None:
         table.add_row(name, f"{value:.0f}" if name in SWEEP_COUNTS else f"{value:.4f}")
     if result.metrics:
         out().print(table)
-    for text in result.tables.values():
-        say(text.rstrip())  # Markdown as written for the KFP UI: per-class results, the exports side by side
+    for text in result.tables.values():  # Markdown as written for the KFP UI: per-class results, the exports
+        from rich.markdown import Markdown
+
+        out().print(Markdown(text))
     for name, path in result.artifacts.items():
         say(f"{name:>8}: {path}")
     say(f"     log: {result.log}")
+    if result.mlflow:
+        say(f"  MLflow: {result.mlflow}")
     done = "Trained" if result.metrics else "Evaluated"
     say(f"{done} in {result.seconds:.0f} s; outputs under {result.pipeline_root}")
 
@@ -122,6 +127,19 @@ def print_trials(records: list[dict[str, Any]], metric: str | None, title: str, 
     for row in body:
         table.add_row(*row)
     (errs() if err else out()).print(table)
+
+
+def print_config(title: str, rows: list[tuple[str, str, str]]) -> None:
+    """`yolokf config`: each option, its value, and where the value comes from."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("option", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_column("from", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    out().print(table, markup=False, highlight=False)
 
 
 def print_run_report(run: RunReport, failure: Failure | None = None) -> None:
@@ -348,3 +366,88 @@ def fetch_bar(label: str) -> AbstractContextManager[Callable[[FetchProgress], No
             yield update
 
     return bar()
+
+
+def _figures(epoch: Epoch) -> str:
+    """An epoch's validation figures (or, without validation, its losses) in one short text."""
+    shown = epoch.readable() or {k.removeprefix("train/"): v for k, v in epoch.metrics.items()}
+    return "  ".join(f"{name} {value:.3f}" for name, value in shown.items())
+
+
+class LocalDisplay:
+    """A local run as the user sees it (issue 26): each step one line (a bar on a terminal) and its result,
+    yolokf's own lines, nothing of ultralytics' or the exporters' output (that is in the run's log; `-v` shows it).
+    Off a terminal (CI, `> file`) every event is one plain line: `train: epoch 3/15 mAP50 0.412`."""
+
+    def __init__(self, verbose: bool = False) -> None:
+        # This stdout, kept: kfp.local's output is redirected while the run goes on.
+        self.stream = sys.stdout
+        self.verbose = verbose
+        self.live = self.stream.isatty() and not verbose
+        self.started: dict[str, float] = {}
+        self.progress: Any = None
+        self.bars: dict[str, Any] = {}
+
+    def __enter__(self) -> LocalDisplay:
+        if self.live:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+            self.progress = Progress(
+                SpinnerColumn(finished_text=" "),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[figures]}"),
+                console=Console(file=self.stream, soft_wrap=True),
+            )
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, event: StepEvent) -> None:
+        import time
+
+        # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
+        from yolokf.runs.run_report import format_seconds
+
+        if event.kind == "raw":
+            self.stream.write(event.text)
+            self.stream.flush()
+            return
+        if event.kind == "started":
+            self.started[event.step] = time.monotonic()
+        took = format_seconds(time.monotonic() - self.started.get(event.step, time.monotonic()))
+        text = {
+            "note": event.text,
+            "retrying": event.text,
+            "started": f"{event.step}: running",
+            "epoch": f"{event.step}: epoch {event.epoch.epoch}/{event.epoch.epochs}  " + _figures(event.epoch)
+            if event.epoch
+            else "",
+            "succeeded": f"{event.step}: done in {took}",
+            "failed": f"{event.step}: failed after {took}",
+        }.get(event.kind, event.text)
+        if self.progress is None:
+            self.stream.write(text.rstrip() + "\n")
+            self.stream.flush()
+            return
+        self._draw(event, text, took)
+
+    def _draw(self, event: StepEvent, text: str, took: str) -> None:
+        bar = self.bars.get(event.step)
+        if event.kind == "started":
+            self.bars[event.step] = self.progress.add_task(event.step, total=None, figures="")
+        elif event.kind == "epoch" and bar is not None and event.epoch:
+            figures = _figures(event.epoch)
+            self.progress.update(bar, total=event.epoch.epochs, completed=event.epoch.epoch, figures=figures)
+        elif event.kind in ("succeeded", "failed") and bar is not None:
+            total = self.progress.tasks[bar].total or 1
+            mark = f"[green]✓[/] {event.step} done" if event.kind == "succeeded" else f"[red]✗ {event.step} failed[/]"
+            self.progress.update(bar, total=total, completed=total, description=f"{mark} in {took}")
+            self.bars.pop(event.step, None)
+        else:
+            self.progress.console.print(text, markup=False, highlight=False)

@@ -140,7 +140,11 @@ PROMOTE_OPTIONS: dict[str, tuple[Any, Any]] = {
         _PROMOTE_DEFAULTS.gate_action,
     ),
     "registry": (
-        _promote_option(str | None, "Kubeflow Model Registry URL to register the model in.", envvar="YOLOKF_REGISTRY"),
+        _promote_option(
+            str | None,
+            "Kubeflow Model Registry URL to register the model in, or mlflow (the --mlflow server's registry).",
+            envvar="YOLOKF_REGISTRY",
+        ),
         None,
     ),
     "registered_model": (
@@ -225,6 +229,17 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Replace the command's `config: TrainConfig` parameter with one option per training field."""
     options = {field.name: _training_option(field) for field in training_fields()}
     return _replace_parameter(command, "config", options, _build_config)
+
+
+# `yolokf evaluate`: the training fields an evaluation reads; the image size is the weights' own, nothing trains.
+EVALUATION_FIELDS = ("model", "data", "batch", "device")
+
+
+def evaluation_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Replace the command's `config: TrainConfig` parameter with the training fields that apply to evaluating
+    weights (issue 26: `evaluate --help` lists no option it ignores); the others keep TrainConfig's defaults."""
+    options = {f.name: _training_option(f) for f in training_fields() if f.name in EVALUATION_FIELDS}
+    return _replace_parameter(command, "config", options, TrainConfig)
 
 
 def step_options(command: Callable[..., Any]) -> Callable[..., Any]:

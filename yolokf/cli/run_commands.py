@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from yolokf.cli.cluster_commands import submit_job
-from yolokf.cli.console import print_local_run, print_trials, say, say_documents, stdout_writer, yaml_document
+from yolokf.cli.console import LocalDisplay, print_local_run, print_trials, say, say_documents, yaml_document
 from yolokf.cli.options import (
     DryRun,
     Image,
@@ -17,16 +17,19 @@ from yolokf.cli.options import (
     Out,
     RunOptions,
     connection_options,
+    evaluation_options,
     promote_options,
     run_options,
     step_options,
     sweep_options,
     training_options,
 )
+from yolokf.cli.tracking_options import tracking_options
 from yolokf.core.errors import UsageError
 from yolokf.core.settings import PromoteOptions, SweepOptions, TrainConfig, auto_optimizer_hint, ignored_under_auto
 from yolokf.pipeline.step_options import StepOptions
 from yolokf.runs.kfp_api import Connection
+from yolokf.tracking.plan import Tracking
 
 if TYPE_CHECKING:
     from yolokf.pipeline.job import Job
@@ -36,10 +39,12 @@ if TYPE_CHECKING:
 @training_options
 @step_options
 @promote_options
+@tracking_options
 def compile_(
     config: TrainConfig,
     step: StepOptions,
     promote: PromoteOptions,
+    tracking: Tracking,
     out: Out = Path("yolov8_train.yaml"),
     image: Image = None,
 ) -> None:
@@ -48,19 +53,21 @@ def compile_(
     from yolokf.image.records import resolve_image
     from yolokf.pipeline.job import plan_job
 
-    job = plan_job(config, step, image=resolve_image(image)).with_promotion(promote)
+    job = plan_job(config, step, image=resolve_image(image)).with_promotion(promote).with_tracking(tracking)
     _write_pipeline(job, out)
 
 
 @training_options
 @step_options
 @promote_options
+@tracking_options
 @connection_options
 @run_options
 def run(
     config: TrainConfig,
     step: StepOptions,
     promote: PromoteOptions,
+    tracking: Tracking,
     connection: Connection,
     run: RunOptions,
     dry_run: DryRun = False,
@@ -77,13 +84,13 @@ def run(
         # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
         from yolokf.pipeline.job import plan_local_job
 
-        _run_local(plan_local_job(config, step).with_promotion(promote), run)
+        _run_local(plan_local_job(config, step).with_promotion(promote).with_tracking(tracking), run)
         return
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.image.records import resolve_image
     from yolokf.pipeline.job import plan_job
 
-    job = plan_job(config, step, image=resolve_image(run.image)).with_promotion(promote)
+    job = plan_job(config, step, image=resolve_image(run.image)).with_promotion(promote).with_tracking(tracking)
     if dry_run and job.step.nodes > 1:
         say_documents(_trainjob_document(job, "The training step's TrainJob"))
         return
@@ -94,6 +101,7 @@ def run(
 @step_options
 @sweep_options
 @promote_options
+@tracking_options
 @connection_options
 @run_options
 def tune(
@@ -101,6 +109,7 @@ def tune(
     step: StepOptions,
     sweep: SweepOptions,
     promote: PromoteOptions,
+    tracking: Tracking,
     connection: Connection,
     run: RunOptions,
     out: InsteadOut = None,
@@ -129,6 +138,7 @@ def tune(
         from yolokf.pipeline.job import plan_job
 
         job = plan_job(config, step, image=resolve_image(run.image)).with_sweep(planned).with_promotion(promote)
+        job = job.with_tracking(tracking)
         if out is not None:
             _write_pipeline(job, out)
             return
@@ -144,22 +154,24 @@ def tune(
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.pipeline.job import plan_local_job
 
-    job = plan_local_job(config, step).with_sweep(planned).with_promotion(promote)
+    job = plan_local_job(config, step).with_sweep(planned).with_promotion(promote).with_tracking(tracking)
     say(plan)
     result = _run_local_job(job, run)
     print_trials(result.trials, planned.metric, f"Trials by {planned.metric} ({planned.mode}), best first")
     print_local_run(result)
 
 
-@training_options
+@evaluation_options
 @step_options
 @promote_options
+@tracking_options
 @connection_options
 @run_options
 def evaluate(
     config: TrainConfig,
     step: StepOptions,
     promote: PromoteOptions,
+    tracking: Tracking,
     connection: Connection,
     run: RunOptions,
     out: InsteadOut = None,
@@ -167,8 +179,7 @@ def evaluate(
 ) -> None:
     """Evaluate existing weights (--model best.pt) on the held-out split; export, gate and register them too.
 
-    On a cluster, --model is an object-store URI (s3://bucket/best.pt). Training flags other than --data,
-    --batch and --device do not apply (the image size is the weights' own).
+    On a cluster, --model is an object-store URI (s3://bucket/best.pt). The image size is the weights' own.
     Example: yolokf evaluate --model runs/best.pt --data shapes --export onnx,openvino --gate 'mAP50-95>=0.5'
     """
     from dataclasses import replace
@@ -182,7 +193,8 @@ def evaluate(
         from yolokf.pipeline.job import plan_local_job
 
         config = config.with_overrides(model=_weights_file(config.model))
-        _run_local(replace(plan_local_job(config, step), evaluate_only=True).with_promotion(promote), run)
+        job = replace(plan_local_job(config, step), evaluate_only=True).with_promotion(promote)
+        _run_local(job.with_tracking(tracking), run)
         return
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.image.records import resolve_image
@@ -196,6 +208,7 @@ def evaluate(
             )
         config = config.with_overrides(model=_weights_file(config.model))  # a YAML for kfp.local
     job = replace(plan_job(config, step, image=resolve_image(run.image)), evaluate_only=True).with_promotion(promote)
+    job = job.with_tracking(tracking)
     if out is not None:
         # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
         from yolokf.pipeline.pipelines import compile_pipeline
@@ -223,7 +236,8 @@ def _run_local_job(job: Job, run: RunOptions) -> LocalRun:
     from yolokf.runs.local import DEFAULT_PIPELINE_ROOT, run_local
 
     root = Path(run.pipeline_root) if run.pipeline_root else DEFAULT_PIPELINE_ROOT
-    return run_local(job, root, echo=stdout_writer(), verbose=run.verbose)
+    with LocalDisplay(run.verbose) as display:
+        return run_local(job, root, emit=display, verbose=run.verbose)
 
 
 def _warn_ignored(config: TrainConfig) -> None:

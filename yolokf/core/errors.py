@@ -51,6 +51,10 @@ class ModelRegistryError(YolokfError):
     """Kubeflow Model Registry refused a request or could not be reached."""
 
 
+class TrackingError(YolokfError):
+    """The MLflow server (`--mlflow`, `--registry mlflow`) refused a request or could not be reached."""
+
+
 class QualityGateError(YolokfError):
     """The model missed a quality gate (`--gate`) or an export lost accuracy (`--export-tolerance`)."""
 

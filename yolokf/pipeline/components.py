@@ -49,6 +49,8 @@ def {name}(
     trial: dict = {{}},
     trials: list = [],
     sweep: dict = {{}},
+    mlflow: dict = {{}},
+    kfp_run: str = "",
     {trailing}
 ):
     """{doc}"""

@@ -18,6 +18,7 @@ from yolokf.core.settings import PromoteOptions, TrainConfig
 from yolokf.data.sources import DataSource, is_remote, parse_data_uri, pvc_source
 from yolokf.pipeline.step_options import StepOptions
 from yolokf.promotion.plan import default_registered_model, plan_promotion, promoted_task
+from yolokf.tracking.plan import MLFLOW_REGISTRY, Tracking
 
 if TYPE_CHECKING:
     from yolokf.promotion.plan import Promotion
@@ -38,6 +39,7 @@ class Job:
     sweep: Sweep | None = None  # `yolokf tune`: the trials and rounds the pipeline runs
     promotion: Promotion | None = None  # evaluate, export, gate, register after training (promote flags)
     evaluate_only: bool = False  # `yolokf evaluate`: `config.model` is existing weights, nothing trains
+    tracking: Tracking = Tracking()  # --mlflow: where the steps log (issue 25); inactive by default
     # kfp.local on data on this machine: no download step, whose process would only pass the path on (issue 27:
     # a local run's seconds are the training's); a compiled pipeline always has it, since its run form may change
     # `data` to any kind of source.
@@ -78,6 +80,22 @@ class Job:
         options = replace(options, evaluate=options.evaluate or self.evaluate_only)
         promotion = plan_promotion(options, task=promoted_task(self.config.model), stem=self.stem, gpu=gpu, local=local)
         return replace(self, promotion=promotion)
+
+    def with_tracking(self, tracking: Tracking) -> Job:
+        """This job logging to MLflow as `tracking` says; after `with_promotion` (`--registry mlflow` needs it).
+        Locally the server is asked now, so a wrong password fails in one line before anything runs."""
+        if self.promotion is not None and self.promotion.registry == MLFLOW_REGISTRY and not tracking.active:
+            raise UsageError(
+                "--registry mlflow needs --mlflow URI (or MLFLOW_TRACKING_URI): the server to register in."
+            )
+        if self.step.image == "local":
+            tracking.check_local()
+            if tracking.uri:
+                # Imported on use, for start-up time: `yolokf --help` and the other commands do not load mlflow.
+                from yolokf.tracking.step import check_server
+
+                check_server(tracking.uri)
+        return replace(self, tracking=tracking)
 
     def with_sweep(self, sweep: Sweep) -> Job:
         """This job as a sweep; refuses what a sweep cannot do with these step settings."""

@@ -45,6 +45,7 @@ from yolokf.pipeline.step_options import (
 )
 from yolokf.pipeline.trainjob import build_trainjob, trainjob_dict
 from yolokf.promotion.plan import CA_CONFIGMAP_PATH, TOKEN_SECRET_PATH
+from yolokf.tracking.plan import SECRET_ENV
 
 if TYPE_CHECKING:
     from yolokf.sweeps.plan import Sweep
@@ -125,8 +126,10 @@ def _promote(job: Job, weights: Any, params: dict[str, Any], inputs: dict[str, A
     if promotion is None:
         return {}
     common = {"data": params["data"], "batch": params["batch"], **inputs}
-    evaluation = yolo_evaluate(weights=weights, device=_one_device(job, True, params), **common)
+    tracked = {"mlflow": {}, "kfp_run": "", **_tracking_inputs(job)}
+    evaluation = yolo_evaluate(weights=weights, device=_one_device(job, True, params), **common, **tracked)
     apply_step_options(evaluation, _one_gpu(job, True), "evaluate")
+    _tracking_secret(evaluation, job)
     outputs = {name: evaluation.outputs[name] for name in ("confusion", "classes")}
     outputs["evaluation"] = evaluation.outputs["metrics"]
     exports: Any = []
@@ -149,8 +152,10 @@ def _promote(job: Job, weights: Any, params: dict[str, Any], inputs: dict[str, A
             serving_max_batch=promotion.serving_max_batch,
             run_model=params["model"],
             **common,
+            **tracked,
         )
         apply_step_options(export, _one_gpu(job, gpu), f"export {fmt}")
+        _tracking_secret(export, job)
         # After the evaluation, not beside it: a failed export's run still has its evaluation, in any runner's
         # order (kfp.local picks one of two independent tasks by chance).
         export.after(evaluation)
@@ -185,9 +190,11 @@ def _promote(job: Job, weights: Any, params: dict[str, Any], inputs: dict[str, A
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 pipeline_name=job.pipeline_name,
+                **tracked,
             )
             apply_select_options(register, job.step, "register")
             _mount_registry_credentials(register, promotion)
+            _tracking_secret(register, job)
     return outputs
 
 
@@ -200,6 +207,25 @@ def _mount_registry_credentials(task: Any, promotion: Any) -> None:
         kubernetes.use_secret_as_volume(task, secret_name=promotion.token_secret, mount_path=TOKEN_SECRET_PATH)
     if promotion.ca_configmap:
         kubernetes.use_config_map_as_volume(task, config_map_name=promotion.ca_configmap, mount_path=CA_CONFIGMAP_PATH)
+
+
+def _tracking_inputs(job: Job) -> dict[str, Any]:
+    """The steps' MLflow inputs (issue 25): `--mlflow`'s settings, compiled in, and the KFP run's id. Only with
+    --mlflow: the run id makes each run's inputs its own, so KFP's cache never hands back a step that logged nothing
+    to this run's MLflow run."""
+    if not job.tracking.active:
+        return {}
+    return {"mlflow": job.tracking.step_input(), "kfp_run": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+
+
+def _tracking_secret(task: Any, job: Job) -> None:
+    """--mlflow-secret: its keys as MLflow's credential variables in the step's pod (each optional); never values."""
+    from kfp import kubernetes
+
+    for name in SECRET_ENV if job.tracking.secret else ():
+        kubernetes.use_secret_as_env(
+            task, secret_name=job.tracking.secret, secret_key_to_env={name: name}, optional=True
+        )
 
 
 # ultralytics' export formats that need a CUDA device (TensorRT); the others export and run on the CPU.
@@ -236,6 +262,7 @@ def _training_task(job: Job, **inputs: Any) -> Any:
         task = yolo_train(**inputs)
         apply_step_options(task, job.step)
     apply_retries(task, job.step)
+    _tracking_secret(task, job)
     return task
 
 
@@ -250,7 +277,12 @@ def build_pipeline(job: Job) -> Any:
     def yolov8_train(params: dict[str, Any]) -> Any:
         inputs = _dataset_inputs(job, params["data"])
         task = _training_task(
-            job, **params, checkpoint_dir=job.step.checkpoint_path, run_key=job.step.run_key or "", **inputs
+            job,
+            **params,
+            checkpoint_dir=job.step.checkpoint_path,
+            run_key=job.step.run_key or "",
+            **inputs,
+            **_tracking_inputs(job),
         )
         promoted = _promote(job, task.outputs["weights"], params, inputs)
         return returns(
@@ -306,6 +338,7 @@ def build_sweep_pipeline(job: Job, sweep: "Sweep") -> Any:
                     sweep=sweep.round_spec(index),
                     checkpoint_dir=job.step.checkpoint_path,
                     **inputs,
+                    **_tracking_inputs(job),
                 )
                 task.set_display_name(f"trial round {index + 1}" if sweep.halving else "trial")
             results = dsl.Collected(task.outputs["summary"])

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from yolokf.core.offline import prepare_environment
 from yolokf.core.tasks import readable_metrics
 from yolokf.data.datasets import dataset_spec, step_data, step_dataset_hash
+from yolokf.tracking.step import open_run
 
 if TYPE_CHECKING:  # the component's types: pipeline.py generates yolo_evaluate from this signature (issue 15)
     from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output, OutputPath
@@ -170,12 +171,16 @@ def evaluate_step(
     classes: Output[Markdown],
     summary: OutputPath(str),  # type: ignore[valid-type]
     dataset: Input[Dataset] = None,
+    mlflow: dict = {},  # noqa: B006 (a component input's default; never changed)
+    kfp_run: str = "",
 ) -> None:
     """Evaluate weights on the dataset's held-out split (yolokf), at the image size they were trained at.
 
     The summary (for the gate and the registration step) carries what the weights and the data say of themselves:
-    the task, trained epochs and image size from the checkpoint, and the dataset's content hash.
+    the task, trained epochs and image size from the checkpoint, and the dataset's content hash. With MLflow
+    (`mlflow`, or KFP's plugin) the metrics and the per-class table go to the run's MLflow run as eval/... .
     """
+    tracked = open_run(mlflow, kfp_run, name=Path(data.rstrip("/")).stem)  # checked before the work
 
     with tempfile.TemporaryDirectory(prefix="yolokf-evaluate-") as workdir:
         local = step_data(data, dataset, Path(workdir))
@@ -207,6 +212,13 @@ def evaluate_step(
         f"yolokf: evaluated on the {evaluation.split} split at imgsz {info.imgsz}: " + json.dumps(evaluation.metrics),
         flush=True,
     )
+    if tracked is not None:
+        tracked.log_metrics({f"eval/{name}": value for name, value in evaluation.metrics.items()})
+        tracked.set_tags({"yolokf.eval_split": evaluation.split, "yolokf.dataset_hash": digest})
+        tracked.log_dict({"split": evaluation.split, "classes": evaluation.classes}, "evaluation/classes.json")
+        tracked.log_text(class_table(evaluation), "evaluation/classes.md")
+        tracked.finish()
+        metrics.metadata["mlflow_run"] = tracked.top_link
 
 
 def weights_file(weights: Any) -> Path:

@@ -36,6 +36,7 @@ from yolokf.promotion.parity import format_version, latency_ms, opset, predictio
 from yolokf.promotion.plan import default_registered_model
 from yolokf.promotion.plan import serving_name as to_serving_name
 from yolokf.promotion.serving import inference_service, write_inference_service, write_model_repository
+from yolokf.tracking.step import open_run
 
 if TYPE_CHECKING:  # the component's types: pipeline.py generates yolo_export from this signature (issue 15)
     from kfp.dsl import Dataset, Input, Markdown, Model, Output
@@ -247,12 +248,18 @@ def export_step(
     serving_max_batch: int,
     run_model: str,
     dataset: Input[Dataset] = None,
+    mlflow: dict = {},  # noqa: B006 (a component input's default; never changed)
+    kfp_run: str = "",
 ) -> list:
     """Export weights to one format and check it against the .pt model (yolokf); returns every format so far.
 
     `imgsz` 0: the weights' own training image size. `serving_name` "": the run's default registered-model name.
+    With MLflow (`mlflow`, or KFP's plugin) the parity row goes to the run's MLflow run as <format>/..., and the
+    exported file under model/<format>/ (where `--registry mlflow` finds it).
     """
     import ultralytics
+
+    tracked = open_run(mlflow, kfp_run, name=default_registered_model(run_model, data))  # checked before the work
 
     records = [json.loads(r) if isinstance(r, str) else dict(r) for r in previous]
     serving_name = serving_name or to_serving_name(default_registered_model(run_model, data))
@@ -310,6 +317,12 @@ def export_step(
     records.append(record)
     Path(table.path).parent.mkdir(parents=True, exist_ok=True)
     Path(table.path).write_text(formats_table(records))
+    if tracked is not None:
+        row = {"difference": record["difference"], "agreement": record["agreement"], "latency_ms": record["latency_ms"]}
+        tracked.log_metrics({f"{fmt}/{key}": value for key, value in {**record["metrics"], **row}.items()})
+        tracked.log_dict({key: value for key, value in record.items() if key != "serving"}, f"exports/{fmt}.json")
+        tracked.log_artifact(Path(model.path) / name, f"model/{fmt}")
+        tracked.finish()
     print(
         f"yolokf: {fmt}: {record['metric']} {record['metrics'][record['metric']]:.4f} "
         f"({record['difference']:+.4f} against .pt), agreement {record['agreement']:.1%}, "

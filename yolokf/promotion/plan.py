@@ -16,6 +16,7 @@ from yolokf.core.errors import UsageError
 from yolokf.core.settings import PromoteOptions
 from yolokf.core.tasks import model_task, task_metrics
 from yolokf.promotion.serving import NAME_MAX
+from yolokf.tracking.plan import MLFLOW_REGISTRY
 
 EXPORT_FORMATS = ("onnx", "openvino", "torchscript", "engine")
 GATE_ACTIONS = ("skip", "fail")
@@ -125,8 +126,23 @@ def plan_promotion(
     if options.champion_margin < 0:
         raise UsageError(f"--champion-margin must be 0 or more, got {options.champion_margin}.")
     registry = options.registry.rstrip("/") if options.registry else None
-    if registry and not re.match(r"^https?://[^/\s]+", registry):
-        raise UsageError(f"--registry {registry!r} is not a URL; e.g. https://model-registry-service.kubeflow:8443.")
+    if registry and registry != MLFLOW_REGISTRY and not re.match(r"^https?://[^/\s]+", registry):
+        raise UsageError(
+            f"--registry {registry!r} is not a URL; e.g. https://model-registry-service.kubeflow:8443, or "
+            "'mlflow' for the registry of the --mlflow server."
+        )
+    if registry == MLFLOW_REGISTRY and any(
+        (
+            options.registry_token_file,
+            options.registry_ca_bundle,
+            options.registry_token_secret,
+            options.registry_ca_configmap,
+        )
+    ):
+        raise UsageError(
+            "--registry mlflow uses the credentials of --mlflow (MLflow's environment variables, --mlflow-secret); "
+            "leave out the --registry-token-* and --registry-ca-* flags."
+        )
     name = options.registered_model or stem  # checked here; the steps derive the default from the run's values
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name):
         raise UsageError(f"--registered-model {name!r}: use letters, digits, '.', '_' and '-' (128 at most).")
@@ -152,7 +168,7 @@ def plan_promotion(
         raise UsageError(f"--serving-max-batch must be at least 1, got {options.serving_max_batch}.")
     if local:
         _check_local_files(options)
-        if registry:
+        if registry and registry != MLFLOW_REGISTRY:  # the MLflow server is checked with --mlflow (Job.with_tracking)
             # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
             from yolokf.promotion.register import check_registry
 

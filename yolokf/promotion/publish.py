@@ -11,9 +11,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from yolokf.core.errors import TrackingError
 from yolokf.core.tasks import primary_metric
 from yolokf.promotion.plan import default_registered_model
 from yolokf.promotion.register import ModelFile, Registration, register
+from yolokf.tracking.plan import MLFLOW_REGISTRY
+from yolokf.tracking.registry import register_version
+from yolokf.tracking.step import open_run
 
 if TYPE_CHECKING:  # the component's types: pipeline.py generates yolo_register from this signature (issue 15)
     from kfp.dsl import Input, Model
@@ -36,15 +40,21 @@ def register_step(
     run_id: str,
     run_name: str,
     pipeline_name: str,
+    mlflow: dict = {},  # noqa: B006 (a component input's default; never changed)
+    kfp_run: str = "",
 ) -> str:
-    """Register the model, one artifact per format, in Kubeflow Model Registry (yolokf); returns what it did.
+    """Register the model, one artifact per format, in Kubeflow Model Registry or MLflow (yolokf); returns what it did.
 
     What is registered comes from the run's own values and the evaluation's record: the task, trained epochs and
     image size from the weights, the dataset's content hash, the champion metric from the task (issue 16).
     `registered_model` "" means the default name from the run's `model` and `data` (issue 15).
+    `registry` "mlflow": the registry of the `mlflow` server, through the run's MLflow run (issue 25).
     """
     import torch
     import ultralytics
+
+    name = registered_model or default_registered_model(run_model, data)
+    tracked = open_run(mlflow, kfp_run, name=name)  # checked before the work
 
     record = json.loads(evaluation) if isinstance(evaluation, str) else dict(evaluation)
     formats = [json.loads(r) if isinstance(r, str) else dict(r) for r in exports]
@@ -68,9 +78,25 @@ def register_step(
         "imgsz": int(record["imgsz"]),
         "ultralytics_version": ultralytics.__version__,
     }
+    champion_metric = primary_metric(record["task"]) if champion else None
+    if registry == MLFLOW_REGISTRY:
+        if tracked is None:
+            raise TrackingError("--registry mlflow needs --mlflow URI: the MLflow server to register in.")
+        weights_pt = Path(weights.path) if Path(weights.path).is_file() else Path(weights.path) / "best.pt"
+        done = register_version(
+            tracked,
+            name=name,
+            properties={**properties, **{f"{model.format}.uri": model.uri for model in models}},
+            metrics={model.format: dict(model.metrics) for model in models},
+            files={"pytorch": weights_pt},
+            champion_metric=champion_metric,
+            champion_margin=champion_margin,
+        )
+        print(f"yolokf: {done.message}", flush=True)
+        tracked.finish()
+        return done.status
     token, said = registry_token(registry, token_file)
     print(f"yolokf: {said}", flush=True)
-    name = registered_model or default_registered_model(run_model, data)
     registration = Registration(
         url=registry,
         registered_model=name,
@@ -79,7 +105,7 @@ def register_step(
         properties=properties,
         token=token,
         ca_bundle=ca_bundle or None,
-        champion_metric=primary_metric(record["task"]) if champion else None,
+        champion_metric=champion_metric,
         champion_margin=champion_margin,
         description=f"{pipeline_name} run {run_name}",
     )

@@ -3,7 +3,7 @@
 kfp.local's SubprocessRunner executes the step in this Python environment (`use_venv=False`, so
 nothing is installed), and writes outputs under the pipeline root, where they stay after the run.
 What kfp.local prints about itself (executor input, component loading, artifact reprs) goes to the run's
-log file only, unless `verbose`; the step's own output (ultralytics' progress) is handed to `echo`.
+log file only, unless `verbose`, and so does ultralytics' output; the user is shown `StepEvent`s (issue 26).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from yolokf.core.tasks import model_task
 from yolokf.data.datasets import resolve_data
 from yolokf.data.task_fit import check_task
 from yolokf.pipeline.job import Job
-from yolokf.runs.progress import TRACEBACK, step_error
+from yolokf.runs.progress import TRACEBACK, Epoch, EpochParser, step_error
 
 DEFAULT_PIPELINE_ROOT = Path("yolokf-runs")
 METRIC_ORDER = ("precision", "recall", "mAP50", "mAP50-95", "top1_accuracy", "top5_accuracy", "fitness")
@@ -43,6 +43,7 @@ class LocalRun:
     log: Path
     trials: list[dict[str, Any]] = field(default_factory=list)  # a sweep's trials, best first
     tables: dict[str, str] = field(default_factory=dict)  # Markdown outputs: per-class results, the exports
+    mlflow: str = ""  # the MLflow run's link (--mlflow, issue 25), as the steps recorded it
 
 
 # kfp.local's own log records (kfp/local/logging_utils.py: '%(asctime)s - %(levelname)s - %(message)s', one write
@@ -50,18 +51,41 @@ class LocalRun:
 _KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - [A-Z]+ - ")
 _EXECUTOR_RECORD = "[KFP Executor "
 _STEP_INDENT = "    "  # kfp.local indents the step's lines (logging_utils.indented_print)
+_TASK_END = re.compile(r" - [A-Z]+ - Task '([^']*)' finished with status (SUCCESS|FAILURE)")  # not "Pipeline ..."
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class _StepOutput(io.TextIOBase):
-    """kfp.local's stdout during a run: everything into the log file, the step's own lines to `echo`."""
+@dataclass(frozen=True)
+class StepEvent:
+    """What a local run reports as it goes, for the console to draw (one line or bar a step, its result).
 
-    def __init__(self, log: TextIO, echo: Callable[[str], None], verbose: bool):
-        self.log, self.echo, self.verbose = log, echo, verbose
+    `kind`: "note" (a line of yolokf's own: where outputs go, a step's `yolokf: ...` result), "started",
+    "epoch" (a training epoch ultralytics reported), "succeeded", "failed", "retrying" (--retries), and "raw"
+    (with `verbose`: everything, as kfp.local and ultralytics printed it). `step` is the step's display name, the
+    one the cluster's run display shows ("train", "evaluate", "export onnx", "quality gate").
+    """
+
+    kind: str
+    step: str = ""
+    text: str = ""
+    epoch: Epoch | None = None
+
+
+class _StepOutput(io.TextIOBase):
+    """kfp.local's stdout during a run: everything into the log file; yolokf's own lines, each step's start and end
+    and a training's epochs to `emit`; ultralytics' and the exporters' output stays in the log (issue 26)."""
+
+    def __init__(
+        self, log: TextIO, emit: Callable[[StepEvent], None], verbose: bool, names: dict[str, str] | None = None
+    ):
+        self.log, self.emit, self.verbose = log, emit, verbose
+        self.names = names or {}  # kfp.local's task names -> the display names a cluster shows
         self.pending = ""
         self.in_executor_input = False
         self.failing = False
+        self.task = ""  # the task kfp.local runs now
         self.failed_task = ""  # the task kfp.local just reported failed (it may retry it)
+        self.epochs = EpochParser()
         self.tail: deque[str] = deque(maxlen=5000)  # an exception can list every bad file after it
 
     def writable(self) -> bool:
@@ -71,7 +95,7 @@ class _StepOutput(io.TextIOBase):
         self.log.write(text)
         self.log.flush()
         if self.verbose:
-            self.echo(text)
+            self.emit(StepEvent("raw", self._name(self.task), text))
         if _KFP_RECORD.match(text):
             self._record(_ANSI.sub("", text))
             return len(text)
@@ -81,16 +105,25 @@ class _StepOutput(io.TextIOBase):
             self._line(line.removeprefix(_STEP_INDENT))
         return len(text)
 
+    def _name(self, task: str) -> str:
+        return self.names.get(task, task)
+
     def _record(self, record: str) -> None:
         """kfp.local's own log records: a task that starts shows its output again, and one that starts again
         after it failed is a retry (--retries), which the user is told with the error it restarts after."""
+        task = record.split("'")[1] if record.count("'") >= 2 else ""
         if " - Executing task " in record:
-            if self.failed_task and f"Executing task '{self.failed_task}'" in record:
-                failed = f"yolokf: step {self.failed_task} failed ({self.failure()})"
-                self.echo(f"{failed}; restarting it (--retries).\n")
-            self.failing, self.failed_task = False, ""
-        elif " finished with status FAILURE" in record:
-            self.failed_task = record.split("'")[1] if record.count("'") >= 2 else ""
+            if self.failed_task and task == self.failed_task:
+                failed = f"yolokf: step {self._name(task)} failed ({self.failure()})"
+                self.emit(StepEvent("retrying", self._name(task), f"{failed}; restarting it (--retries)."))
+            self.failing, self.failed_task, self.task, self.epochs = False, "", task, EpochParser()
+            self.emit(StepEvent("started", self._name(task)))
+        elif end := _TASK_END.search(record):
+            if end[2] == "SUCCESS":
+                self.emit(StepEvent("succeeded", self._name(end[1])))
+            else:
+                self.failed_task = end[1]
+                self.emit(StepEvent("failed", self._name(end[1]), self.failure()))
 
     def _line(self, line: str) -> None:
         if self.in_executor_input:  # the executor logs its whole input as indented JSON
@@ -104,14 +137,27 @@ class _StepOutput(io.TextIOBase):
         self.tail.append(line)
         if TRACEBACK in line:  # first, or after a progress bar a killed process left without its newline
             self.failing = True  # the step is dying: its traceback goes to the log, its last line to the error
-        if not self.verbose and not self.failing:
-            self.echo(line + "\n")
+        if self.verbose or self.failing:
+            return
+        text = _ANSI.sub("", line).strip()
+        if text.startswith("yolokf: "):
+            self.emit(StepEvent("note", self._name(self.task), text))
+        elif (epoch := self.epochs.feed(line)) is not None:
+            self.emit(StepEvent("epoch", self._name(self.task), epoch=epoch))
 
     def failure(self) -> str:
         """The step's own error: the exception line after its last traceback, else its last lines."""
 
         lines = [_ANSI.sub("", line) for line in self.tail]
         return step_error(lines) or " | ".join(line.strip() for line in lines[-3:]) or "no output"
+
+
+def display_names(pipeline: Any) -> dict[str, str]:
+    """kfp.local's task names (`yolo-export-2`) -> the display names the pipeline gave them (`export onnx`), the
+    names a cluster's run display shows, read from the compiled spec (sub-DAGs of loops included)."""
+    spec = pipeline.pipeline_spec
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    return {key: task.task_info.name or key for dag in dags for key, task in dag.tasks.items()}
 
 
 def preflight(job: Job) -> None:
@@ -139,13 +185,13 @@ def run_local(
     job: Job,
     pipeline_root: Path = DEFAULT_PIPELINE_ROOT,
     *,
-    echo: Callable[[str], None] = print,
+    emit: Callable[[StepEvent], None] = print,
     verbose: bool = False,
 ) -> LocalRun:
     """Run `job` (from `plan_local_job`) through kfp.local and return the outputs' locations and final metrics.
 
-    `echo` receives the lines for the user: where outputs go, then the step's own output (all of kfp.local's
-    output with `verbose`). The whole log is kept in `<pipeline root>/logs/`.
+    `emit` receives what the user is shown (`StepEvent`s): where outputs go, each step's start, epochs, own lines
+    and end (with `verbose`, all of kfp.local's and ultralytics' output). The whole log is in `<pipeline root>/logs/`.
     """
     from kfp import local
 
@@ -165,10 +211,14 @@ def run_local(
         raise UsageError(f"Cannot create --pipeline-root {pipeline_root}: {exc.strerror}.") from None
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     pipeline = build(job)
-    echo(f"Training locally through kfp.local: outputs go to {pipeline_root}, the full log to {log_path}\n")
+    emit(
+        StepEvent(
+            "note", "", f"Training locally through kfp.local: outputs go to {pipeline_root}, the full log to {log_path}"
+        )
+    )
     started = time.perf_counter()
     with log_path.open("w") as log:
-        output = _StepOutput(log, echo, verbose)
+        output = _StepOutput(log, emit, verbose, display_names(pipeline))
         try:
             with contextlib.redirect_stdout(output), warnings.catch_warnings():
                 # kfp.local says, rightly, that cluster settings and the image do not apply here.
@@ -185,8 +235,9 @@ def run_local(
     # Output[Metrics] is metadata only under kfp.local: list the artifacts that are files or folders.
     artifacts = {name: Path(a.path) for name, a in outputs.items() if hasattr(a, "path") and Path(a.path).exists()}
     trials = list(outputs.get("trials") or [])
+    links = (getattr(a, "metadata", {}).get("mlflow_run") for a in outputs.values())
     seconds = time.perf_counter() - started
-    return LocalRun(pipeline_root, metrics, artifacts, seconds, log_path, trials, tables)
+    return LocalRun(pipeline_root, metrics, artifacts, seconds, log_path, trials, tables, next(filter(None, links), ""))
 
 
 def _ordered(logged: dict[str, Any]) -> dict[str, float]:

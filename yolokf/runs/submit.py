@@ -45,6 +45,7 @@ class Submitted:
     version_id: str | None = None
     version_name: str | None = None
     pipeline: str = ""
+    mlflow: str = ""  # what became of --mlflow-experiment (KFP's MLflow plugin), one line
 
     def summary(self) -> list[str]:
         """What `yolokf run --host` prints after submitting."""
@@ -52,6 +53,7 @@ class Submitted:
         lines = [f"Submitted run {self.run_name} to experiment {self.experiment}{created}"]
         if self.version_id:
             lines.append(f"Pipeline: {self.pipeline}, version {self.version_name} ({self.version_id})")
+        lines += [f"MLflow: {self.mlflow}"] if self.mlflow else []
         return lines + [f"Run id: {self.run_id}", f"Details: {self.url}"]
 
 
@@ -146,6 +148,7 @@ def submit(cluster: Cluster, job: Job, options: Submission) -> Submitted:
                 options,
                 pipeline_id,
                 version_id,
+                _mlflow_plugin_input(job),
             )
         except ClusterError as exc:
             if done:
@@ -163,7 +166,29 @@ def submit(cluster: Cluster, job: Job, options: Submission) -> Submitted:
         version_id=version_id,
         version_name=version_name,
         pipeline=job.pipeline_name,
+        mlflow=_mlflow_line(job, run),
     )
+
+
+def _mlflow_plugin_input(job: Job) -> dict[str, Any] | None:
+    """`plugins_input` of the run: KFP 2.17's MLflow plugin (KEP-12862) takes the run's experiment there, and only
+    there (the kfp SDK does not expose it); sent when `--mlflow-experiment` is given."""
+    if not job.tracking.experiment:
+        return None
+    return {"mlflow": {"experiment_name": job.tracking.experiment}}
+
+
+def _mlflow_line(job: Job, run: Any) -> str:
+    """What became of MLflow for this run, from the plugin's answer (`plugins_output`) and --mlflow."""
+    own = f"the steps log to {job.tracking.uri} themselves" if job.tracking.active else ""
+    if not job.tracking.experiment:
+        return f"{own} (experiment {job.tracking.experiment_name})" if own else ""
+    experiment = job.tracking.experiment
+    if "mlflow" in (getattr(run, "plugins_output", None) or {}):
+        return f"KFP's MLflow plugin logs this run in experiment {experiment}; the steps log into its runs."
+    if own:
+        return f"the server has no MLflow plugin (plugins_input ignored): {own}, experiment {experiment}."
+    return f"the server has no MLflow plugin and no --mlflow is given: nothing is logged to experiment {experiment}."
 
 
 def _experiment(cluster: Cluster, name: str) -> tuple[Any, bool]:
@@ -241,6 +266,32 @@ def _register(
     return pipeline_id, version.pipeline_version_id, version_name, False
 
 
+def _run_with_plugins(client: Any, plugins: dict[str, Any], **kwargs: Any) -> Any:
+    """`client.run_pipeline(**kwargs)` with `plugins_input`: the body kfp.Client sends (its own job config), through
+    the client's own RunServiceApi (kfp-server-api 2.17's V2beta1Run has `plugins_input`; run_pipeline has no way)."""
+    import kfp_server_api
+
+    config = client._create_job_config(
+        params=kwargs["params"],
+        pipeline_package_path=kwargs.get("pipeline_package_path"),
+        pipeline_id=kwargs.get("pipeline_id"),
+        version_id=kwargs.get("version_id"),
+        enable_caching=None,
+        cache_key=None,
+        pipeline_root=kwargs["pipeline_root"],
+    )
+    body = kfp_server_api.V2beta1Run(
+        experiment_id=kwargs["experiment_id"],
+        display_name=kwargs["job_name"],
+        pipeline_spec=config.pipeline_spec,
+        pipeline_version_reference=config.pipeline_version_reference,
+        runtime_config=config.runtime_config,
+        service_account=kwargs["service_account"],
+        plugins_input=plugins,
+    )
+    return client._run_api.run_service_create_run(run=body)
+
+
 def _create_run(
     cluster: Cluster,
     experiment_id: str,
@@ -250,6 +301,7 @@ def _create_run(
     options: Submission,
     pipeline_id: str | None,
     version_id: str | None,
+    plugins: dict[str, Any] | None = None,
 ) -> Any:
     client = cluster.client
 
@@ -271,6 +323,20 @@ def _create_run(
         if version_id
         else {"pipeline_package_path": str(package)}
     )
+    if plugins:
+        return cluster.call(
+            f"Creating run {run_name!r}",
+            _run_with_plugins,
+            client,
+            plugins,
+            experiment_id=experiment_id,
+            job_name=run_name,
+            params=params,
+            pipeline_root=options.pipeline_root or None,
+            service_account=options.service_account or None,
+            _recover=find_run,
+            **source,
+        )
     return cluster.call(
         f"Creating run {run_name!r}",
         client.run_pipeline,

@@ -131,6 +131,7 @@ def report_step(
             "epochs_done": winner["epochs"],
             "metric": metric,
             "mode": mode,
+            **({"mlflow_run": winner["mlflow_run"]} if winner.get("mlflow_run") else {}),  # the sweep's MLflow run
         }
     )
     for name, value in winner["metrics"].items():

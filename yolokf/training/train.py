@@ -11,7 +11,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from yolokf.training.checkpoint import clear_run, default_run_key, find_checkpoi
 from yolokf.training.distributed import distributed_trainer, world
 from yolokf.training.report import render_report
 from yolokf.training.result import TrainResult, final_metrics, results_rows, validation_loss, validation_metrics
+from yolokf.training.tracked import log_training, open_training_run
 from yolokf.training.trial import round_stop, sweep_key, trial_name
 
 RUN_NAME = "train"
@@ -56,6 +57,29 @@ def _stop_after(epochs: int) -> Any:
     return on_fit_epoch_end
 
 
+def _log_epochs(on_epoch: EpochLogger) -> Any:
+    def on_fit_epoch_end(trainer: Any) -> None:
+        # Under torchrun only rank 0 validated and logs; ultralytics' final validation of best.pt calls this again at
+        # epoch epochs + 1, which is logged as best/... after the training instead.
+        if world()[1] == 0 and trainer.epoch < trainer.epochs:
+            losses = trainer.label_loss_items(trainer.tloss, prefix="train")
+            on_epoch(trainer.epoch + 1, {**losses, **(trainer.metrics or {}), **(trainer.lr or {})})
+
+    return on_fit_epoch_end
+
+
+def _without_ultralytics_mlflow(trainer: Any) -> None:
+    """yolokf logs to MLflow itself (yolokf.tracking.step): ultralytics' own MLflow callback, on whenever mlflow
+    imports, would set another experiment and fail on the run KFP's plugin injected, or log the same curves twice."""
+    theirs = "ultralytics.utils.callbacks.mlflow"
+    for event, callbacks in trainer.callbacks.items():
+        trainer.callbacks[event] = [c for c in callbacks if getattr(c, "__module__", "") != theirs]
+
+
+# A training epoch's values (losses, metrics, learning rates) as ultralytics names them, at epoch 1, 2, ...
+EpochLogger = Callable[[int, dict[str, Any]], None]
+
+
 def train(
     config: TrainConfig,
     workdir: Path,
@@ -65,6 +89,7 @@ def train(
     run_key: str | None = None,
     stop_after: int | None = None,
     distributed: bool = False,
+    on_epoch: EpochLogger | None = None,
 ) -> TrainResult:
     """Train `config` with ultralytics, writing the run folder under `workdir`.
 
@@ -74,6 +99,7 @@ def train(
     `stop_after` ends this attempt once that many of `config.epochs` are trained, keeping `last.pt` resumable
     (a sweep round's budget, docs/tune.md).
     `distributed`: one rank of a multi-node training under torchrun (yolokf.training.distributed, issue 19).
+    `on_epoch`: called after each epoch in this process (MLflow's live curves, issue 25).
     """
     offline.prepare_environment()
     # A device edited in the run form may name GPUs this pod was not given (compiled --gpus): say so, not CUDA.
@@ -110,6 +136,7 @@ def train(
         elif ckpt is not None:
             print(f"yolokf: resuming {ckpt.path} after epoch {ckpt.epochs_done} of {config.epochs}.", flush=True)
             model = YOLO(str(ckpt.path))
+            _add_epoch_logger(model, on_epoch)
             if budget:
                 model.add_callback("on_fit_epoch_end", _stop_after(budget))
             if distributed:
@@ -129,6 +156,7 @@ def train(
                 clear_run(save_dir)
             model = YOLO(config.model)
             check_task(str(model.task), Path(data_path), config.model)  # before ultralytics builds anything
+            _add_epoch_logger(model, on_epoch)
             if budget:
                 model.add_callback("on_fit_epoch_end", _stop_after(budget))
             if distributed:
@@ -170,6 +198,15 @@ def train(
             **({"kpt_shape": list(kpt_shape)} if kpt_shape else {}),
         },
     )
+
+
+def _add_epoch_logger(model: Any, on_epoch: EpochLogger | None) -> None:
+    """Before the budget's stop, so that the epoch a sweep round stops at is logged too. ultralytics' own MLflow
+    callback is off in every yolokf training: with mlflow-skinny installed (the train extra) it would otherwise log
+    each run to ./runs/mlflow unasked; yolokf logs when `--mlflow` asks (the image's settings keep it unimported)."""
+    model.add_callback("on_pretrain_routine_start", _without_ultralytics_mlflow)
+    if on_epoch is not None:
+        model.add_callback("on_fit_epoch_end", _log_epochs(on_epoch))
 
 
 def write_outputs(
@@ -215,6 +252,7 @@ class Attempt:
     checkpoint_dir: str
     run_key: str
     stop_after: int = 0
+    on_epoch: EpochLogger | None = None  # MLflow's live curves, where the training runs in this process
 
 
 # How a training step trains once its attempt is decided: in its own pod (`train_step`) or across nodes
@@ -235,6 +273,8 @@ def training_step(
     trial: dict[str, Any] | None = None,
     trials: list[Any] | None = None,
     sweep: dict[str, Any] | None = None,
+    mlflow: dict[str, Any] | None = None,
+    kfp_run: str = "",
     **parameters: Any,
 ) -> None:
     """What every training component does around `trains`: `parameters` are its training fields.
@@ -242,6 +282,8 @@ def training_step(
     A sweep trial (`trial`: its index and values, `trials`: the run's whole list, `sweep`: its round) trains in
     `<checkpoint_dir>/<sweep key>/trial-NN`, the key and the round's stop epoch derived here from the values
     this run received; a trial that fails is recorded as failed in `summary`, so the sweep goes on.
+    `mlflow` (`--mlflow`, compiled in) and `kfp_run` (the KFP run's id): the MLflow run it logs into, opened and
+    checked before training (yolokf.tracking.step), with KFP's plugin's injected run first.
     """
     config = TrainConfig.from_parameters(parameters)
     record: dict[str, Any] = {}
@@ -254,13 +296,21 @@ def training_step(
             trial_name(trial),
             round_stop(spec, len(every), config.epochs),
         )
+    tracked = open_training_run(config, mlflow or {}, kfp_run, attempt.run_key if trial else "")
+    if tracked is not None:
+        attempt = replace(attempt, on_epoch=tracked.on_epoch)
     try:
         if trial:
             config = config.with_values(trial["values"])
         with tempfile.TemporaryDirectory(prefix="yolokf-train-") as workdir:
             result = trains(config, Path(workdir), attempt)
             write_outputs(result, config, weights=weights, metrics=metrics, report=report, run_dir=run_dir)
+            if tracked is not None:
+                log_training(tracked, result, config, Path(report.path))
+                weights.metadata["mlflow_run"] = tracked.top_link
     except Exception as exc:
+        if tracked is not None:
+            tracked.finish(failed=True)
         if not trial:
             raise
         import traceback
@@ -272,6 +322,8 @@ def training_step(
         record.update(status="failed", error=error[:500], metrics={}, epochs=0, weights="")
     else:
         best = result.best or result.last
+        if tracked is not None:
+            record["mlflow_run"] = tracked.top_link  # a sweep's report hands it on (yolokf.sweeps.select)
         record.update(
             status="succeeded",
             metrics=result.metrics,
@@ -298,6 +350,7 @@ def train_step(*, dataset: Any = None, **inputs: Any) -> None:
             checkpoint_dir=attempt.checkpoint_dir or None,
             run_key=attempt.run_key or None,
             stop_after=attempt.stop_after or None,
+            on_epoch=attempt.on_epoch,
         )
 
     training_step(in_this_pod, **inputs)
