@@ -192,3 +192,58 @@ def test_a_retried_step_is_said_in_one_line_and_shows_its_new_attempt(tmp_path):
     assert flaky[2][1] == "yolokf: step flaky failed (RuntimeError: node 1 was lost); restarting it (--retries)."
     assert "Traceback" not in "".join(text for _, text in flaky)
     assert "attempt 2 starts" in (tmp_path / "log").read_text(), "the step's own lines are in the log"
+
+
+def _events():
+    from yolokf.runs.local import StepEvent
+    from yolokf.runs.progress import Epoch
+
+    return [
+        StepEvent("note", "", "Training locally through kfp.local: outputs go to x"),
+        StepEvent("started", "train"),
+        StepEvent("epoch", "train", epoch=Epoch(3, 15, {"metrics/mAP50(B)": 0.5, "train/box_loss": 1.2})),
+        StepEvent("note", "train", "yolokf: resuming /ck/last.pt after epoch 2 of 15."),
+        StepEvent("succeeded", "train"),
+        StepEvent("started", "export onnx"),
+        StepEvent("failed", "export onnx", "QualityGateError: --export onnx: ..."),
+    ]
+
+
+def test_the_console_off_a_terminal_is_one_plain_line_an_event(monkeypatch):
+    """issue 26: CI and `> file` get plain lines: each step's start, epochs and end, yolokf's own lines."""
+    import io
+
+    from yolokf.cli.console import LocalDisplay
+
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stdout", stream)
+    with LocalDisplay() as display:
+        for event in _events():
+            display(event)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 7, lines
+    assert lines[1:4] == ["train: running", "train: epoch 3/15  mAP50 0.500", lines[3]]
+    assert lines[3] == "yolokf: resuming /ck/last.pt after epoch 2 of 15."
+    assert re.fullmatch(r"train: done in \S+", lines[4]) and re.fullmatch(r"export onnx: failed after \S+", lines[6])
+
+
+def test_the_console_on_a_terminal_is_a_bar_a_step_with_its_result(monkeypatch):
+    import io
+
+    from yolokf.cli.console import LocalDisplay
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    monkeypatch.setattr("sys.stdout", stream)
+    monkeypatch.setenv("COLUMNS", "120")
+    with LocalDisplay() as display:
+        for event in _events():
+            display(event)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue())
+    assert "✓ train done after epoch 3 of 15 in" in text and "mAP50 0.500" in text
+    assert "✗ export onnx failed in" in text
+    assert "yolokf: resuming /ck/last.pt after epoch 2 of 15." in text
+    assert "train: running" not in text, "a bar, not plain lines"

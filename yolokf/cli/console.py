@@ -445,9 +445,13 @@ class LocalDisplay:
             figures = _figures(event.epoch)
             self.progress.update(bar, total=event.epoch.epochs, completed=event.epoch.epoch, figures=figures)
         elif event.kind in ("succeeded", "failed") and bar is not None:
-            total = self.progress.tasks[bar].total or 1
+            task = self.progress.tasks[bar]
             mark = f"[green]✓[/] {event.step} done" if event.kind == "succeeded" else f"[red]✗ {event.step} failed[/]"
-            self.progress.update(bar, total=total, completed=total, description=f"{mark} in {took}")
+            if task.total and task.completed < task.total:  # a sweep round's stop, or a failure mid-training
+                mark += f" after epoch {task.completed:.0f} of {task.total:.0f}"
+            # The bar ends full, so its spinner stops: the description says how far it went.
+            done = task.completed or 1
+            self.progress.update(bar, total=done, completed=done, description=f"{mark} in {took}")
             self.bars.pop(event.step, None)
         else:
             self.progress.console.print(text, markup=False, highlight=False)
