@@ -20,13 +20,13 @@ import click
 
 from yolokf.cli.cluster_options import Pair
 from yolokf.cli.console import say
+from yolokf.cli.options import DEFAULT_FILE
 from yolokf.core.errors import YolokfError
 from yolokf.pipeline.step_options import Toleration
 
 if TYPE_CHECKING:
     import yaml
 
-DEFAULT_FILE = Path("yolokf.yaml")
 PROFILES = "profiles"
 # The options that choose or write the file are not keys in it (key -> its variable).
 _CHOOSERS = {"config": "YOLOKF_CONFIG", "profile": "YOLOKF_PROFILE", "save-config": None}

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 import click
 import typer
 
+from yolokf.cli.options import DEFAULT_FILE
+
 CONFIG_PANEL = "Config file"
 
 
@@ -77,6 +79,8 @@ class ConfigOptions:
         if ctx.resilient_parsing or other not in ctx.params:
             return value
         path, profile = (value, ctx.params[other]) if param.name == "config" else (ctx.params[other], value)
+        if path is None and profile is None and not DEFAULT_FILE.is_file():
+            return value  # no file to read: the commands start without loading the reader (compile's time)
         # Imported on use, for start-up time: `yolokf --help` and `yolokf run --help` do not load it.
         from yolokf.cli.config_file import load
 

@@ -37,6 +37,8 @@ def _build_config(**values: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
+# The config file a command reads when neither --config nor $YOLOKF_CONFIG names one (docs/config.md).
+DEFAULT_FILE = Path("yolokf.yaml")
 SWEEP_PANEL = "Sweep"
 _SWEEP_DEFAULTS = SweepOptions()
 SWEEP_OPTIONS: dict[str, tuple[Any, Any]] = {

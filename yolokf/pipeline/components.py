@@ -7,6 +7,7 @@ parameters, are generated from the training fields (`yolokf.core.settings.TrainC
 listed here. No `from __future__ import annotations`: kfp reads the components' annotations as types.
 """
 
+import functools
 import inspect
 import linecache
 from collections.abc import Callable
@@ -186,7 +187,10 @@ def _step_component(name: str, step: Callable[..., Any]) -> Any:
     return dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)(_generated_function(name, source))
 
 
+@functools.cache
 def promote_components() -> tuple[Any, Any, Any, Any]:
+    """The evaluate, export, gate and register components, built once, when a job has promote steps: compiling a
+    plain training pipeline imports none of the promote steps' modules (issue 27: compile's time)."""
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.promotion.evaluate import evaluate_step
     from yolokf.promotion.export import export_step

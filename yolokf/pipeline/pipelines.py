@@ -51,9 +51,6 @@ if TYPE_CHECKING:
     from yolokf.sweeps.plan import Sweep
 
 
-yolo_evaluate, yolo_export, quality_gate, yolo_register = promote_components()
-
-
 class PipelineOutputs(NamedTuple):
     weights: Model
     metrics: Metrics
@@ -125,6 +122,7 @@ def _promote(job: Job, weights: Any, params: dict[str, Any], inputs: dict[str, A
     promotion = job.promotion
     if promotion is None:
         return {}
+    yolo_evaluate, yolo_export, quality_gate, yolo_register = promote_components()
     common = {"data": params["data"], "batch": params["batch"], **inputs}
     tracked = {"mlflow": {}, "kfp_run": "", **_tracking_inputs(job)}
     evaluation = yolo_evaluate(weights=weights, device=_one_device(job, True, params), **common, **tracked)
