@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import statistics
 import subprocess
@@ -79,6 +80,19 @@ def last_epoch(results_csv: Path) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in rows[-1].items() if k.strip().startswith("metrics/")}
 
 
+def _ultralytics_without_mlflow(yolo: str, work: Path) -> dict[str, str]:
+    """An environment whose ultralytics settings (a copy of this user's, fonts included) turn its MLflow callback
+    off: with mlflow installed (issue 25's dev extra) `yolo train` would log every run to ./mlflow.db and pay for it,
+    which yolokf's step never does; both sides then train alike."""
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    config = work / "ultralytics-config"
+    shutil.copytree(USER_CONFIG_DIR, config, dirs_exist_ok=True)
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(config)}
+    subprocess.run([yolo, "settings", "mlflow=False"], env=env, check=True, capture_output=True)
+    return env
+
+
 def compare_training(task: str, epochs: int, work: Path, yolokf: str) -> list[tuple[str, str, float | None, str]]:
     """A local `yolokf run` against plain `yolo train` with the same arguments, on the task's built-in data."""
     from yolokf.data.datasets import builtin_dataset
@@ -89,11 +103,14 @@ def compare_training(task: str, epochs: int, work: Path, yolokf: str) -> list[tu
     data = str(builtin_dataset(name))
     common = [f"epochs={epochs}", "imgsz=128", "batch=16", "workers=8", "seed=0", "nbs=16"]
     yolo = shutil.which("yolo") or sys.exit("ultralytics' yolo command is missing")
+    env = _ultralytics_without_mlflow(yolo, work)
     start = time.perf_counter()
     subprocess.run(
         [yolo, task, "train", f"model={model}", f"data={data}", *common, f"project={work}", f"name=bare-{task}"],
         check=True,
         capture_output=True,
+        env=env,
+        cwd=work,
     )
     bare_train = time.perf_counter() - start
     start = time.perf_counter()
@@ -103,6 +120,8 @@ def compare_training(task: str, epochs: int, work: Path, yolokf: str) -> list[tu
         + ["--pipeline-root", str(work / f"kfp-{task}")],
         check=True,
         capture_output=True,
+        env=env,
+        cwd=work,
     )
     ours_train = time.perf_counter() - start
     bare_metrics = last_epoch(work / f"bare-{task}" / "results.csv")
