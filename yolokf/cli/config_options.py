@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import click
 import typer
 
-from yolokf.cli.options import DEFAULT_FILE
+from yolokf.cli.options import DEFAULT_FILE, with_parameters
 
 CONFIG_PANEL = "Config file"
 
@@ -111,9 +111,4 @@ class ConfigOptions:
                 save_config(click.get_current_context(), save_to)
             return result
 
-        wrapper.__name__ = command.__name__
-        wrapper.__doc__ = command.__doc__
-        wrapper.__module__ = command.__module__
-        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
-        return wrapper
+        return with_parameters(wrapper, command, signature.replace(parameters=parameters))

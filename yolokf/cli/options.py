@@ -219,11 +219,18 @@ def _replace_parameter(
         values = {name: kwargs.pop(name) for name in options}
         return command(**kwargs, **{target: build(**values)})
 
+    return with_parameters(wrapper, command, signature.replace(parameters=parameters))
+
+
+def with_parameters(
+    wrapper: Callable[..., Any], command: Callable[..., Any], signature: inspect.Signature
+) -> Callable[..., Any]:
+    """`wrapper` presented as `command` with `signature`: typer reads the options from it."""
     wrapper.__name__ = command.__name__
     wrapper.__doc__ = command.__doc__
     wrapper.__module__ = command.__module__
-    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
     return wrapper
 
 
