@@ -4,17 +4,15 @@ the session, and its basic-auth app for the credential path; nothing of mlflow i
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.loopback.kfp import KfpServer
+from tests.loopback.processes import start_server, stop
 from yolokf.core.errors import TrackingError
 from yolokf.tracking.registry import CHAMPION_ALIAS, register_version
 from yolokf.tracking.step import KFP_RUN_TAG, PARENT_TAG, ROLE_TAG, check_server, mlflow_client, open_run
@@ -31,39 +29,18 @@ def _start(root: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     command += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art")]
-    log = (root / "server.log").open("w")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
-    process = subprocess.Popen(
-        [*command, *extra], cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240  # a fresh sqlite store runs MLflow's migrations first
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2).close()
-            return process, url
-        except OSError:
-            time.sleep(0.5)
-    _stop(process)
-    raise RuntimeError("mlflow server did not answer in 240 s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)  # its own session: uvicorn's worker goes with it
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    # A fresh sqlite store runs MLflow's migrations first: up to 240 s here.
+    process = start_server([*command, *extra], f"{url}/health", root / "server.log", timeout=240, env=env, cwd=root)
+    return process, url
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     process, url = _start(tmp_path_factory.mktemp("mlflow"))
     yield url
-    _stop(process)
+    stop(process, timeout=20)
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +59,7 @@ def mlflow_auth_server(tmp_path_factory):
     }
     process, url = _start(root, "--app-name", "basic-auth", env=env)
     yield url
-    _stop(process)
+    stop(process, timeout=20)
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,8 @@ the fixtures. Servers are started by fixtures and stopped by pid; nothing is moc
 from __future__ import annotations
 
 import http.client
-import os
 import random
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -26,34 +23,9 @@ import pytest
 import yaml
 
 from tests.loopback.base import Loopback
+from tests.loopback.processes import start_server, stop
 from yolokf.data.remote import s3_client
 from yolokf.training.launch import free_port
-
-
-def start_server(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
-    handle = log.open("wb")
-    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[2]} exited: {log.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.2)
-    stop(proc)
-    raise RuntimeError(f"{cmd} did not answer at {url}: {log.read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
