@@ -6,7 +6,6 @@ ranges and ranges wait for their turn; faults come from the loopback proxy in fr
 
 from __future__ import annotations
 
-import http.client
 import io
 import random
 import re
@@ -38,7 +37,7 @@ def small_ranges(monkeypatch) -> None:
 
 
 class Faults(FaultProxy):
-    """The fetch tests' fault proxy, HEAD passed through whole, and two faults of ranged GETs: every connection
+    """The fetch tests' fault proxy with two faults of ranged GETs: every connection
     dropped once `drop_after` ranges have been answered (the network gone mid-archive), and one byte flipped in the
     answer to a chosen range."""
 
@@ -49,8 +48,6 @@ class Faults(FaultProxy):
         self.flip_once: set[str] = set()  # Range headers, as "bytes=0-65535"
 
     def handle(self, request: Any) -> None:
-        if request.command == "HEAD":
-            return self._head(request)
         ranged = request.command == "GET" and request.headers.get("Range")
         if ranged and self.drop_after is not None and len(self.ranges) >= self.drop_after:
             self.dropped += 1
@@ -58,20 +55,6 @@ class Faults(FaultProxy):
             request.connection.shutdown(socket.SHUT_RDWR)
             return None
         return super().handle(request)
-
-    def _head(self, request: Any) -> None:
-        """The base proxy answers a HEAD with the Content-Length of its empty body; an archive's size is listed so."""
-        upstream = http.client.HTTPConnection(self.upstream, timeout=60)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("connection", "keep-alive")}
-        upstream.request("HEAD", request.path, headers=headers)
-        response = upstream.getresponse()
-        response.read()
-        upstream.close()
-        request.send_response(response.status)
-        for k, v in response.getheaders():
-            if k.lower() not in ("transfer-encoding", "connection", "date", "server"):
-                request.send_header(k, v)
-        request.end_headers()
 
     def _reply(
         self, request: Any, status: int, data: bytes, headers: dict[str, str], length: int | None = None

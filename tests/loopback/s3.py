@@ -143,7 +143,9 @@ class FaultProxy(Loopback):
             request.close_connection = True
             request.connection.shutdown(socket.SHUT_RDWR)
             return None
-        return self._reply(request, response.status, data if request.command != "HEAD" else b"", passed, len(data))
+        # A HEAD's answer has no body: its Content-Length is the object's size, as S3 (and moto behind) sent it.
+        length = int(response.getheader("Content-Length") or 0) if request.command == "HEAD" else len(data)
+        return self._reply(request, response.status, data, passed, length)
 
     @staticmethod
     def _reply(request: Any, status: int, data: bytes, headers: dict[str, str], length: int | None = None) -> None:
