@@ -15,7 +15,7 @@ import pytest
 
 EPOCHS = 5
 # What the pipeline's training component runs, with the artifacts kfp would hand it.
-STEP = """
+STEP = """{prelude}
 import json
 import sys
 from pathlib import Path
@@ -35,8 +35,31 @@ train_step(
 """
 
 
-def start_step(out: Path, checkpoints: Path, log: Path, model: str, data: str) -> subprocess.Popen:
-    script = STEP.format(epochs=EPOCHS, model=model, data=data)
+# Prepended to STEP: the process kills itself (SIGKILL) halfway through writing its KILL_AT-th `last.pt`, the way a
+# node reclaimed during a save cuts the file. It catches `Path.open(..., "wb")`, which `Path.write_bytes` (what
+# ultralytics' save_model writes last.pt with, engine/trainer.py) opens with; a file named last.pt* is the
+# checkpoint, or yolokf's partial copy of it.
+KILL_DURING_SAVE = """
+import io, os, pathlib, signal
+_open, _saves = pathlib.Path.open, [0]
+class _DiesHalfway(io.FileIO):
+    def write(self, data):
+        super().write(bytes(data)[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+def _open_last(self, mode="r", *args, **kwargs):
+    if mode == "wb" and self.name.startswith("last.pt"):
+        _saves[0] += 1
+        if _saves[0] == {kill_at}:
+            return _DiesHalfway(self, "wb")
+    return _open(self, mode, *args, **kwargs)
+pathlib.Path.open = _open_last
+"""
+
+
+def start_step(
+    out: Path, checkpoints: Path, log: Path, model: str, data: str, *, epochs: int = EPOCHS, prelude: str = ""
+) -> subprocess.Popen:
+    script = STEP.format(epochs=epochs, model=model, data=data, prelude=prelude)
     handle = log.open("wb")
     return subprocess.Popen(
         [sys.executable, "-c", script, str(out), str(checkpoints)], stdout=handle, stderr=subprocess.STDOUT
@@ -122,11 +145,111 @@ def test_run_key_follows_the_training_arguments():
     assert default_run_key(base.with_overrides(train_args={"lr0": 0.001})) != key
 
 
-def test_unreadable_checkpoint_starts_over(tmp_path):
+@pytest.mark.slow
+def test_a_kill_while_last_pt_is_saved_costs_that_epoch_only(tmp_path):
+    """ultralytics writes last.pt in place: killed mid-write, the file was half a zip, and the next attempt started
+    over (issue 24). Saved whole or not at all, the epoch before it survives and the training resumes after it."""
+    checkpoints, model, data = tmp_path / "checkpoints", "yolov8n-cls.yaml", "shapes-cls"
+    kill = KILL_DURING_SAVE.format(kill_at=3)
+    first = start_step(tmp_path / "out1", checkpoints, tmp_path / "first.log", model, data, epochs=4, prelude=kill)
+    assert first.wait(timeout=600) == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+    (run,) = checkpoints.iterdir()
+    assert epochs_in(run / "results.csv") == [1, 2, 3], "the kill came during epoch 3's save"
+
+    second = start_step(tmp_path / "out2", checkpoints, tmp_path / "second.log", model, data, epochs=4)
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    log = (tmp_path / "second.log").read_text()
+    assert "was cut short" not in log
+    assert f"yolokf: resuming {run / 'weights' / 'last.pt'} after epoch 2 of 4." in log, log[-3000:]
+    assert json.loads((tmp_path / "out2" / "weights.json").read_text())["resumed_from_epoch"] == 2
+    assert sorted(set(epochs_in(run / "results.csv"))) == [1, 2, 3, 4]
+    assert [p.name for p in checkpoints.iterdir()] == [run.name], "nothing set aside: the checkpoint was whole"
+
+
+def _saved_checkpoint(path: Path, epoch: int = 1) -> bytes:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": epoch, "optimizer": {"state": {}}}, path)
+    return path.read_bytes()
+
+
+def test_a_checkpoint_cut_short_is_kept_and_the_run_starts_over(tmp_path, capsys):
+    from yolokf.training.checkpoint import find_checkpoint, set_aside
+
+    run = tmp_path / "yolov8n-abc"
+    whole = _saved_checkpoint(run / "weights" / "last.pt", epoch=3)
+    assert find_checkpoint(run, epochs=5).epochs_done == 4
+    (run / "weights" / "last.pt").write_bytes(whole[: len(whole) // 2])
+    (run / "results.csv").write_text("epoch\n1\n2\n3\n4\n")
+
+    assert find_checkpoint(run, epochs=5) is None
+    assert "yolov8n-abc/weights/last.pt was cut short (killed while it was saved); training starts over." in (
+        capsys.readouterr().out
+    )
+    aside = set_aside(run)
+    assert aside is not None and aside.name.startswith("yolov8n-abc.set-aside-")
+    assert not run.exists(), "the new run starts in an empty folder: results.csv does not mix two runs"
+    assert (aside / "weights" / "last.pt").read_bytes() == whole[: len(whole) // 2], "the file is kept as it was"
+    assert (aside / "results.csv").exists()
+    assert find_checkpoint(tmp_path / "none", epochs=5) is None
+
+
+def test_an_attempt_without_weights_is_cleared(tmp_path):
+    from yolokf.training.checkpoint import set_aside
+
+    run = tmp_path / "yolov8n-abc"
+    (run / "weights").mkdir(parents=True)
+    (run / "results.csv").write_text("epoch\n")
+    assert set_aside(run) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (OSError(5, "Input/output error"), "OSError: [Errno 5] Input/output error"),
+        (OSError(116, "Stale file handle"), "OSError: [Errno 116] Stale file handle"),
+        (MemoryError(), "MemoryError"),
+        (ModuleNotFoundError("No module named 'ultralytics.nn.modules.block2'"), "ModuleNotFoundError"),
+    ],
+)
+def test_a_whole_checkpoint_that_cannot_be_read_fails_the_step_and_stays(tmp_path, monkeypatch, error, shown):
+    """NFS EIO/ESTALE, memory, a version skew: the file is whole, so starting over would throw its epochs away."""
+    import ultralytics.utils.patches
+
+    from yolokf.core.errors import TrainingError
     from yolokf.training.checkpoint import find_checkpoint
 
-    weights = tmp_path / "run" / "weights"
-    weights.mkdir(parents=True)
-    (weights / "last.pt").write_bytes(b"\x80\x02truncated")
-    assert find_checkpoint(tmp_path / "run", epochs=5) is None
-    assert find_checkpoint(tmp_path / "none", epochs=5) is None
+    run = tmp_path / "yolov8n-abc"
+    whole = _saved_checkpoint(run / "weights" / "last.pt")
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(ultralytics.utils.patches, "torch_load", fails)
+    with pytest.raises(TrainingError, match=r"Could not read the checkpoint .*last\.pt \(") as raised:
+        find_checkpoint(run, epochs=5)
+    assert shown in str(raised.value)
+    assert f"Retry the step once the storage answers, or move {run} away to start over." in str(raised.value)
+    assert (run / "weights" / "last.pt").read_bytes() == whole
+
+
+def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from yolokf.training.checkpoint import keep_saves_whole
+
+    trainer = SimpleNamespace(last=tmp_path / "last.pt", best=tmp_path / "best.pt")
+    keep_saves_whole(trainer)
+    assert trainer.last.write_bytes(b"epoch 1") == 7
+    assert trainer.last.read_bytes() == b"epoch 1"
+
+    def killed(*args):  # the process dies after the new bytes are written, before they replace the file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.last.write_bytes(b"epoch 2, never whole")
+    assert (tmp_path / "last.pt").read_bytes() == b"epoch 1"
+    assert trainer.best == tmp_path / "best.pt" and str(trainer.best) == str(tmp_path / "best.pt")

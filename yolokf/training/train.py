@@ -21,7 +21,7 @@ from yolokf.core.errors import TrainingError
 from yolokf.core.settings import TrainConfig
 from yolokf.data.datasets import resolve_data, step_data
 from yolokf.data.task_fit import check_task
-from yolokf.training.checkpoint import clear_run, default_run_key, find_checkpoint
+from yolokf.training.checkpoint import default_run_key, find_checkpoint, keep_saves_whole, set_aside
 from yolokf.training.distributed import distributed_trainer, world
 from yolokf.training.report import render_report
 from yolokf.training.result import TrainResult, final_metrics, results_rows, validation_loss, validation_metrics
@@ -136,7 +136,7 @@ def train(
         elif ckpt is not None:
             print(f"yolokf: resuming {ckpt.path} after epoch {ckpt.epochs_done} of {config.epochs}.", flush=True)
             model = YOLO(str(ckpt.path))
-            _add_epoch_logger(model, on_epoch)
+            _add_callbacks(model, on_epoch)
             if budget:
                 model.add_callback("on_fit_epoch_end", _stop_after(budget))
             if distributed:
@@ -153,10 +153,10 @@ def train(
             )
         else:
             if checkpoint_dir and leader:
-                clear_run(save_dir)
+                set_aside(save_dir)
             model = YOLO(config.model)
             check_task(str(model.task), Path(data_path), config.model)  # before ultralytics builds anything
-            _add_epoch_logger(model, on_epoch)
+            _add_callbacks(model, on_epoch)
             if budget:
                 model.add_callback("on_fit_epoch_end", _stop_after(budget))
             if distributed:
@@ -200,11 +200,14 @@ def train(
     )
 
 
-def _add_epoch_logger(model: Any, on_epoch: EpochLogger | None) -> None:
-    """Before the budget's stop, so that the epoch a sweep round stops at is logged too. ultralytics' own MLflow
-    callback is off in every yolokf training: with mlflow-skinny installed (the train extra) it would otherwise log
-    each run to ./runs/mlflow unasked; yolokf logs when `--mlflow` asks (the image's settings keep it unimported)."""
+def _add_callbacks(model: Any, on_epoch: EpochLogger | None) -> None:
+    """yolokf's callbacks on every training, added before the budget's stop so that the epoch a sweep round stops
+    at is logged too. Checkpoints are saved whole or not at all (issue 24: a kill during a save costs that epoch).
+    ultralytics' own MLflow callback is off in every yolokf training: with mlflow-skinny installed (the train extra)
+    it would otherwise log each run to ./runs/mlflow unasked; yolokf logs when `--mlflow` asks (the image's
+    settings keep it unimported)."""
     model.add_callback("on_pretrain_routine_start", _without_ultralytics_mlflow)
+    model.add_callback("on_pretrain_routine_start", keep_saves_whole)
     if on_epoch is not None:
         model.add_callback("on_fit_epoch_end", _log_epochs(on_epoch))
 
