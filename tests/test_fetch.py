@@ -344,3 +344,41 @@ def test_fetch_command_and_the_step_log(s3, cli, tmp_path, capsys, monkeypatch):
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith("yolokf: fetching s3://datasets/cli: 50/50 files, ")
     assert "yolokf-test-secret" not in "\n".join(lines)
+
+
+def test_credentials_that_expire_mid_fetch_are_renewed(proxy, rotating_credentials, s3, tmp_path):
+    """A role's session credentials (IRSA, Pod Identity) expire during a long download: the request refused with
+    ExpiredToken is sent again with new credentials, not retried with the dead ones (issue 24)."""
+    objects = upload_many(s3, "rotating", count=120)
+    big = random.Random(3).randbytes(2 * PART_SIZE + 77)
+    s3.put_object(Bucket="datasets", Key="rotating/big.bin", Body=big)
+    proxy.expire_after = 40  # each key signs 40 requests: the listing and 123 GETs outlive three keys
+    report = fetch("s3://datasets/rotating", tmp_path / "d", workers=8, on_progress=None)
+    assert local_files(tmp_path / "d") == {**objects, "big.bin": big}
+    assert report.bytes_fetched == report.bytes_total
+    assert proxy.expired >= 3, proxy.expired
+    assert len(rotating_credentials.issued) >= 4, rotating_credentials.issued
+    assert set(proxy.signed) == set(rotating_credentials.issued), "every request was signed by an issued key"
+
+
+def test_a_roles_credentials_are_asked_for_again_before_they_expire(proxy, rotating_credentials, s3):
+    """obstore keeps credentials until the `expires_at` its provider gave, forever for None (obstore's
+    S3Credential): a role's are given a time under botocore's refresh window; static keys never expire."""
+    from datetime import datetime, timezone
+
+    from yolokf.data.remote import CREDENTIALS_RECHECK, object_store
+    from yolokf.data.sources import parse_data_uri
+
+    before = datetime.now(timezone.utc)
+    given = object_store(parse_data_uri("s3://datasets/x")).current.credential_provider()
+    assert given["access_key_id"] == rotating_credentials.issued[-1]
+    assert before + CREDENTIALS_RECHECK <= given["expires_at"] <= datetime.now(timezone.utc) + CREDENTIALS_RECHECK
+    assert CREDENTIALS_RECHECK.total_seconds() < 15 * 60, "botocore refreshes from 15 minutes before the expiry"
+
+
+def test_static_keys_are_kept(proxy, s3):
+    from yolokf.data.remote import object_store
+    from yolokf.data.sources import parse_data_uri
+
+    given = object_store(parse_data_uri("s3://datasets/x")).current.credential_provider()
+    assert (given["access_key_id"], given["expires_at"]) == ("yolokf-test", None)

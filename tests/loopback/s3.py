@@ -7,7 +7,9 @@ the fixtures. Servers are started by fixtures and stopped by pid; nothing is moc
 from __future__ import annotations
 
 import http.client
+import json
 import random
+import re
 import socket
 import sys
 import time
@@ -84,6 +86,12 @@ class FakeArtifact:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+EXPIRED_TOKEN = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ExpiredToken</Code>'
+    b"<Message>The provided token has expired.</Message></Error>"
+)
+
+
 class FaultProxy(Loopback):
     """A loopback HTTP proxy in front of the S3 server that slows, fails or cuts GETs of chosen keys.
 
@@ -103,10 +111,24 @@ class FaultProxy(Loopback):
         self.cut_once: set[str] = set()  # send the headers and half the body, then drop the connection
         self.gone: set[str] = set()  # answer 404 NoSuchKey (deleted after the listing)
         self.delay = 0.0
+        # Credentials that expire: each access key ID signs `expire_after` requests, then is refused as S3 refuses a
+        # session token past its expiry (400 ExpiredToken, "The provided token has expired": the S3 API
+        # reference's error-code list, https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html).
+        self.expire_after: int | None = None
+        self.signed: Counter[str] = Counter()  # requests signed by each access key ID
+        self.expired = 0  # requests answered ExpiredToken
         self.start()
 
     def handle(self, request: Any) -> None:
         path = urllib.parse.unquote(urllib.parse.urlsplit(request.path).path)
+        signer = re.search(r"Credential=([^/]+)/", request.headers.get("Authorization", ""))
+        if signer and self.expire_after is not None:
+            self.signed[signer[1]] += 1
+            if self.signed[signer[1]] > self.expire_after:
+                self.expired += 1
+                if length := int(request.headers.get("Content-Length") or 0):
+                    request.rfile.read(length)
+                return self._reply(request, 400, EXPIRED_TOKEN, {"Content-Type": "application/xml"})
         is_object_get = request.command == "GET" and "?" not in request.path
         if is_object_get:
             self.gets[path] += 1
@@ -168,6 +190,45 @@ def proxy(s3, s3_server, monkeypatch) -> Iterator[FaultProxy]:
     monkeypatch.setenv("AWS_ENDPOINT_URL", fault.url)
     yield fault
     fault.close()
+
+
+class CredentialServer(Loopback):
+    """The container credentials endpoint (EKS Pod Identity, ECS task roles) that botocore's ContainerProvider reads
+    from AWS_CONTAINER_CREDENTIALS_FULL_URI (botocore/credentials.py, `ContainerProvider`, a loopback http URL is
+    allowed): each request gets a new access key ID, as each refresh of a role's session does, valid for an hour."""
+
+    name = "s3-credentials"
+    methods = ("GET",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.issued: list[str] = []
+        self.start()
+
+    def handle(self, request: Any) -> None:
+        key = f"yolokf-rotating-{len(self.issued) + 1}"
+        self.issued.append(key)
+        expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        body = json.dumps(
+            {"AccessKeyId": key, "SecretAccessKey": f"{key}-secret", "Token": f"{key}-token", "Expiration": expiry}
+        ).encode()
+        request.send_response(200)
+        request.send_header("Content-Type", "application/json")
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+
+@pytest.fixture
+def rotating_credentials(proxy, monkeypatch) -> Iterator[CredentialServer]:
+    """The role's credentials from the container endpoint instead of static keys; the proxy lets each sign
+    `proxy.expire_after` requests."""
+    server = CredentialServer()
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"{server.url}/credentials")
+    yield server
+    server.stop()
 
 
 def upload_many(client, prefix: str, count: int = 300) -> dict[str, bytes]:

@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from yolokf.data.transfer import (
     Listing,
     Progress,
     RemoteObject,
+    Renewing,
     TransientError,
     default_workers,
     download,
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
 ARCHIVE_DIR = ".download"  # where an archive lands before it is unpacked
+# How long obstore may keep a role's credentials before asking for them again: under botocore's 15-minute advisory
+# refresh window, so new credentials are picked up at least 5 minutes before the old ones expire.
+CREDENTIALS_RECHECK = timedelta(minutes=10)
 ARCHIVE_MARKER = ".yolokf-unpacked"  # which archive version is unpacked here: a second fetch moves no bytes
 
 
@@ -107,10 +111,11 @@ def _list_obstore(source: DataSource, endpoint: str | None) -> Iterator[tuple[st
 
     store = object_store(source, endpoint)
     if source.is_archive:
-        meta = obstore.head(store, source.path)
+        meta = store.call(lambda current: obstore.head(current, source.path))
         yield source.path, meta["size"], meta["e_tag"] or "", meta["last_modified"].timestamp()
         return
-    for chunk in obstore.list(store, prefix=source.path or None, chunk_size=1000):
+    # A listing is seconds long: credentials renewed ahead of their expiry (object_store) outlast it.
+    for chunk in obstore.list(store.current, prefix=source.path or None, chunk_size=1000):
         for meta in chunk:
             yield meta["path"], meta["size"], meta["e_tag"] or "", meta["last_modified"].timestamp()
 
@@ -127,13 +132,21 @@ def _list_boto3(source: DataSource, endpoint: str | None) -> Iterator[tuple[str,
             yield item["Key"], item["Size"], item["ETag"], item["LastModified"].timestamp()
 
 
-def object_store(source: DataSource, endpoint: str | None = None) -> Any:
-    """The obstore store of `source`'s bucket, with the endpoint and credentials `s3_client` uses.
+def object_store(source: DataSource, endpoint: str | None = None) -> Renewing:
+    """The obstore store of `source`'s bucket, with the endpoint and credentials `s3_client` uses, built again
+    with new credentials if S3 refuses them as expired (`Renewing`)."""
+    return Renewing(functools.partial(_s3_store, source, endpoint))
 
-    Credentials come from boto3's chain (environment, profile, the pod's web identity), refreshed through the
-    provider callback, so both clients sign as the same identity; none means unsigned requests.
+
+def _s3_store(source: DataSource, endpoint: str | None) -> Any:
+    """Credentials come from boto3's chain (environment, profile, the pod's web identity or role), so both clients
+    sign as the same identity; none means unsigned requests. A role's credentials expire (an hour for IRSA by
+    default): obstore asks the provider again at the `expires_at` it returned (keeping them forever for None), so
+    refreshable ones are given `CREDENTIALS_RECHECK`, and botocore swaps in new ones from 15 minutes before they
+    expire (botocore/credentials.py, RefreshableCredentials' advisory refresh).
     """
     import boto3
+    from botocore.credentials import RefreshableCredentials
     from obstore.store import S3Store
 
     session = boto3.session.Session()
@@ -142,6 +155,7 @@ def object_store(source: DataSource, endpoint: str | None = None) -> Any:
     if endpoint:
         config["endpoint"] = endpoint
     credentials = session.get_credentials()
+    renewed = isinstance(credentials, RefreshableCredentials)
 
     def provider() -> S3Credential:
         frozen = credentials.get_frozen_credentials()
@@ -149,7 +163,7 @@ def object_store(source: DataSource, endpoint: str | None = None) -> Any:
             "access_key_id": frozen.access_key,
             "secret_access_key": frozen.secret_key,
             "token": frozen.token,
-            "expires_at": None,
+            "expires_at": datetime.now(timezone.utc) + CREDENTIALS_RECHECK if renewed else None,
         }
 
     if credentials is None:

@@ -18,11 +18,12 @@ import contextlib
 import hashlib
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from yolokf.core.errors import DataError
 
@@ -38,6 +39,7 @@ ATTEMPTS = 5  # per object, on top of obstore's own retries of a request (5xx, d
 PART_SUFFIX = ".yolokf-part"
 ETAG_XATTR = "user.yolokf.etag"
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -201,8 +203,8 @@ def download(
 ) -> Progress:
     """Fetch every object of `listing` that is not current under `dest`, `workers` at a time; returns the totals.
 
-    `store` is an obstore store of the listed bucket. `describe` turns a final failure into the one-line message
-    of the DataError raised (the caller knows the URI and which flags to check).
+    `store` is the listed bucket's obstore store (`Renewing`). `describe` turns a final failure into the one-line
+    message of the DataError raised (the caller knows the URI and which flags to check).
     """
     if workers < 1:
         raise DataError(f"--fetch-workers {workers}: give at least 1.")
@@ -316,7 +318,42 @@ def _count(progress: Progress, counted: list[int], n: int) -> None:
     counted[0] += n
 
 
-def read_object(store: Any, key: str, options: GetOptions | None = None) -> Any:
+def is_expired(exc: BaseException) -> bool:
+    """S3 refused the request's credentials as expired (400 ExpiredToken; TokenRefreshRequired on older endpoints)."""
+    text = str(exc)
+    return "ExpiredToken" in text or "TokenRefreshRequired" in text
+
+
+class Renewing:
+    """An obstore store that is built again, with new credentials, when S3 refuses its credentials as expired.
+
+    obstore keeps a provider's credentials until the `expires_at` it was given (yolokf.data.remote renews them
+    ahead of that); credentials refused earlier (revoked, a skewed clock, a role's session cut short) would be
+    refused again until then, so the request that met ExpiredToken is sent once more from a store built anew.
+    """
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self.current = build()
+        self.renewals = 0
+
+    def call(self, request: Callable[[Any], T]) -> T:
+        """`request(store)`, sent again from a new store if the credentials it was signed with had expired."""
+        store = self.current
+        try:
+            return request(store)
+        except Exception as exc:
+            if not is_expired(exc):
+                raise
+            with self._lock:  # the first worker to meet the expiry renews; the others use its new store
+                if self.current is store:
+                    self.current = self._build()
+                    self.renewals += 1
+            return request(self.current)
+
+
+def read_object(store: Renewing, key: str, options: GetOptions | None = None) -> Any:
     """One object (or range) as bytes, with obstore's blocking call, which releases the GIL while it waits.
 
     Not obstore's `get_async`: its futures are completed from tokio threads that attach to Python, and one still
@@ -325,7 +362,7 @@ def read_object(store: Any, key: str, options: GetOptions | None = None) -> Any:
     """
     import obstore
 
-    return obstore.get(store, key, options=options).bytes()
+    return store.call(lambda current: obstore.get(current, key, options=options).bytes())
 
 
 async def _fetch_whole(store: Any, obj: RemoteObject, part: Path, progress: Progress, counted: list[int]) -> None:
