@@ -11,6 +11,7 @@ import json
 import random
 import re
 import socket
+import struct
 import sys
 import time
 import urllib.parse
@@ -110,6 +111,7 @@ class FaultProxy(Loopback):
         self.fail_once: set[str] = set()  # answer 503 SlowDown once
         self.cut_once: set[str] = set()  # send the headers and half the body, then drop the connection
         self.gone: set[str] = set()  # answer 404 NoSuchKey (deleted after the listing)
+        self.reset_once: set[str] = set()  # reset the connection (TCP RST) without answering
         self.delay = 0.0
         # Credentials that expire: each access key ID signs `expire_after` requests, then is refused as S3 refuses a
         # session token past its expiry (400 ExpiredToken, "The provided token has expired": the S3 API
@@ -140,6 +142,14 @@ class FaultProxy(Loopback):
                 return self._reply(request, 503, b"<Error><Code>SlowDown</Code></Error>", {})
             if path in self.gone:
                 return self._reply(request, 404, b"<Error><Code>NoSuchKey</Code></Error>", {})
+            if path in self.reset_once:
+                self.reset_once.discard(path)
+                # SO_LINGER with a zero timeout: close() sends RST, what a node's dropped NAT entry or a load
+                # balancer's idle reset looks like to the client ("connection reset by peer").
+                request.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                request.close_connection = True
+                request.connection.close()
+                return None
         length = int(request.headers.get("Content-Length") or 0)
         body = request.rfile.read(length) if length else None
         upstream = http.client.HTTPConnection(self.upstream, timeout=60)
