@@ -8,6 +8,7 @@ real Go server does. Results are read back through the client, as a user of the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -363,6 +364,92 @@ def test_a_champion_metric_the_models_lack_is_refused_before_any_request(registr
     assert registry.requests == []
 
 
+# --- Names the registry finds with LIKE (issue 24) --------------------------------------------------------
+# kubeflow/hub finds a registered model by `name LIKE ?` (internal/db/service/registered_model.go:47), case-
+# insensitive under MySQL's default collation, and answers two matches 404 (internal/core/registered_model.go:126).
+
+
+def named(server: ModelRegistryServer, name: str, version: str = "run-1", **kwargs) -> Registration:
+    return dataclasses.replace(registration(server, version, **kwargs), registered_model=name)
+
+
+def versions_by_model(server: ModelRegistryServer) -> dict[str, list[str]]:
+    """{registered model name: its versions' names}, read from the server's tables: the client's own lookups by
+    name go through the same LIKE."""
+    return {
+        m["name"]: [v["name"] for v in server.versions.values() if v["registeredModelId"] == m["id"]]
+        for m in server.registered_models.values()
+    }
+
+
+@pytest.mark.parametrize("name", ["yolo_det", "yolo-det"])
+def test_a_new_version_lands_under_its_own_model_beside_a_lookalike(registry, name):
+    """The find by `yolo_det` matches `yolo-det` too: two matches, 404, which the client takes for none."""
+    ids = {n: post(registry, "/registered_models", {"name": n}).json()["id"] for n in ("yolo_det", "yolo-det")}
+
+    result = register(named(registry, name), models())
+
+    assert (result.status, result.registered_model_id) == ("registered", ids[name])
+    assert versions_by_model(registry) == {"yolo_det": [], "yolo-det": [], name: ["run-1"]}
+    client = reader(registry)
+    mv = client.async_runner(client._api.get_model_version_by_params(ids[name], "run-1"))
+    assert mv is not None and mv.state == "LIVE"
+    assert [a.name for a in artifacts_of(client, mv.id)] == [f"{name}-pytorch", f"{name}-onnx", f"{name}-openvino"]
+
+
+def test_a_name_whose_find_matches_only_a_lookalike_gets_a_model_of_its_own(registry):
+    """The find by `yolo_det` answers `yolo-det` alone: not the model asked for."""
+    post(registry, "/registered_models", {"name": "yolo-det"})
+
+    result = register(named(registry, "yolo_det"), models())
+
+    assert result.status == "registered"
+    assert versions_by_model(registry) == {"yolo-det": [], "yolo_det": ["run-1"]}
+
+
+def test_the_champion_check_compares_versions_of_its_own_model_only(registry):
+    register(named(registry, "yolo-det", champion_metric="mAP50-95", champion_margin=0.01), models(0.70))
+    register(named(registry, "yolo_det", champion_metric="mAP50-95", champion_margin=0.01), models(0.45))
+
+    result = register(
+        named(registry, "yolo_det", "run-2", champion_metric="mAP50-95", champion_margin=0.01), models(0.50, "run-2")
+    )
+
+    assert result.status == "registered"
+    assert result.message.endswith(": mAP50-95 0.5 beats version run-1's 0.45 by more than 0.01")
+    assert versions_by_model(registry) == {"yolo-det": ["run-1"], "yolo_det": ["run-1", "run-2"]}
+
+
+def test_a_step_that_loses_the_race_to_create_its_model_finds_it_beside_a_lookalike(registry):
+    post(registry, "/registered_models", {"name": "yolo-det"})
+    registry.race(
+        "POST", r"/registered_models$", lambda: register(named(registry, "yolo_det", "run-0"), models(run="run-0"))
+    )
+
+    result = register(named(registry, "yolo_det"), models())
+
+    assert result.status == "registered"
+    assert sorted(r.status for r in registry.calls("POST", r"/registered_models$")) == [201, 201, 409]
+    assert versions_by_model(registry) == {"yolo-det": [], "yolo_det": ["run-0", "run-1"]}
+
+
+@pytest.mark.parametrize(("existing", "asked"), [("yolo", "YOLO"), ("YOLO", "yolo")])
+def test_a_name_the_registry_takes_for_an_existing_one_is_refused_naming_it(registry, existing, asked):
+    """The registry (MySQL) takes `YOLO` for `yolo`: its find answers the other, its create refuses with 409. The
+    run is not added to a model of another name: one line names it, and nothing is written."""
+    post(registry, "/registered_models", {"name": existing})
+
+    with pytest.raises(ModelRegistryError) as raised:
+        register(named(registry, asked), models())
+
+    assert str(raised.value) == (
+        f"Model Registry at {registry.url} already has a registered model '{existing}', and takes '{asked}' for the "
+        f"same name (it ignores case): give --registered-model {existing} to add this run to it, or another name."
+    )
+    assert [r.status for r in registry.writes()] == [201, 409]  # the setup's create, then the refused one
+    assert versions_by_model(registry) == {existing: []} and registry.artifacts == {}
+
+
 # --- Errors ----------------------------------------------------------------------------------------------
 
 
@@ -593,6 +680,35 @@ def test_the_server_answers_409_for_duplicate_names(registry):
     assert post(registry, f"/model_versions/{mv['id']}/artifacts", artifact).status_code == 409
     unknown = post(registry, f"/model_versions/{mv['id']}/artifacts", {**artifact, "name": "x", "size": 3})
     assert unknown.status_code == 400
+
+
+def test_the_server_finds_names_with_like_and_compares_them_ignoring_case(registry):
+    """kubeflow/hub v0.3.8 on MySQL: `name LIKE ?` (`_` and `%` wildcards, case-insensitive), two matches 404."""
+    ids = {
+        n: post(registry, "/registered_models", {"name": n}).json()["id"] for n in ("yolo_det", "yolo-det", "Shapes")
+    }
+
+    def find(path: str, **params: str) -> requests.Response:
+        return requests.get(registry.url + API + path, params=params, timeout=10)
+
+    ambiguous = find("/registered_model", name="yolo_det")
+    assert (ambiguous.status_code, ambiguous.json()) == (
+        404,
+        {"code": "Not Found", "message": "multiple registered models found for name=yolo_det, externalId=: not found"},
+    )
+    assert find("/registered_model", name="yolo-det").json()["name"] == "yolo-det"  # `-` is no wildcard
+    assert find("/registered_model", name="yolo\\_det").json()["name"] == "yolo_det"  # `\` escapes
+    assert find("/registered_model", name="shapes").json()["name"] == "Shapes"
+    assert find("/registered_model", name="yolo%").status_code == 404
+    assert post(registry, "/registered_models", {"name": "SHAPES"}).status_code == 409
+
+    mv = post(registry, "/model_versions", {"name": "Run-1", "registeredModelId": ids["Shapes"]}).json()
+    assert find("/model_version", name="run_1", parentResourceId=ids["Shapes"]).json()["id"] == mv["id"]
+    assert post(registry, "/model_versions", {"name": "RUN-1", "registeredModelId": ids["Shapes"]}).status_code == 409
+    artifact = {"artifactType": "model-artifact", "name": "Shapes-ONNX", "uri": "s3://b/m.onnx"}
+    assert post(registry, f"/model_versions/{mv['id']}/artifacts", artifact).status_code == 201
+    found = find("/model_artifact", name="shapes_onnx", parentResourceId=mv["id"])
+    assert found.json()["name"] == "Shapes-ONNX"
 
 
 def test_the_server_answers_404_and_400_for_unknown_and_bad_ids(registry):

@@ -30,7 +30,7 @@ from yolokf.promotion.registry_client import connect_registry, is_transient, reg
 
 if TYPE_CHECKING:
     from model_registry import ModelRegistry
-    from model_registry.types import ModelArtifact, ModelVersion, RegisteredModel
+    from model_registry.types import ListOptions, ModelArtifact, ModelVersion, Pager, RegisteredModel
 
 
 # Metadata ints must match ^-?([1-9][0-9]{0,8}|0)$ (mr_openapi's MetadataIntValue): larger ones go as text.
@@ -137,7 +137,7 @@ def _register(client: ModelRegistry, reg: Registration, models: list[ModelFile])
     api = client._api  # the client's REST layer: the only way to add artifacts to an existing version
     where = f"in Model Registry at {reg.url}"
     name = f"{reg.registered_model} version {reg.version}"
-    rm = client.get_registered_model(reg.registered_model)
+    rm = _find_registered_model(client, reg.registered_model)
     mv = client.async_runner(api.get_model_version_by_params(rm.id, reg.version)) if rm and rm.id else None
     if mv is not None and mv.state == ModelVersionState.LIVE:
         assert rm is not None and mv.id is not None
@@ -154,9 +154,7 @@ def _register(client: ModelRegistry, reg: Registration, models: list[ModelFile])
     if rm is None:
         new_model = RegisteredModel(name=reg.registered_model, owner=reg.author)
         rm = _create_or_find(
-            client,
-            api.upsert_registered_model(new_model),
-            lambda: client.get_registered_model(reg.registered_model),
+            client, api.upsert_registered_model(new_model), functools.partial(_model_behind_conflict, client, reg)
         )
     assert rm is not None and rm.id is not None
     version = ModelVersion(
@@ -184,6 +182,62 @@ def _register(client: ModelRegistry, reg: Registration, models: list[ModelFile])
     done = "Registered" if status == "registered" else "Completed the partial registration of"
     message = f"{done} {name} ({count}) {where}" + (f": {verdict}" if verdict else "")
     return RegistrationResult(status, message, rm.id, mv.id, artifact_ids)
+
+
+def _find_registered_model(client: ModelRegistry, name: str) -> RegisteredModel | None:
+    """The registered model named exactly `name`, or None.
+
+    kubeflow/hub finds one by `name LIKE ?` (v0.3.8 internal/db/service/registered_model.go:47): `_` matches any
+    one character and MySQL's default collation ignores case, so `yolo_det` also matches `yolo-det` and `YOLO`
+    matches `yolo`; two matches are answered 404 "multiple registered models found"
+    (internal/core/registered_model.go:126-127), which the client returns as None, as it does no match. A match of
+    another name, or none, is settled on the list of every registered model, compared exactly.
+    """
+    found = client.get_registered_model(name)
+    if found is not None and found.name == name:
+        return found
+    return next((m for m in _registered_models(client) if m.name == name), None)
+
+
+def _registered_models(client: ModelRegistry) -> list[RegisteredModel]:
+    """Every registered model, page by page as the server hands them out (nextPageToken)."""
+    return list(client.get_registered_models().page_size(100))
+
+
+def _model_versions(client: ModelRegistry, registered_model_id: str) -> Pager[ModelVersion]:
+    """Every version of the registered model, by its id: the client's get_model_versions(name) looks the name up
+    again, with the LIKE above."""
+    from model_registry.types import Pager
+
+    def page(options: ListOptions) -> list[ModelVersion]:
+        return client.async_runner(client._api.get_model_versions(registered_model_id, options))
+
+    return Pager(page).page_size(100)
+
+
+def _model_behind_conflict(client: ModelRegistry, reg: Registration) -> RegisteredModel | None:
+    """After the registry refused to create `reg.registered_model`: the one a concurrent step created, or None.
+
+    A registry on MySQL (kubeflow/hub's manifests) also refuses `YOLO` beside an existing `yolo`: its unique key on
+    the name compares under the same case-insensitive collation. yolokf does not add the run to `yolo` then: the user
+    asked for `YOLO`, which is what they will look for; `yolo` may be someone else's model, whose versions the champion
+    check would compete with; and the serving step names both `yolo` (plan.serving_name). It refuses in one line
+    that names the existing model, before anything is written, so a rerun with that name (or another) is one flag
+    away. Deciding on the server's refusal, not on the names alone, leaves a case-sensitive registry (PostgreSQL)
+    free to hold both.
+    """
+    listed = _registered_models(client)
+    exact = next((m for m in listed if m.name == reg.registered_model), None)
+    if exact is not None:
+        return exact
+    twin = next((m.name for m in listed if (m.name or "").casefold() == reg.registered_model.casefold()), None)
+    if twin is not None:
+        raise ModelRegistryError(
+            f"Model Registry at {reg.url} already has a registered model {twin!r}, and takes "
+            f"{reg.registered_model!r} for the same name (it ignores case): give --registered-model {twin} to add "
+            "this run to it, or another name."
+        )
+    return None
 
 
 def _create_or_find(client: ModelRegistry, create: Coroutine[Any, Any, T], find: Callable[[], T | None]) -> T:
@@ -296,8 +350,8 @@ def _champion(
     key = f"{compared.format}.{metric}"
     new = compared.metrics[metric]
     best: tuple[float, str] | None = None
-    if rm is not None:
-        for version in client.get_model_versions(reg.registered_model).page_size(100):
+    if rm is not None and rm.id is not None:
+        for version in _model_versions(client, rm.id):
             if version.state != "LIVE" or version.name == reg.version:  # partial ones never compete
                 continue
             props = version.custom_properties or {}

@@ -19,8 +19,11 @@ kubeflow/model-registry (internal/server/openapi, internal/core) where yolokf de
 - Errors are the Error model, {"code": <HTTP status text>, "message": ...}, with the Go server's
   messages: 409 for a second registered model with the same name, a second version with the same name
   under one registered model, a second artifact with the same name in one version; 404 for unknown ids
-  and for find (`/registered_model?name=`...) with no match, which the client turns into None; 400 for
-  ids that are not numbers. Registered models and versions share one id sequence (both are MLMD
+  and for find (`/registered_model?name=`...) with no match or with several, which the client turns into None; 400
+  for ids that are not numbers.
+- Names compare as on the registry's default database, MySQL 8 (utf8mb4_0900_ai_ci): a find by name is
+  `name LIKE ?` (`_` and `%` are wildcards, `\\` escapes), a create refuses a name equal to another, both ignoring
+  case and accents (entities.like, same_name). Registered models and versions share one id sequence (both are MLMD
   contexts), artifacts have their own; times are milliseconds since the epoch, as strings.
 - Lists take pageSize, orderBy (ID, CREATE_TIME, LAST_UPDATE_TIME), sortOrder and nextPageToken; the
   last page has nextPageToken "" (the client's Pager depends on that to stop). filterQuery is refused

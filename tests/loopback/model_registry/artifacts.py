@@ -14,10 +14,12 @@ from tests.loopback.model_registry.entities import (
     RegistryState,
     find_one,
     get,
+    like,
     new,
     page,
     parse_id,
     read_body,
+    same_name,
     update,
 )
 
@@ -25,8 +27,10 @@ from tests.loopback.model_registry.entities import (
 class ArtifactsApi(RegistryState):
     def _add_artifact(self, fields: dict[str, Any], parent: str | None) -> dict[str, Any]:
         fields.setdefault("name", str(uuid.uuid4()))  # ensureArtifactName: the server names a nameless artifact
-        same_parent = [a for i, a in self.artifacts.items() if self.artifact_parent[i] == parent]
-        if any(a.get("name") == fields["name"] for a in same_parent):
+        # Stored as "<parent>:<name>" under the unique key (type_id, name), one without a parent under a fresh
+        # uuid (internal/converter/openapi_converter_util.go:59-71 PrefixWhenOwned): compared as names are.
+        same_parent = [a for i, a in self.artifacts.items() if parent is not None and self.artifact_parent[i] == parent]
+        if any(same_name(a.get("name") or "", fields["name"]) for a in same_parent):
             raise ApiError(409, f"model artifact with name {fields['name']} already exists: conflict")
         self._unique_external_id(fields)
         artifact = new(fields, id=str(next(self._artifact_ids)), artifactType="model-artifact")
@@ -88,12 +92,18 @@ class ArtifactsApi(RegistryState):
             )
         if parent is not None:
             parent = parse_id(parent, "parent resource")
+        # kubeflow/hub v0.3.8 internal/core/artifact.go:439-443 lists with internal/db/service/artifact.go:79-84:
+        # `name LIKE "%:<name>"` on the stored "<parent>:<name>" when a name is given, else externalId; a parent is
+        # always a filter.
         found = [
             a
             for i, a in self.artifacts.items()
-            if (name is None or a.get("name") == name)
+            if (
+                like(":" + (a.get("name") or ""), "%:" + name)
+                if name is not None
+                else a.get("externalId") == external_id
+            )
             and (parent is None or self.artifact_parent[i] == parent)
-            and (external_id is None or a.get("externalId") == external_id)
         ]
         params = f"name={name or ''}, parentResourceId={parent or ''}, externalId={external_id or ''}"
-        return 200, mr.ModelArtifact, find_one(found, "artifact", params)
+        return 200, mr.ModelArtifact, find_one(found, "model artifact", params)

@@ -8,6 +8,7 @@ import binascii
 import json
 import re
 import time
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -100,11 +101,57 @@ def page(
 
 
 def find_one(found: list[dict[str, Any]], what: str, params: str) -> dict[str, Any]:
+    # kubeflow/hub v0.3.8 internal/core/registered_model.go:122-128 (model_version.go:165-171, artifact.go:452-458):
+    # two matches of the LIKE below are "multiple ... found", answered 404 like none.
     if not found:
         raise ApiError(404, f"no {what}s found for {params}: not found")
     if len(found) > 1:
         raise ApiError(404, f"multiple {what}s found for {params}: not found")
     return found[0]
+
+
+def _fold(text: str) -> str:
+    """A name as MySQL 8's default collation, utf8mb4_0900_ai_ci, compares it: case- and accent-insensitive.
+
+    kubeflow/hub's manifests run mysql:8.3 with no collation set (manifests/kustomize/overlays/db/
+    model-registry-db-deployment.yaml:28), and its tables set none (internal/datastore/embedmd/mysql/migrations).
+    Approximated by case folding and dropping combining marks.
+    """
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def same_name(a: str, b: str) -> bool:
+    """`a = b` under that collation: the unique key (type_id, name) of the Context and Artifact tables
+    (migrations 000005 and 000001) refuses `YOLO` beside `yolo`, gorm's ErrDuplicatedKey, answered 409."""
+    return _fold(a) == _fold(b)
+
+
+def like(value: str, pattern: str) -> bool:
+    r"""`value LIKE pattern` under that collation, as the finds by name query: `%` is any run of characters, `_` any
+    one, `\` makes the next one plain; characters compare one by one (MySQL's LIKE is per character, unlike `=`).
+
+    kubeflow/hub v0.3.8 internal/db/service/registered_model.go:47, model_version.go:60-62 and artifact.go:82
+    pass the name as the pattern without escaping it.
+    """
+    tokens: list[tuple[str, str]] = []  # ("%", ""), ("_", ""), or ("char", its folded form)
+    chars = iter(pattern)
+    for char in chars:
+        if char == "\\":
+            char = next(chars, "\\")  # a trailing backslash stands for itself
+            tokens.append(("char", _fold(char)))
+        elif char in "%_":
+            tokens.append((char, ""))
+        else:
+            tokens.append(("char", _fold(char)))
+    text = [_fold(char) for char in value]
+    reachable = {0}  # positions in `text` the tokens so far can end at
+    for kind, folded in tokens:
+        if kind == "%":
+            reachable = set(range(min(reachable), len(text) + 1)) if reachable else set()
+        else:
+            reachable = {i + 1 for i in reachable if i < len(text) and (kind == "_" or text[i] == folded)}
+    return len(text) in reachable
 
 
 class RegistryState:

@@ -12,10 +12,12 @@ from tests.loopback.model_registry.entities import (
     RegistryState,
     find_one,
     get,
+    like,
     new,
     page,
     parse_id,
     read_body,
+    same_name,
     update,
 )
 
@@ -23,7 +25,11 @@ from tests.loopback.model_registry.entities import (
 class ModelVersionsApi(RegistryState):
     def _add_version(self, fields: dict[str, Any], registered_model_id: str) -> dict[str, Any]:
         parent = get(self.registered_models, registered_model_id, "registered model")
-        if any(v["registeredModelId"] == parent["id"] and v["name"] == fields["name"] for v in self.versions.values()):
+        # Stored as "<registered model id>:<name>" under the unique key (type_id, name): compared as names are.
+        if any(
+            v["registeredModelId"] == parent["id"] and same_name(v["name"], fields["name"])
+            for v in self.versions.values()
+        ):
             raise ApiError(409, f"model version with name {fields['name']} already exists: conflict")
         self._unique_external_id(fields)
         version = new(fields, id=str(next(self._context_ids)), registeredModelId=parent["id"])
@@ -57,12 +63,13 @@ class ModelVersionsApi(RegistryState):
             )
         if parent is not None:
             parent = parse_id(parent, "registered model")
+        # kubeflow/hub v0.3.8 internal/db/service/model_version.go:58-73: `name LIKE "<parent>:<name>"` (or
+        # "%:<name>" with no parent) when a name is given, else externalId; a parent is always a filter.
         found = [
             v
             for v in self.versions.values()
-            if (name is None or v["name"] == name)
+            if (_version_like(v, name, parent) if name is not None else v.get("externalId") == external_id)
             and (parent is None or v["registeredModelId"] == parent)
-            and (external_id is None or v.get("externalId") == external_id)
         ]
         params = f"name={name or ''}, parentResourceId={parent or ''}, externalId={external_id or ''}"
         return 200, mr.ModelVersion, find_one(found, "model version", params)
@@ -80,3 +87,9 @@ class ModelVersionsApi(RegistryState):
             and (not query.get("externalId") or v.get("externalId") == query["externalId"])
         ]
         return page(versions, query, mr.ModelVersionList)
+
+
+def _version_like(version: dict[str, Any], name: str, parent: str | None) -> bool:
+    # Stored as "<parent>:<name>": with a parent the pattern's literal prefix pins it, without one "%:" lets the
+    # name match any part of a stored name that follows a colon.
+    return like(version["name"], name) if parent is not None else like(":" + version["name"], "%:" + name)

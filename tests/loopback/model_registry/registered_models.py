@@ -8,13 +8,23 @@ import mr_openapi.models as mr
 from pydantic import BaseModel
 
 from tests.loopback.base import ApiError
-from tests.loopback.model_registry.entities import RegistryState, find_one, get, new, page, read_body, update
+from tests.loopback.model_registry.entities import (
+    RegistryState,
+    find_one,
+    get,
+    like,
+    new,
+    page,
+    read_body,
+    same_name,
+    update,
+)
 
 
 class RegisteredModelsApi(RegistryState):
     def _create_registered_model(self, *, query: dict[str, str], body: bytes) -> tuple[int, type[BaseModel], Any]:
         fields = read_body(mr.RegisteredModelCreate, body).to_dict()
-        if any(m["name"] == fields["name"] for m in self.registered_models.values()):
+        if any(same_name(m["name"], fields["name"]) for m in self.registered_models.values()):
             raise ApiError(409, f"registered model with name {fields['name']} already exists: conflict")
         self._unique_external_id(fields)
         model = new(fields, id=str(next(self._context_ids)))
@@ -33,10 +43,12 @@ class RegisteredModelsApi(RegistryState):
         name, external_id = query.get("name") or None, query.get("externalId") or None
         if name is None and external_id is None:
             raise ApiError(400, "invalid parameters call, supply either name or externalId: bad request")
+        # kubeflow/hub v0.3.8 internal/db/service/registered_model.go:46-50: `name LIKE ?` when a name is given (so
+        # `yolo-det` also finds `yolo_det`, and `YOLO` finds `yolo`), else externalId.
         found = [
             m
             for m in self.registered_models.values()
-            if (name is None or m["name"] == name) and (external_id is None or m.get("externalId") == external_id)
+            if (like(m["name"], name) if name is not None else m.get("externalId") == external_id)
         ]
         params = f"name={name or ''}, externalId={external_id or ''}"
         return 200, mr.RegisteredModel, find_one(found, "registered model", params)
