@@ -352,7 +352,7 @@ def test_tasks_in_different_states_at_once(server, client, experiment, package):
     (entrypoint,) = [t for t in second.run_details.task_details if t.display_name == server.runs[run_id].workflow]
     assert len(entrypoint.child_tasks) == 1 and entrypoint.state == "RUNNING"  # its retry: <workflow>(0)
     (retried,) = [t for t in second.run_details.task_details if t.display_name == f"{server.runs[run_id].workflow}(0)"]
-    assert len(retried.child_tasks) == 2  # root-driver, root
+    assert len(retried.child_tasks) == 1  # root-driver; root hangs under root-driver(0)
 
     third = client.get_run(run_id)
     assert third.state == "SUCCEEDED" and third.finished_at != datetime.datetime.fromisoformat(EPOCH)
@@ -394,6 +394,72 @@ def test_task_details_are_argo_nodes_without_pod_names(server, client, experimen
     assert server.pod_name(run_id, "fetch-dataset") == f"{workflow}-system-container-impl-{fnv1a32(executor)}"
 
 
+def test_node_graph_hangs_each_task_under_what_it_depends_on(server, client, experiment, package):
+    """Argo names a DAG task's node after its DAG (argo-workflows v4.0.5 workflow/controller/dag.go 112-114) but
+    hangs a task that has dependencies under their outbound nodes (505-528), a retry node's being its last attempt
+    (operator.go 3251-3255); argocompiler makes root depend on root-driver, each task on its driver and each
+    driver on the task's dependencies (kubeflow/pipelines 2.17.0 argocompiler/dag.go 170, 316, 335)."""
+    server.outcome = Outcome(schedule=[Poll("RUNNING", tasks={"fetch-dataset": "SUCCEEDED", "train": "RUNNING"})])
+    run_id = client.run_pipeline(experiment.experiment_id, "r", package).run_id
+    details = client.get_run(run_id).run_details.task_details
+    workflow = server.runs[run_id].workflow
+    entry, root = f"{workflow}(0)", f"{workflow}(0).root(0)"
+    fetch, train = f"{root}.fetch-dataset(0)", f"{root}.train(0)"
+    children = {
+        workflow: [entry],
+        entry: [f"{entry}.root-driver"],
+        f"{entry}.root-driver": [f"{entry}.root-driver(0)"],
+        f"{entry}.root-driver(0)": [f"{entry}.root"],
+        f"{entry}.root": [root],
+        root: [f"{root}.fetch-dataset-driver"],
+        f"{root}.fetch-dataset-driver": [f"{root}.fetch-dataset-driver(0)"],
+        f"{root}.fetch-dataset-driver(0)": [f"{root}.fetch-dataset"],
+        f"{root}.fetch-dataset": [fetch],
+        fetch: [f"{fetch}.executor", f"{root}.train-driver"],  # train reads the download's output
+        f"{fetch}.executor": [f"{fetch}.executor(0)"],
+        f"{root}.train-driver": [f"{root}.train-driver(0)"],
+        f"{root}.train-driver(0)": [f"{root}.train"],
+        f"{root}.train": [train],
+        train: [f"{train}.executor"],
+        f"{train}.executor": [f"{train}.executor(0)"],
+        f"{fetch}.executor(0)": [],
+        f"{train}.executor(0)": [],
+    }
+    listed = sorted((t.display_name, sorted(c.pod_name for c in t.child_tasks or [])) for t in details)
+    expected = sorted(
+        (
+            name if name in (workflow, entry) else name.rsplit(".", 1)[-1],
+            sorted(f"{workflow}-{fnv1a32(c)}" for c in kids),
+        )
+        for name, kids in children.items()
+    )
+    assert listed == expected
+
+
+def test_terminate_ends_failed_and_a_second_terminate_is_refused(server, client, experiment, package):
+    """A terminated run is CANCELING, then FAILED, as Argo ends a workflow whose deadline became 0 (2.17.0
+    resource/resource_manager.go 1537-1540); terminating a run that is no longer PENDING, RUNNING, PAUSED or
+    unspecified updates no row: 400 (storage/run_store.go 823-844)."""
+    server.outcome = Outcome(schedule=[Poll("RUNNING", tasks={"fetch-dataset": "SUCCEEDED", "train": "RUNNING"})])
+    run_id = client.run_pipeline(experiment.experiment_id, "r", package).run_id
+    assert client.get_run(run_id).state == "RUNNING"
+    client.terminate_run(run_id)
+    message = f"Failed to terminate a run: Failed to terminate run {run_id}: Invalid input error: Failed to "
+    message += f"terminate a run {run_id}. Row not found"
+    for expected_state in ("CANCELING", "FAILED"):
+        with pytest.raises(ApiException) as refused:
+            client.terminate_run(run_id)
+        assert refused.value.status == 400 and json.loads(refused.value.body)["message"] == message
+        run = client.get_run(run_id)
+        assert run.state == expected_state
+    assert [s.state for s in run.state_history] == ["PENDING", "RUNNING", "CANCELING", "FAILED"]
+    assert {key: task.state for key, task in executors(run).items()} == {
+        "fetch-dataset": "SUCCEEDED",
+        "train": "FAILED",
+    }
+    assert not run.error, "the API server sets no error on a terminated run"
+
+
 def test_fnv1a32_is_gos_hash_fnv_new32a():
     # Values of Go's fnv.New32a().Sum32(), the hash Argo names nodes and pods with.
     assert fnv1a32("") == 2166136261
@@ -420,7 +486,7 @@ def test_paused_outcome_stays_paused_until_terminated(server, client, experiment
     assert len(steps) == 2
     assert {t.state for t in steps.values()} == {"PAUSED"}
     client.terminate_run(run_id)
-    assert [client.get_run(run_id).state for _ in range(2)] == ["CANCELING", "CANCELED"]
+    assert [client.get_run(run_id).state for _ in range(2)] == ["CANCELING", "FAILED"]
 
 
 def test_unspecified_state_is_left_out_as_protojson_does(server, client, experiment, package):

@@ -21,7 +21,7 @@ from tests import test_remote
 from tests.conftest import invoke
 from tests.loopback.kfp import KfpServer, Outcome, Poll
 from yolokf.runs.progress import EpochParser, parse_epochs, step_error
-from yolokf.runs.steplogs import TRAIN_STEP
+from yolokf.runs.steplogs import training_steps
 
 IMAGE = test_remote.IMAGE
 TOKEN = "kfp-secret-token-3f9a1c"
@@ -184,7 +184,7 @@ def test_logs_of_a_step_or_trial_that_does_not_exist_lists_what_exists(kfp):
     trial = invoke(["logs", run_id, "--host", kfp.url, "--trial", "3"])
     assert trial.exit_code == 2, trial.output
     assert trial.stderr == (
-        f"Error: Step {TRAIN_STEP} of run {run_id} has no trial 3; its trials: none (it is not in a sweep).\n"
+        f"Error: The training step of run {run_id} has no trial 3; its trials: none (it is not in a sweep).\n"
     )
     missing = invoke(["logs", "no-such-run", "--host", kfp.url])
     assert missing.exit_code == 1 and "Reading run no-such-run failed: 404 Not Found" in missing.stderr
@@ -201,7 +201,7 @@ def test_logs_follow_prints_each_new_line_once_until_the_step_ends(kfp, tiny_log
     followed = invoke(["logs", run_id, "--host", kfp.url, "--follow"])
     assert followed.exit_code == 0, followed.output
     assert followed.stdout == text
-    assert followed.stderr == f"Run r1 is PENDING; waiting for step {TRAIN_STEP} to start.\n"
+    assert followed.stderr == "Run r1 is PENDING; waiting for the training step to start.\n"
     assert len(kfp.calls("GET", r"/k8s/pod/logs$")) >= len(chunks)
 
 
@@ -298,6 +298,25 @@ def test_status_wait_shows_the_epochs_too(kfp, tiny_logs):
         f"train  epoch {len(rows)}/{len(rows)}  mAP50 {float(last['metrics/mAP50(B)']):.3f}  "
         f"mAP50-95 {float(last['metrics/mAP50-95(B)']):.3f}"
     )
+
+
+def test_a_nodes_run_shows_its_launchers_epochs_and_log(kfp, tiny_logs):
+    """`--nodes 2`: the training step is the launcher, task yolo-train-nodes, whose log carries node 0's output;
+    `run --wait` shows its epochs and `yolokf logs` prints it (issue 24, item 7)."""
+    text, rows = tiny_logs("classify")
+    polls = [Poll("RUNNING", tasks={"train": "RUNNING"}, logs={"train": c}) for c in epoch_chunks(text)]
+    kfp.outcome = Outcome(schedule=[*polls, Poll("SUCCEEDED", tasks={"train": "SUCCEEDED"})])
+    nodes = ["--nodes", "2", "--checkpoint-pvc", "ckpt"]
+    result = invoke(["run", "--host", kfp.url, "--epochs", str(TINY_EPOCHS), "--wait", "--run-name", "r1", *nodes])
+    assert result.exit_code == 0, result.output
+    run_id = re.search(r"Run id: (\S+)", result.stdout)[1]
+    assert kfp.runs[run_id].steps["train"].key == "yolo-train-nodes"
+    lines = [line for line in result.stdout.splitlines() if " epoch " in line]
+    assert [line.split("  ")[1] for line in lines] == [f"epoch {r['epoch']}/{len(rows)}" for r in rows], result.stdout
+    whole = invoke(["logs", run_id, "--host", kfp.url])
+    assert whole.exit_code == 0, whole.output
+    assert whole.stdout == text
+    assert kfp.calls("GET", r"/k8s/pod/logs$")[-1].query["podname"] == kfp.pod_name(run_id, "train")
 
 
 def test_run_wait_on_a_terminal_updates_the_epoch_in_place(kfp, tiny_logs):
@@ -406,6 +425,37 @@ def test_a_sweep_shows_a_row_per_running_trial_and_logs_takes_a_trial(kfp, tiny_
     assert kfp.calls("GET", r"/k8s/pod/logs$")[-1].query["podname"] == kfp.pod_name(run_id, "trial#1")
 
 
+def test_a_halving_sweeps_later_round_shows_its_epochs_and_logs(kfp, tiny_logs):
+    """Round 2 trains as task yolo-train-2 (kfp keys a second task of a name so), in a loop that hangs under both
+    the download and round 1's selection, which it depends on."""
+    text, rows = tiny_logs("classify")
+    done = {"trial round 1": "SUCCEEDED", "select round 1": "SUCCEEDED"}
+    polls = [
+        Poll("RUNNING", tasks={**done, "trial round 2": "RUNNING"}, logs={"trial round 2": chunk})
+        for chunk in epoch_chunks(text)
+    ]
+    ended = {**done, "trial round 2": "SUCCEEDED", "best trial": "SUCCEEDED"}
+    kfp.outcome = Outcome(schedule=[*polls, Poll("SUCCEEDED", tasks=ended)])
+    args = ["tune", "--host", kfp.url, "--trials", "2", "--halving", "2", "--set", "optimizer=SGD"]
+    args += ["--space", "lr0=loguniform:1e-4:1e-1", "--checkpoint-pvc", "ckpt", "--epochs", str(TINY_EPOCHS)]
+    result = invoke([*args, "--wait", "--run-name", "s1"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("trial round 2 #0  epoch ")]
+    assert len(lines) == len(rows), result.stdout
+    run_id = re.search(r"Run id: (\S+)", result.stdout)[1]
+    assert kfp.runs[run_id].steps["trial round 2#0"].key == "yolo-train-2"
+    rounds = invoke(["logs", run_id, "--host", kfp.url])
+    assert rounds.exit_code == 2, rounds.output
+    assert rounds.stderr == (
+        f"Error: Run s1 ({run_id}) has several training steps: trial round 1, trial round 2. Pick one with "
+        "--step NAME.\n"
+    )
+    second = invoke(["logs", run_id, "--host", kfp.url, "--step", "trial round 2", "--trial", "0"])
+    assert second.exit_code == 0, second.output
+    assert second.stdout == text
+    assert kfp.calls("GET", r"/k8s/pod/logs$")[-1].query["podname"] == kfp.pod_name(run_id, "trial round 2#0")
+
+
 def test_multi_user_reads_the_live_log_in_the_profile_namespace(tiny_logs):
     text, _ = tiny_logs("classify")
     server = KfpServer(multi_user=True).start()
@@ -449,10 +499,13 @@ def test_log_requests_carry_the_token_and_never_show_it():
         server.stop()
 
 
-def test_train_step_is_the_task_key_kfp_gives_the_training_component(tmp_path):
+def test_training_steps_are_the_task_keys_kfp_gives_the_training_components(tmp_path):
     import yaml
 
-    result = invoke(["compile", "--out", tmp_path / "p.yaml"])
-    assert result.exit_code == 0, result.output
-    spec = next(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
-    assert spec["root"]["dag"]["tasks"][TRAIN_STEP]["componentRef"]["name"] == "comp-yolo-train"
+    for nodes, key in (("1", "yolo-train"), ("2", "yolo-train-nodes")):
+        out = tmp_path / f"p{nodes}.yaml"
+        result = invoke(["compile", "--nodes", nodes, "--checkpoint-pvc", "ckpt", "--out", out])
+        assert result.exit_code == 0, result.output
+        spec = next(yaml.safe_load_all(out.read_text()))
+        assert key in training_steps()
+        assert spec["root"]["dag"]["tasks"][key]["componentRef"]["name"] == f"comp-{key}"

@@ -41,6 +41,10 @@ class ClusterError(YolokfError):
     """The Kubeflow Pipelines API failed or refused a request."""
 
 
+class ClusterUnavailableError(ClusterError):
+    """The Kubeflow Pipelines API did not answer, or answered 5xx or 429, through every retry: later may work."""
+
+
 class RunFailedError(ClusterError):
     """A pipeline run ended in FAILED, CANCELED or timed out."""
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from yolokf.core.errors import ClusterError, RunFailedError, UsageError
+from yolokf.core.errors import ClusterError, ClusterUnavailableError, RunFailedError, UsageError
 from yolokf.runs.kfp_api import Cluster
 from yolokf.runs.progress import TAIL_LINES, Epoch, EpochParser, seconds_left, step_error
 from yolokf.runs.run_report import (
@@ -27,13 +28,52 @@ from yolokf.runs.run_report import (
     run_names,
 )
 from yolokf.runs.steplogs import (
-    TRAIN_STEP,
     LogRead,
     PipelineNames,
+    is_training,
     read_log,
 )
 
 _MAIN_FIGURES = ("mask_mAP50-95", "pose_mAP50-95", "mAP50-95", "top1_accuracy")
+# While following, an API that stops answering (its server restarting, a proxy dropping connections or answering
+# 503) is waited out this long, beyond each request's own retries (kfp_api.RETRY), before yolokf stops following.
+OUTAGE_LIMIT = 600.0
+
+
+class Lifeline:
+    """The run, read again at each poll while following. A poll that fails with a transient error (connection,
+    timeout, 5xx, 429) after its retries is skipped, for up to OUTAGE_LIMIT seconds of failed polls in a row;
+    any other failure stops following at once. Either way the run on the cluster is not affected."""
+
+    def __init__(self, cluster: Cluster, run_id: str):
+        self.cluster, self.run_id = cluster, run_id
+        self.since: float | None = None  # when the polls started failing
+
+    def read(self) -> Any | None:
+        """The run (kfp_server_api's V2beta1Run), or None when the API did not answer this poll."""
+        stopped = f"the run itself is not affected: yolokf status {self.run_id}"
+        try:
+            run = self.cluster.call(f"Reading run {self.run_id}", self.cluster.client.get_run, self.run_id)
+        except ClusterUnavailableError as exc:
+            now = time.monotonic()
+            if self.since is None:
+                self.since = now
+                self.cluster.notify(
+                    f"{exc} yolokf keeps following for up to {format_seconds(OUTAGE_LIMIT)}; the run itself is not "
+                    "affected."
+                )
+            if now - self.since < OUTAGE_LIMIT:
+                return None
+            raise ClusterError(
+                f"{exc} yolokf stopped following after {format_seconds(now - self.since)} without an answer; {stopped}"
+            ) from None
+        except ClusterError as exc:
+            raise ClusterError(f"{exc} yolokf stopped following; {stopped}") from None
+        if self.since is not None:
+            lasted = format_seconds(time.monotonic() - self.since)
+            self.cluster.notify(f"Reading run {self.run_id}: the API answers again, after {lasted}.")
+            self.since = None
+        return run
 
 
 class ProgressWatch:
@@ -51,11 +91,14 @@ class ProgressWatch:
         rows = []
         for task in run.tasks:
             pod = task.pod
-            if pod is None or pod.key != TRAIN_STEP or (task.state != "RUNNING" and pod.pod_name not in self.seen):
+            if pod is None or not is_training(pod.key) or (task.state != "RUNNING" and pod.pod_name not in self.seen):
                 continue
             parser, count = self.seen.get(pod.pod_name, (EpochParser(), 0))
             if task.state == "RUNNING":
-                log = read_log(self.cluster, self.run_id, pod)
+                try:
+                    log = read_log(self.cluster, self.run_id, pod)
+                except ClusterUnavailableError:  # retried and said already; the next poll reads it again
+                    log = LogRead(None)
                 if log.text is None:
                     if not self.told and log.problem:
                         why = log.problem.rstrip(".")
@@ -104,9 +147,10 @@ def logs_command(cluster: Cluster, run_id: str, task: TaskState) -> str:
 
 
 def explain_failure(cluster: Cluster, run: RunReport) -> Failure | None:
-    """The failed step's own error (or its last lines) and the command for its whole log; None if no step failed."""
+    """The failed step's own error (or its last lines) and the command for its whole log; None if no step failed,
+    or if the run was terminated: its steps were stopped, they did not fail."""
     failed = [t for t in run.tasks if t.state == "FAILED" and t.pod is not None]
-    if not failed:
+    if not failed or run.terminated:
         return None
     task = failed[-1]
     assert task.pod is not None
@@ -141,7 +185,8 @@ def wait(
 
     With `watch`, each report carries the running trainings' progress from their logs. Raises RunFailedError
     on FAILED (StepFailedError, with the failed step's own error), CANCELED, SKIPPED, PAUSED, a state that stays
-    unspecified past `unspecified_limit` seconds, or `timeout`. kfp's `wait_for_run_completion` is not used:
+    unspecified past `unspecified_limit` seconds, or `timeout`; an API that stops answering is waited out
+    (`Lifeline`). kfp's `wait_for_run_completion` is not used:
     in kfp 2.17 it never returns on CANCELED. Ctrl-C (KeyboardInterrupt) propagates: the caller decides what
     happens to the run.
     """
@@ -150,20 +195,19 @@ def wait(
     current: RunReport | None = None
     names: PipelineNames | None = None
     unspecified_since: float | None = None
+    lifeline = Lifeline(cluster, run_id)
     while True:
-        try:
+        if current is None:  # the first read says at once what is wrong (a wrong id, host or token)
             run = cluster.call(f"Reading run {run_id}", cluster.client.get_run, run_id)
-        except ClusterError as exc:
-            if current is None:
-                raise
-            raise ClusterError(
-                f"{exc} yolokf stopped following; the run itself is not affected: yolokf status {run_id}"
-            ) from None
-        names = names if names is not None else run_names(cluster, run)
-        current = report(cluster, run, names)
-        if watch is not None:
-            current.progress = watch.update(current)
-        on_update(current)
+        else:  # later ones wait out an API that stops answering
+            run = lifeline.read()
+        if run is not None:
+            names = names if names is not None else run_names(cluster, run)
+            current = report(cluster, run, names)
+            if watch is not None:
+                current.progress = watch.update(current)
+            on_update(current)
+        assert current is not None
         now = time.monotonic()
         if current.state in TERMINAL_STATES or current.state in STOP_STATES:
             break
@@ -192,6 +236,11 @@ def wait(
             f"goes on only when resumed. yolokf stopped following: resume it in the UI, then "
             f"`yolokf status {run_id} --wait`. {current.url}"
         )
+    if current.terminated:
+        raise RunFailedError(
+            f"Run {current.name} ({run_id}) was terminated after {format_seconds(current.seconds)}: stopped on "
+            f"request, no step failed on its own (KFP reports a terminated run as {current.state}). {current.url}"
+        )
     failure = explain_failure(cluster, current) if current.state == "FAILED" else None
     head = f"Run {current.name} ({run_id}) {current.state} after {format_seconds(current.seconds)}"
     if failure is not None and failure.error:
@@ -209,8 +258,14 @@ def wait(
 
 
 def terminate(cluster: Cluster, run_id: str) -> None:
-    """Ask the cluster to terminate run `run_id` (it ends as CANCELED)."""
-    cluster.call(f"Terminating run {run_id}", cluster.client.terminate_run, run_id)
+    """Ask the cluster to terminate run `run_id`: it is CANCELING, then ends FAILED (KFP 2.17). A run that is
+    already CANCELING or has ended is left as it is: the server answers 400 to terminating it again."""
+    try:
+        cluster.call(f"Terminating run {run_id}", cluster.client.terminate_run, run_id)
+    except ClusterError:
+        run = cluster.call(f"Reading run {run_id}", cluster.client.get_run, run_id)
+        if str(run.state) not in ("CANCELING", *TERMINAL_STATES):
+            raise
 
 
 def find_step(run: RunReport, step: str | None, trial: int | None) -> TaskState:
@@ -220,7 +275,7 @@ def find_step(run: RunReport, step: str | None, trial: int | None) -> TaskState:
         raise UsageError(
             f"Run {run.name} ({run.run_id}) is {run.state} and no step has a pod yet; try again once a step started."
         )
-    named = [t for t in steps if t.pod and (t.pod.key == TRAIN_STEP if step is None else step in (t.step, t.pod.key))]
+    named = [t for t in steps if t.pod and (is_training(t.pod.key) if step is None else step in (t.step, t.pod.key))]
     if not named:
         have = ", ".join(dict.fromkeys(t.step for t in steps))
         what = "no training step yet" if step is None else f"no step {step!r}"
@@ -230,13 +285,25 @@ def find_step(run: RunReport, step: str | None, trial: int | None) -> TaskState:
         named = [t for t in named if t.trial == trial]
         if not named:
             have = ", ".join(str(t) for t in trials) or "none (it is not in a sweep)"
-            raise UsageError(f"Step {step or TRAIN_STEP} of run {run.run_id} has no trial {trial}; its trials: {have}.")
-    elif len(named) > 1:
+            raise UsageError(
+                f"{_step(step, capital=True)} of run {run.run_id} has no trial {trial}; its trials: {have}."
+            )
+    if len({t.step for t in named}) > 1:  # a sweep's halving rounds each train
+        have = ", ".join(dict.fromkeys(t.step for t in named))
+        raise UsageError(
+            f"Run {run.name} ({run.run_id}) has several training steps: {have}. Pick one with --step NAME."
+        )
+    if len(named) > 1:
         raise UsageError(
             f"Step {named[0].step} of run {run.run_id} ran once per trial: add --trial N, one of "
             f"{', '.join(str(t) for t in trials)}."
         )
     return named[0]
+
+
+def _step(step: str | None, *, capital: bool = False) -> str:
+    words = f"step {step}" if step else "the training step"
+    return words[0].upper() + words[1:] if capital else words
 
 
 def stream_log(
@@ -252,11 +319,13 @@ def stream_log(
     notify: Callable[[str], None] = lambda line: None,
 ) -> TaskState:
     """Write a step's log to `echo` (its last `tail` lines); with `follow`, go on writing new lines until the
-    step ends. Returns the step as last seen. A log that cannot be read raises ClusterError, or with `follow`
-    is said once through `notify` while the step is followed by state alone."""
-    waiting = False
+    step ends. Returns the step as last seen; with `follow`, a step stopped because the run was terminated raises
+    RunFailedError. A log that cannot be read raises ClusterError, or with `follow` is said once through `notify`
+    while the step is followed by state alone."""
+    lifeline = Lifeline(cluster, run_id)
+    run, waiting = get_report(cluster, run_id), False
+    names: PipelineNames | None = None
     while True:  # with `follow`, a step that has not started yet is waited for until the run ends
-        run = get_report(cluster, run_id)
         try:
             task = find_step(run, step, trial)
             break
@@ -264,10 +333,12 @@ def stream_log(
             if not follow or run.state in TERMINAL_STATES or run.state in STOP_STATES:
                 raise
         if not waiting:
-            notify(f"Run {run.name} is {run.state}; waiting for step {step or TRAIN_STEP} to start.")
+            notify(f"Run {run.name} is {run.state}; waiting for {_step(step)} to start.")
             waiting = True
         time.sleep(poll_interval)
-    names: PipelineNames | None = None
+        if (raw := lifeline.read()) is not None:
+            names = names if names is not None else run_names(cluster, raw)
+            run = report(cluster, raw, names)
     pod_name, written, told = "", 0, False
     while True:
         assert task.pod is not None
@@ -277,7 +348,12 @@ def stream_log(
             pod_name, written = task.pod.pod_name, 0
         ended = task.state in TERMINAL_STATES
         started = task.state not in ("PENDING", "RUNTIME_STATE_UNSPECIFIED")  # a pod not running has no log yet
-        log = read_log(cluster, run_id, task.pod) if started or not follow else LogRead(None, None)
+        try:
+            log = read_log(cluster, run_id, task.pod) if started or not follow else LogRead(None, None)
+        except ClusterUnavailableError as exc:
+            if not follow:
+                raise
+            log = LogRead(None, str(exc))  # the next poll reads it again
         if log.text is None:
             message = f"No log of step {task.name} could be read: {(log.problem or '').rstrip('.')}."
             if not follow:
@@ -293,9 +369,16 @@ def stream_log(
             if lines[written:]:
                 echo("".join(lines[written:]))
             written = max(written, len(lines))
+        if follow and ended and task.state != "SUCCEEDED" and run.terminated:
+            raise RunFailedError(
+                f"Step {task.name} of run {run_id} was stopped: the run was terminated (KFP reports the step "
+                f"{task.state})."
+            )
         if not follow or ended:
             return task
         time.sleep(poll_interval)
-        raw = cluster.call(f"Reading run {run_id}", cluster.client.get_run, run_id)
+        if (raw := lifeline.read()) is None:
+            continue
         names = names if names is not None else run_names(cluster, raw)
-        task = find_step(report(cluster, raw, names), step or task.step, trial if trial is not None else task.trial)
+        run = report(cluster, raw, names)
+        task = find_step(run, step or task.step, trial if trial is not None else task.trial)

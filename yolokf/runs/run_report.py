@@ -90,6 +90,7 @@ class RunReport:
     parameters: dict[str, Any] = field(default_factory=dict)  # the run arguments: what the training step got
     tasks: list[TaskState] = field(default_factory=list)
     progress: list[StepProgress] = field(default_factory=list)  # the running trainings' epochs, while followed
+    terminated: bool = False  # someone asked the cluster to stop it: it went CANCELING (KFP 2.17 ends it FAILED)
 
     @property
     def seconds(self) -> float | None:
@@ -147,16 +148,25 @@ def report(cluster: Cluster, run: Any, names: PipelineNames = NO_NAMES) -> RunRe
     else:  # not Argo's nodes (an older or another backend): every listed task but the run's own DAG
         tasks = [_task_state(t, None, names, [t]) for t in details]
     runtime = run.runtime_config
+    state = str(run.state or "RUNTIME_STATE_UNSPECIFIED")
+    # A terminated run is CANCELING, then ends FAILED, not CANCELED (KFP 2.17 resource/resource_manager.go
+    # 1537-1540): what tells it from a failure is the CANCELING in its history (storage/run_store.go 618-623).
+    history = [str(entry.state) for entry in getattr(run, "state_history", None) or []]
+    terminated = state in ("CANCELING", "FAILED", "CANCELED") and "CANCELING" in (state, *history)
+    error = _error_text(run.error) or next((t.error for t in tasks if t.error), None)
+    if terminated and error is None and state != "CANCELING":
+        error = f"The run was terminated (KFP reports a terminated run as {state}); no step failed on its own."
     return RunReport(
         run_id=run.run_id,
         name=run.display_name or run.run_id,
-        state=str(run.state or "RUNTIME_STATE_UNSPECIFIED"),
+        state=state,
         url=cluster.run_url(run.run_id),
         created_at=_time(run.created_at),
         finished_at=_time(run.finished_at) if str(run.state) in TERMINAL_STATES else None,
-        error=_error_text(run.error) or next((t.error for t in tasks if t.error), None),
+        error=error,
         parameters=dict(getattr(runtime, "parameters", None) or {}),
         tasks=tasks,
+        terminated=terminated,
     )
 
 

@@ -4,28 +4,30 @@ The v2beta1 run's task details are Argo's workflow nodes (backend/src/common/uti
 node's display name, state and times, and its children's node IDs, but not its own ID or pod name
 (server/api_converter.go toApiPipelineTaskDetail). Argo names a node `<workflow>-<fnv1a32(node name)>` and its pod
 `<workflow>-<template>-<same hash>` (argo-workflows v4 pkg/apis/workflow/v1alpha1/workflow_types.go NodeID,
-workflow/util/pod_name.go GeneratePodName), where a node's name is its parent's name plus `.<display name>` (a DAG
-task) or plus the suffix its display name adds to the parent's (`(0)` for a retry, `(3:3)` for a loop iteration).
-So each node's name follows from the root's by checking the hash against the parent's child IDs, and the pod name
-of a step's `executor` node from its name. Logs then come from the UI server's /k8s/pod/logs (live, with the
+workflow/util/pod_name.go GeneratePodName), where a node's name is its DAG's name plus `.<display name>` (a DAG
+task, a loop iteration `iteration-iterations(3:3)`, an attempt `yolo-train(0)`), or the workflow's plus `(N)`.
+Where a node hangs says nothing of its name: a task with dependencies hangs under the nodes it depends on. So
+names are found from the workflow's by checking their hashes against all the child IDs the run lists, and the pod
+name of a step's `executor` node from its name. Logs then come from the UI server's /k8s/pod/logs (live, with the
 archive behind it) or the API server's /apis/v1alpha1/runs/{run}/nodes/{node}/log (archived).
 docs/cluster.md "Watching a run" says what each answers.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from yolokf.runs.kfp_api import get_text
+from yolokf.core.errors import ClusterUnavailableError
+from yolokf.pipeline.components import train_nodes_component, yolo_train
+from yolokf.runs.kfp_api import TextAnswer, get_text
 
 if TYPE_CHECKING:
     from yolokf.runs.kfp_api import Cluster
 
-# kfp derives a task's key from its component function: pipeline.yolo_train -> yolo-train (tests compile it).
-TRAIN_STEP = "yolo-train"
 # backend/src/v2/compiler/argocompiler/container.go: the DAG task that runs a step's container is "executor",
 # its template "system-container-impl", "retry-" before it when the task has a retry policy, and
 # "metadata-<annotations>-<labels>-" before that when it sets pod labels or annotations.
@@ -35,9 +37,26 @@ _SUFFIX = re.compile(r"\([^()]*\)$")
 _ITERATION = re.compile(r"-iterations\((\d+):")
 
 
-def fnv1a32(text: str) -> int:
-    """Go's hash/fnv New32a over the UTF-8 bytes of `text`."""
-    value = 0x811C9DC5
+def training_steps() -> tuple[str, ...]:
+    """The training steps' task keys: kfp keys a task by its component's name (yolo_train -> yolo-train; the
+    `--nodes` launcher, yolo_train_nodes -> yolo-train-nodes)."""
+    return (yolo_train.name, train_nodes_component().name)
+
+
+@functools.cache
+def _training_key() -> re.Pattern[str]:
+    # A later task of the same name is keyed -2, -3... (kfp/dsl/pipeline_context.py add_task): a sweep's halving
+    # rounds train as yolo-train-2, yolo-train-3.
+    return re.compile("(?:" + "|".join(map(re.escape, training_steps())) + r")(?:-\d+)?")
+
+
+def is_training(key: str) -> bool:
+    """Whether the task `key` runs one of the training components (in one pod, or across nodes)."""
+    return _training_key().fullmatch(key) is not None
+
+
+def fnv1a32(text: str, value: int = 0x811C9DC5) -> int:
+    """Go's hash/fnv New32a over the UTF-8 bytes of `text`; from `value`, the hash of what came before it."""
     for byte in text.encode():
         value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
     return value
@@ -114,85 +133,91 @@ def pipeline_names(spec: Any) -> PipelineNames:
 def step_pods(nodes: list[Node], names: PipelineNames = NO_NAMES) -> list[StepPod]:
     """Every step container the nodes show, its latest attempt only, in the order the API listed them.
 
-    Nodes with the same display name (every step has an `executor`) are told apart by their children's IDs,
-    which hash their own name. A leaf (a pod) has none, so a pod is known by its ID in its parent's children,
-    and its step's state is its parent's: the retry node around it, or the step's DAG without retries.
+    A node's name is never read from where it hangs: Argo hangs a task that has dependencies under its
+    dependencies' last nodes (a `yolo-train` under `yolo-train-driver(0)`), not under its DAG. Names are
+    found from the workflow's instead, as Argo makes them: a DAG task is `<its DAG's name>.<display name>`
+    (argo-workflows v4.0.5 workflow/controller/dag.go 112-114), an attempt `<retry node's name>(N)`; a name is
+    kept when its ID, `<workflow>-<fnv1a32(name)>`, is among the children the run lists. A node of the list is
+    then the one with that display name whose children are named inside it (a pod, with none, is known by its
+    name alone), and a step's state is that of the retry node around its pod, or of its DAG without retries.
     """
     ids = {child for node in nodes for child in node.children}
     roots = [n for n in nodes if ids and all(i.startswith(n.display + "-") for i in ids)]
     if not roots:
         return []
-    root = max(roots, key=lambda n: len(n.display))
-    workflow = root.display
-    displays = sorted({n.display for n in nodes})
-
-    def node_id(path: str) -> str:
-        return f"{workflow}-{fnv1a32(path)}"
-
-    def fits(node: Node, path: str) -> bool:
-        children = set(node.children)
-        return any(node_id(c) in children for d in displays for c in _child_paths(path, d))
-
-    paths: dict[int, str] = {root.index: workflow}
-    waiting: dict[str, list[Node]] = {}
+    workflow = max(roots, key=lambda n: len(n.display)).display
+    found = _node_names(workflow, ids, sorted({n.display for n in nodes}))
+    by_id = {_node_id(workflow, fnv1a32(name)): name for name in found}
+    named: dict[str, list[str]] = {}  # display name -> the names found with it
+    for name, display in found.items():
+        named.setdefault(display, []).append(name)
+    records: dict[str, Node] = {}  # name -> the listed node
     for node in nodes:
-        if node is not root and node.children:
-            waiting.setdefault(node.display, []).append(node)
-    queue = [root]
-    while queue:
-        parent = queue.pop()
-        path, children = paths[parent.index], set(parent.children)
-        for display, group in waiting.items():
-            for candidate in _child_paths(path, display):
-                if node_id(candidate) in children and (found := next((n for n in group if fits(n, candidate)), None)):
-                    group.remove(found)
-                    paths[found.index] = candidate
-                    queue.append(found)
-    by_index = {node.index: node for node in nodes}
-    resolved = set(paths.values())
+        inside = [by_id[c] for c in node.children if c in by_id]
+        record = next(
+            (n for n in named.get(node.display, []) if any(c.startswith((n + ".", n + "(")) for c in inside)),
+            workflow if node.display == workflow else None,
+        )
+        if record is not None:
+            records.setdefault(record, node)
     latest: dict[tuple[str, int | None], StepPod] = {}
-    for index, path in paths.items():
-        parent, children = by_index[index], set(by_index[index].children)
-        last = path.rsplit(".", 1)[-1]
-        if _SUFFIX.sub("", last) == EXECUTOR:  # the retry node around the executor: its children are attempts
-            attempts = [n for n in range(len(children) + 8) if node_id(f"{path}({n})") in children]
-            pods = [(f"{path}({n})", n) for n in attempts[-1:]]
+    for path in found:
+        if path.rsplit(".", 1)[-1] != EXECUTOR:
+            continue
+        attempts = [n for n in range(len(found)) if f"{path}({n})" in found]
+        if attempts:  # the retry node around the executor: its children are attempts
+            pod_path, attempt, state = f"{path}({max(attempts)})", max(attempts), records.get(path)
         else:  # no retry node: the executor pod sits right in the step's DAG
-            pod_path = f"{path}.{EXECUTOR}"
-            pods = [(pod_path, 0)] if node_id(pod_path) in children and pod_path not in resolved else []
-        for pod_path, attempt in pods:
-            parts = pod_path[len(workflow) :].split(".")  # ["" or "(0)" (a retried entrypoint), ..., "executor(N)"]
-            if len(parts) < 3:
-                continue
-            key = _SUFFIX.sub("", parts[-2])
-            iteration = next((m for part in parts if (m := _ITERATION.search(part))), None)
-            top = workflow + ".".join([*parts[:-2], key])
-            members = sorted(i for i, p in paths.items() if p == top or p.startswith((top + "(", top + ".")))
-            digest = fnv1a32(pod_path)
-            pod = StepPod(
-                key,
-                int(iteration[1]) if iteration else None,
-                attempt,
-                parent,
-                f"{workflow}-{digest}",
-                f"{workflow}-{names.template(key)}-{digest}",
-                pod_path,
-                tuple(members),
-            )
-            slot = (key, pod.trial)
-            if slot not in latest or latest[slot].attempt <= pod.attempt:
-                latest[slot] = pod
+            pod_path, attempt, state = path, 0, records.get(path.rsplit(".", 1)[0])
+        parts = pod_path[len(workflow) :].split(".")  # ["" or "(0)" (a retried entrypoint), ..., "executor(N)"]
+        if state is None or len(parts) < 3:
+            continue
+        key = _SUFFIX.sub("", parts[-2])
+        iteration = next((m for part in parts if (m := _ITERATION.search(part))), None)
+        top = workflow + ".".join([*parts[:-2], key])
+        members = sorted(n.index for p, n in records.items() if p == top or p.startswith((top + "(", top + ".")))
+        digest = fnv1a32(pod_path)
+        pod = StepPod(
+            key,
+            int(iteration[1]) if iteration else None,
+            attempt,
+            state,
+            _node_id(workflow, digest),
+            f"{workflow}-{names.template(key)}-{digest}",
+            pod_path,
+            tuple(members),
+        )
+        slot = (key, pod.trial)
+        if slot not in latest or latest[slot].attempt <= pod.attempt:
+            latest[slot] = pod
     return sorted(latest.values(), key=lambda p: p.node.index)
 
 
-def _child_paths(path: str, display: str) -> list[str]:
-    """The names a node shown as `display` can have under the node named `path`: a DAG task (`.display`), or
-    the parent's name with the suffix the display adds (a retry's `(0)`, a loop iteration's `(3:3)`)."""
-    last = path.rsplit(".", 1)[-1]
-    candidates = [f"{path}.{display}"]
-    if display.startswith(last) and display != last:
-        candidates.append(path + display[len(last) :])
-    return candidates
+def _node_id(workflow: str, digest: int) -> str:
+    return f"{workflow}-{digest}"
+
+
+def _node_names(workflow: str, ids: set[str], displays: list[str]) -> dict[str, str]:
+    """Each node name whose ID is in `ids`, with its display name, found from the workflow's name: `<name>.<display>`
+    for every display name listed, and `<name>(N)` (the workflow's own node is retried too). FNV-1a hashes a name
+    byte by byte, so each `<name>.` is hashed once and each display name continues from there."""
+    found = {workflow: workflow}
+    queue = [workflow]
+    while queue:
+        name = queue.pop()
+        prefix = fnv1a32(name + ".")
+        for display in displays:
+            candidate = f"{name}.{display}"
+            if candidate not in found and _node_id(workflow, fnv1a32(display, prefix)) in ids:
+                found[candidate] = display
+                queue.append(candidate)
+        attempt = 0
+        while _node_id(workflow, fnv1a32(f"{name}({attempt})")) in ids:  # numbered from 0 without gaps
+            if f"{name}({attempt})" not in found:
+                found[f"{name}({attempt})"] = f"{found[name]}({attempt})"
+                queue.append(f"{name}({attempt})")
+            attempt += 1
+    return found
 
 
 @dataclass(frozen=True)
@@ -204,12 +229,18 @@ class LogRead:
 
 
 def read_log(cluster: Cluster, run_id: str, pod: StepPod) -> LogRead:
-    """The pod's whole log so far: the UI's pod log (live, archive behind it), else the API's archived log."""
+    """The pod's whole log so far: the UI's pod log (live, archive behind it), else the API's archived log.
+    Raises ClusterUnavailableError when the API server's does not answer either, through its retries."""
 
     query = {"podname": pod.pod_name}
     if cluster.multi_user and cluster.namespace:
         query["podnamespace"] = cluster.namespace  # required there (422), and checked (403)
-    ui = get_text(cluster, f"Reading the log of pod {pod.pod_name}", "/k8s/pod/logs", query, ui=True)
+    try:
+        ui = get_text(cluster, f"Reading the log of pod {pod.pod_name}", "/k8s/pod/logs", query, ui=True)
+    except ClusterUnavailableError as exc:  # the API server may still have it
+        ui, ui_why = TextAnswer(0, ""), f"the UI's /k8s/pod/logs could not be read ({exc})"
+    else:
+        ui_why = f"the UI's /k8s/pod/logs answered {ui.status}" + (f" ({_short(ui.text)})" if ui.text.strip() else "")
     if ui.status == 200:
         return LogRead(ui.text)
     api = get_text(
@@ -218,7 +249,6 @@ def read_log(cluster: Cluster, run_id: str, pod: StepPod) -> LogRead:
     error = _api_log_error(api.text) if api.status == 200 else None
     if api.status == 200 and error is None:
         return LogRead(api.text)
-    ui_why = f"the UI's /k8s/pod/logs answered {ui.status}" + (f" ({_short(ui.text)})" if ui.text.strip() else "")
     api_why = (
         f"the API's log answered: {error}"
         if error

@@ -18,6 +18,10 @@ server of kubeflow/pipelines 2.17.0 (backend/src/apiserver) where yolokf depends
 - Request bodies are parsed as strictly as protojson with DiscardUnknown=false: unknown fields
   and values of the wrong type are answered with 400. Every pipeline spec that arrives (upload,
   upload_version, run create) is parsed into kfp-pipeline-spec's `PipelineSpec` proto and checked.
+- A run's task details are its Argo nodes, hung as Argo hangs them: a task that has dependencies under what it
+  depends on, not under its DAG (argo.py says where in Argo and argocompiler).
+- A terminated run is CANCELING, then FAILED, as the workflow Argo stopped; terminating a run that is CANCELING or
+  has ended is a 400 (runs.py `_terminate`).
 
 Tests steer it per test: `outcome` decides how runs go (SUCCEEDED, FAILED, CANCELED, PAUSED... after
 some polls, hang in RUNNING, or a `schedule` of `Poll`s that gives the run's and each task's state

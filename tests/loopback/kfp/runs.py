@@ -7,27 +7,12 @@ import json
 import re
 from typing import Any
 
-from tests.loopback.kfp.argo import ArgoNodes, fnv1a32
+from tests.loopback.kfp.argo import ArgoNodes, fnv1a32, in_dependency_order
 from tests.loopback.kfp.experiments import ExperimentsApi
 from tests.loopback.kfp.outcomes import FINAL_STATES, Poll
 from tests.loopback.kfp.pipelines import check_pipeline_spec
 from tests.loopback.kfp.protojson import EPOCH, ApiError, emit
 from tests.loopback.kfp.state import PodLog, Run, StepSpec, Task, get
-
-
-def _in_dependency_order(dag: dict[str, Any]) -> list[str]:
-    """The DAG's task keys, each after the tasks it depends on: the order a cluster starts them."""
-    order: list[str] = []
-
-    def visit(name: str) -> None:
-        if name not in order:
-            for upstream in dag[name].get("dependentTasks", []):
-                visit(upstream)
-            order.append(name)
-
-    for name in dag:
-        visit(name)
-    return order
 
 
 def _named(values: dict[str, Any], step: StepSpec) -> Any:
@@ -99,7 +84,7 @@ def _pipeline_steps(spec: dict[str, Any], parameters: dict[str, Any]) -> list[St
         return len(value) if isinstance(value, list) else 1
 
     def walk(dag: dict[str, Any], dags: tuple[tuple[str, int | None], ...], trial: int | None) -> None:
-        for key in _in_dependency_order(dag["tasks"]):
+        for key in in_dependency_order(dag["tasks"]):
             task = dag["tasks"][key]
             component = components[task["componentRef"]["name"]]
             if "dag" in component:
@@ -185,7 +170,7 @@ class RunsApi(ExperimentsApi):
             run["pipeline_version_reference"] = reference
         workflow = re.sub(r"[^a-z0-9-]+", "-", spec_inner["pipelineInfo"]["name"].lower()).strip("-")
         workflow += "-" + format(fnv1a32(run["run_id"]), "x")[:5]  # generateName: the pipeline's name, a suffix
-        self.runs[run["run_id"]] = Run(run, self.outcome, steps=steps, workflow=workflow)
+        self.runs[run["run_id"]] = Run(run, self.outcome, steps=steps, workflow=workflow, spec=spec_inner)
         run["_tasks"] = tasks
         experiment["last_run_created_at"] = run["created_at"]
         return run_json(run)
@@ -213,14 +198,20 @@ class RunsApi(ExperimentsApi):
             return
         run.polls += 1
         if run.terminate_polls is not None:
-            state = "CANCELING" if run.polls - run.terminate_polls < 2 else "CANCELED"
-            # Tasks that ended keep their state; the others are canceled with the run.
-            tasks = {n: t.state if t.state in FINAL_STATES else "CANCELED" for n, t in run.tasks.items()}
-            poll = Poll(state, tasks if outcome.schedule else None)
+            # A terminated workflow's deadline is 0: while it is not over, the persistence agent reports the run
+            # CANCELING; once Argo has stopped it, the run is what the workflow ended as, Failed
+            # (resource/resource_manager.go 1537-1540, TerminateWorkflow 1023-1024). Its pods are killed: the
+            # tasks that had not ended fail with it.
+            state = "CANCELING" if run.polls - run.terminate_polls < 2 else "FAILED"
+            tasks = {
+                n: t.state if t.state in FINAL_STATES or state == "CANCELING" else "FAILED"
+                for n, t in run.tasks.items()
+            }
+            poll = Poll(state, tasks)
         else:
             poll = outcome.poll(run.polls)
         state, now = poll.state, self._now()
-        if state != data["state"]:
+        if data["state_history"][-1]["state"] != state:  # storage/run_store.go UpdateRun 618-623
             data["state_history"].append({"update_time": now, "state": state})
         data["state"] = state
         error = {"code": 2, "message": outcome.error} if outcome.error else None
@@ -261,7 +252,13 @@ class RunsApi(ExperimentsApi):
         run = self.runs.get(run_id)
         if run is None:
             raise ApiError(404, f"Run {run_id} not found")
-        if run.data["state"] in FINAL_STATES:
-            raise ApiError(400, f"Invalid input error: run {run_id} has already finished")
+        if run.data["state"] not in ("PAUSED", "PENDING", "RUNNING", "RUNTIME_STATE_UNSPECIFIED"):
+            # storage/run_store.go TerminateRun 823-844: only a run in one of those states is updated; a run that
+            # ended, or is CANCELING from an earlier terminate, is not found by the UPDATE.
+            cause = f"Failed to terminate a run {run_id}. Row not found"
+            raise ApiError(
+                400, f"Failed to terminate a run: Failed to terminate run {run_id}: Invalid input error: {cause}", cause
+            )
+        run.data["state"] = "CANCELING"  # the UPDATE sets it; the history gets it from the next report (line 824)
         run.terminate_polls = run.polls
         return {}

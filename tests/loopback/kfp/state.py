@@ -56,6 +56,7 @@ class Run:
     steps: dict[str, StepSpec] = field(default_factory=dict)  # every step the pipeline can run, by label
     workflow: str = ""  # the Argo workflow's name
     logs: dict[str, PodLog] = field(default_factory=dict)  # by label
+    spec: dict[str, Any] = field(default_factory=dict)  # the pipeline spec: its DAGs, which Argo's nodes follow
 
 
 def get(table: dict[str, Any], key: str, kind: str) -> Any:
