@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Mapping
 from typing import Annotated, Any
 
 import click
@@ -46,13 +45,14 @@ def _name(info: typer.models.CommandInfo) -> str:
 
 
 @functools.cache
-def _built() -> Mapping[str, click.Command]:
-    group = typer.main.get_command(app)
+def _command(name: str) -> click.Command:
+    """One command's click object, built alone (a config file's key is looked up command by command)."""
+    group = typer.main.get_command(_only(name))
     assert isinstance(group, click.Group)
-    return group.commands
+    return group.commands[name]
 
 
-_CONFIG = ConfigOptions(names=lambda: [_name(info) for info in app.registered_commands], build=_built)
+_CONFIG = ConfigOptions(names=lambda: [_name(info) for info in app.registered_commands], command=_command)
 
 
 def _config(

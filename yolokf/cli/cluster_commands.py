@@ -25,7 +25,7 @@ from yolokf.cli.options import (
     connection_options,
 )
 from yolokf.core.errors import Interrupted, RunFailedError
-from yolokf.runs.kfp_api import Connection
+from yolokf.runs.connection import Connection
 
 if TYPE_CHECKING:
     from yolokf.pipeline.job import Job

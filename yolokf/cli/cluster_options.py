@@ -10,7 +10,7 @@ from typing import Annotated, Any, NamedTuple
 
 import typer
 
-from yolokf.data.transfer import DEFAULT_WORKERS
+from yolokf.core.mounts import DEFAULT_WORKERS
 from yolokf.pipeline.step_options import (
     DEFAULT_ACCELERATOR,
     DEFAULT_SHM_SIZE,

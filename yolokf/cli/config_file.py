@@ -40,12 +40,13 @@ _USE_INSTEAD = (
 
 
 class Commands(Protocol):
-    """The app's commands: their names, and their click objects (`build`: 40 ms for all, so asked only for a key
-    the running command does not know, and by `yolokf config`). config_options.ConfigOptions is one."""
+    """The app's commands: their names, and each one's click object (`command`: built on first use, ~5 ms each, so
+    asked only for a key the running command does not know, and by `yolokf config`). config_options.ConfigOptions
+    is one."""
 
     def names(self) -> Sequence[str]: ...
 
-    def build(self) -> Mapping[str, click.Command]: ...
+    def command(self, name: str) -> click.Command: ...
 
 
 @dataclass(frozen=True)
@@ -154,13 +155,21 @@ class _Checker:
     def __init__(self, commands: Commands, name: str, command: click.Command, ctx: click.Context, path: Path):
         self.commands, self.name, self.ctx, self.path = commands, name, ctx, path
         self.keys = keys_of(command)
-        self._all: set[str] | None = None
+        self._keys_by_command = {name: self.keys}
+
+    def _keys_of(self, name: str) -> dict[str, click.Option]:
+        if name not in self._keys_by_command:
+            self._keys_by_command[name] = keys_of(self.commands.command(name))
+        return self._keys_by_command[name]
+
+    def known_elsewhere(self, key: str) -> bool:
+        """Whether another command has the option `key`. The commands are built one at a time until one has it
+        (issue 27: a profile's `host:` costs `compile` the build of `run`, not of all ten commands, 40 ms)."""
+        return any(key in self._keys_of(name) for name in self.commands.names() if name != self.name)
 
     def all_keys(self) -> set[str]:
-        """Every command's option keys (builds every command: only for a key the running one does not know)."""
-        if self._all is None:
-            self._all = {key for command in self.commands.build().values() for key in keys_of(command)}
-        return self._all
+        """Every command's option keys (builds every command: only to suggest a key for an unknown one)."""
+        return {key for name in self.commands.names() for key in self._keys_of(name)}
 
     def fail(self, line: int, message: str) -> click.UsageError:
         # No ctx: inside an option's callback click adds the command's, for the "See 'yolokf run --help'" hint.
@@ -171,7 +180,7 @@ class _Checker:
         for part in (document.top, *document.profiles.values()):
             for entry in (*part.entries, *(e for section in part.sections.values() for e in section)):
                 key = entry.key.lower().replace("_", "-")
-                if _SECRET_KEY.search(key) and key not in self.keys and key not in self.all_keys():
+                if _SECRET_KEY.search(key) and key not in self.keys and not self.known_elsewhere(key):
                     raise self.fail(entry.line, f"'{entry.key}' would put a secret in a config file; {_USE_INSTEAD}.")
                 if isinstance(entry.value, str) and _URL_PASSWORD.match(entry.value):
                     raise self.fail(entry.line, f"{entry.key}: a URL with a password in a config file; {_USE_INSTEAD}.")
@@ -184,7 +193,7 @@ class _Checker:
             env = _CHOOSERS[entry.key]
             how = f"--{entry.key}" + (f" or {env}" if env else "")
             raise self.fail(entry.line, f"'{entry.key}' chooses or writes the file, it is not a key in it; use {how}.")
-        if not in_section and entry.key in self.all_keys():
+        if not in_section and self.known_elsewhere(entry.key):
             return None
         if not in_section and entry.key in self.commands.names():
             raise self.fail(entry.line, f"section '{entry.key}' must be a mapping of option names to values.")
@@ -312,12 +321,12 @@ def effective(
     commands: Commands, name: str, path: Path | None, profile: str | None
 ) -> tuple[str, list[tuple[str, str, str]]]:
     """`yolokf config`: a title, and each option of command `name` with its value and where the value comes from."""
-    known = commands.build()
+    known = commands.names()
     if name not in known:
         raise click.BadParameter(
             f"{name!r} is not a yolokf command{_did_you_mean(name, list(known))}", param_hint="'COMMAND'"
         )
-    command = known[name]
+    command = commands.command(name)
     defaults = load(commands, name, command, click.Context(command, info_name=name), path, profile)
     # click itself resolves each option, as for a real run (resilient: a command's arguments may be missing).
     ctx = command.make_context(name, [], default_map=defaults.values, resilient_parsing=True)

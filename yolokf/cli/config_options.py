@@ -8,7 +8,7 @@ command runs (never for `--help`).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,11 +65,11 @@ SaveConfig = Annotated[
 
 
 class ConfigOptions:
-    """The config-file options of one app's commands. `names` lists the commands; `build` makes their click
-    objects (40 ms for all), asked only for a file key the running command lacks, and by `yolokf config`."""
+    """The config-file options of one app's commands. `names` lists the commands; `command` makes one's click
+    object (~5 ms each), asked only for a file key the running command lacks, and by `yolokf config`."""
 
-    def __init__(self, names: Callable[[], Sequence[str]], build: Callable[[], Mapping[str, click.Command]]):
-        self.names, self.build = names, build
+    def __init__(self, names: Callable[[], Sequence[str]], command: Callable[[str], click.Command]):
+        self.names, self.command = names, command
         self._options = {"config": _config_option(self._use_file), "profile": _profile_option(self._use_file)}
 
     def _use_file(self, ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -95,7 +95,7 @@ class ConfigOptions:
         signature = inspect.signature(command, eval_str=True)
         kind = inspect.Parameter.KEYWORD_ONLY  # typer passes every value by name
         added = {**self._options, **({"save_config": SaveConfig} if save else {})}
-        parameters = [p.replace(kind=kind) for p in signature.parameters.values()]
+        parameters = [p if p.kind == kind else p.replace(kind=kind) for p in signature.parameters.values()]
         parameters += [inspect.Parameter(n, kind, annotation=a, default=None) for n, a in added.items()]
 
         def wrapper(**kwargs: Any) -> Any:

@@ -11,14 +11,13 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from yolokf.data.transfer import Progress as FetchProgress
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from contextlib import AbstractContextManager
 
     from rich.console import Console
 
+    from yolokf.data.transfer import Progress as FetchProgress
     from yolokf.image.engine import LayerSink, Step
     from yolokf.runs.follow import Failure
     from yolokf.runs.local import LocalRun, StepEvent

@@ -28,7 +28,7 @@ from yolokf.cli.tracking_options import tracking_options
 from yolokf.core.errors import UsageError
 from yolokf.core.settings import PromoteOptions, SweepOptions, TrainConfig, auto_optimizer_hint, ignored_under_auto
 from yolokf.pipeline.step_options import StepOptions
-from yolokf.runs.kfp_api import Connection
+from yolokf.runs.connection import Connection
 from yolokf.tracking.plan import Tracking
 
 if TYPE_CHECKING:

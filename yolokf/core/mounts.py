@@ -1,4 +1,4 @@
-"""Where a step's pod finds its volumes, and the two credential markers the download step is compiled with.
+"""Where a step's pod finds its volumes, and what the download step is compiled with: credential markers, workers.
 
 Fixed mount points, so a retried or re-submitted step finds the same files at the same paths; the pipeline
 mounts them (`yolokf.pipeline.step_options`) and the steps read them.
@@ -12,3 +12,6 @@ DATA_CACHE_PATH = "/mnt/yolokf/data-cache"  # --data-cache-pvc: the download, tr
 AMBIENT_CREDENTIALS = "-"
 # What the download step is told when no --data-secret was compiled: an s3:// or gs:// `data` fails at once.
 NO_CREDENTIALS = ""
+# --fetch-workers: objects in flight (yolokf.data.transfer), given to the download step's pod in this variable.
+DEFAULT_WORKERS = 32  # peak memory is about workers x PART_SIZE at worst
+WORKERS_ENV = "YOLOKF_FETCH_WORKERS"

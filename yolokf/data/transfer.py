@@ -26,14 +26,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from yolokf.core.errors import DataError
+from yolokf.core.mounts import DEFAULT_WORKERS, WORKERS_ENV
 
 if TYPE_CHECKING:
     import asyncio
 
     from obstore import GetOptions
 
-DEFAULT_WORKERS = 32  # objects in flight; peak memory is about workers x PART_SIZE at worst
-WORKERS_ENV = "YOLOKF_FETCH_WORKERS"  # --fetch-workers, in the CLI and in the download step's pod
 PART_SIZE = 8 << 20  # objects larger than this are fetched as ranges of this size, several at once
 ATTEMPTS = 5  # per object, on top of obstore's own retries of a request (5xx, dropped connections)
 PART_SUFFIX = ".yolokf-part"

@@ -9,11 +9,13 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yolokf import __version__
 from yolokf.core.errors import UsageError
-from yolokf.image.context import DEFAULT_REPOSITORY, BuildResult, BuildSpec, assemble_context
+
+if TYPE_CHECKING:
+    from yolokf.image.context import BuildResult
 
 
 def _record_file() -> Path:
@@ -69,6 +71,9 @@ def choose_image(explicit: str | None = None) -> ImageChoice:
         if not explicit.strip():
             raise UsageError("--image is empty; give a tag or digest such as registry.example.com/ml/yolokf@sha256:...")
         return ImageChoice(explicit.strip(), "--image")
+    # Imported on use, for start-up time: `compile --image` and `run --image` do not load it.
+    from yolokf.image.context import DEFAULT_REPOSITORY, BuildSpec, assemble_context
+
     try:
         context = assemble_context(BuildSpec())
     except UsageError:

@@ -98,20 +98,25 @@ yolo_train = _training_component(
 )
 
 
-# `--nodes N` (issue 19): the same training inputs and outputs (a sweep trial's included), and the node count,
-# compiled in; the step starts yolokf's distributed worker on every node and hands rank 0's results to the same
-# outputs.
-yolo_train_nodes = _training_component(
-    "yolo_train_nodes",
-    "yolokf.training.launch.launch_step",
-    "Train an Ultralytics YOLO model across nodes (yolokf).",
-    leading="nodes: int,\n    ",
-    trailing="trainjob: dict = {},",
-)
+@functools.cache
+def train_nodes_component() -> Any:
+    """`--nodes N` (issue 19): `yolo_train_nodes`, the same training inputs and outputs (a sweep trial's included),
+    and the node count, compiled in; the step starts yolokf's distributed worker on every node and hands rank 0's
+    results to the same outputs. Built once, on use: a one-pod pipeline has no need of it (issue 27: compile's time).
+    """
+    return _training_component(
+        "yolo_train_nodes",
+        "yolokf.training.launch.launch_step",
+        "Train an Ultralytics YOLO model across nodes (yolokf).",
+        leading="nodes: int,\n    ",
+        trailing="trainjob: dict = {},",
+    )
 
 
 @dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
-def fetch_dataset(uri: str, credentials: str, data_pvc: str, data_cache_pvc: str, dataset: Output[Dataset]):
+def fetch_dataset(
+    uri: str, credentials: str, data_pvc: str, data_cache_pvc: str, dataset: Output[Dataset], nodes: int = 1
+):
     """Download the run's dataset from s3://, gs:// or https://, or pass a local or PVC one on (yolokf)."""
     inputs = dict(locals())
     # Runs in the step's pod: kfp embeds this function's source, imports included.
@@ -120,7 +125,8 @@ def fetch_dataset(uri: str, credentials: str, data_pvc: str, data_cache_pvc: str
     fetch_step(**inputs)
 
 
-@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
+# A sweep's two steps: plain functions here, made components by `sweep_components` (kfp names each component after
+# its function and embeds the function's source).
 def select_trials(
     results: list,
     history: list,
@@ -144,7 +150,6 @@ def select_trials(
     return kept
 
 
-@dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
 def sweep_report(
     results: list,
     history: list,
@@ -161,6 +166,14 @@ def sweep_report(
     from yolokf.sweeps.select import report_step
 
     return report_step(results, history, metric, mode, rounds, best=best, metrics=metrics, report=report, table=table)
+
+
+@functools.cache
+def sweep_components() -> tuple[Any, Any]:
+    """The `select_trials` and `sweep_report` components, built once, when a job is a sweep: compiling a training
+    pipeline builds neither (issue 27: compile's time)."""
+    component = dsl.component(base_image=PLACEHOLDER_IMAGE, install_kfp_package=False)
+    return component(select_trials), component(sweep_report)
 
 
 def _step_component(name: str, step: Callable[..., Any]) -> Any:

@@ -15,9 +15,8 @@ from yolokf.core.devices import device_for_gpus
 from yolokf.core.errors import UsageError
 from yolokf.core.mounts import AMBIENT_CREDENTIALS
 from yolokf.core.settings import PromoteOptions, TrainConfig
-from yolokf.data.sources import DataSource, is_remote, parse_data_uri, pvc_source
+from yolokf.data.sources import DataSource, check_nodes_data, is_remote, parse_data_uri, pvc_source
 from yolokf.pipeline.step_options import StepOptions
-from yolokf.promotion.plan import default_registered_model, plan_promotion, promoted_task
 from yolokf.tracking.plan import MLFLOW_REGISTRY, Tracking
 
 if TYPE_CHECKING:
@@ -48,6 +47,8 @@ class Job:
     @property
     def stem(self) -> str:
         """`yolov8n-coco128`: the model's and the dataset's names, for run and registered-model names."""
+        # Imported on use, for start-up time: `compile` of a plain training pipeline does not load it.
+        from yolokf.promotion.plan import default_registered_model
 
         data = self.source.uri if self.source is not None else self.config.data
         return default_registered_model(self.config.model, data)
@@ -67,6 +68,8 @@ class Job:
         """This job with the steps after training that `options` ask for (none: a plain training pipeline)."""
         if not (options.active or self.evaluate_only or options.champion or options.registered_model):
             return self  # a plain training pipeline; nothing to check or import
+        # Imported on use, for start-up time: `compile` of a plain training pipeline does not load it.
+        from yolokf.promotion.plan import plan_promotion, promoted_task
 
         local = self.step.image == "local"
 
@@ -124,12 +127,8 @@ def plan_job(config: TrainConfig, step: StepOptions, *, image: str) -> Job:
             f"--nodes {step.nodes} needs --checkpoint-pvc NAME, a ReadWriteMany PVC that every node mounts: rank 0 "
             "keeps the checkpoints and its results there for the training step and for a resume after a lost node."
         )
+    check_nodes_data(config.data, step.nodes)
     source = _data_source(config.data, step)
-    if step.nodes > 1 and source is not None and source.fetched:
-        raise UsageError(
-            f"--nodes {step.nodes}: every node reads the dataset itself; put {source.uri} on a PVC and give "
-            "--data pvc://PVC/path/data.yaml (or --data-pvc), or use a built-in dataset."
-        )
     if source is not None and source.scheme == "pvc":
         # The run parameter stays a pvc:// URI (the download step maps it onto the mount); the mount is fixed.
         step = replace(step, data_pvc=source.bucket)
@@ -141,6 +140,7 @@ def plan_job(config: TrainConfig, step: StepOptions, *, image: str) -> Job:
 def plan_local_job(config: TrainConfig, step: StepOptions) -> Job:
     """Resolve `config` and `step` for kfp.local on this machine: cluster settings do not apply."""
     local = step.for_local()
+    check_nodes_data(config.data, local.nodes)  # what a cluster refuses, refused here too, before any download
     if local.nodes > 1:
         if config.device.strip().lower() not in ("", "cpu"):
             raise UsageError(

@@ -22,8 +22,9 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from yolokf.core.errors import ClusterError, UsageError
+from yolokf.core.errors import ClusterError, ClusterUnavailableError, UsageError
 from yolokf.runs.api_errors import classify
+from yolokf.runs.connection import Connection
 from yolokf.runs.credentials import Credentials, resolve_credentials
 
 T = TypeVar("T")
@@ -172,18 +173,6 @@ def _rest_client_class() -> type:
     return TimeoutRESTClient
 
 
-@dataclass(frozen=True)
-class Connection:
-    """How to reach a Kubeflow Pipelines API: the `--host` flags of `run` and `status`."""
-
-    host: str | None = None
-    namespace: str | None = None
-    ca_bundle: Path | None = None
-    insecure_skip_tls_verify: bool = False
-    token_file: Path | None = None
-    cookie_file: Path | None = None
-
-
 def connect(connection: Connection, notify: Callable[[str], None] = print) -> Cluster:
     """Check the options, make the client, and ask the API's healthz (which also tells multi-user).
 
@@ -268,12 +257,16 @@ def call_api(
             delay = next(delays, None) if problem.transient else None
             if delay is None:
                 tries = f" (tried {attempt} times)" if attempt > 1 else ""
-                raise ClusterError(f"{action} failed: {problem.message}{tries}") from None
+                error = ClusterUnavailableError if problem.transient else ClusterError
+                raise error(f"{action} failed: {problem.message}{tries}") from None
             cluster.notify(
                 f"{action}: {problem.message.split('. ')[0]}; retrying in {delay:g} s ({attempt}/{RETRY.attempts - 1})"
             )
             time.sleep(delay)
             attempt += 1
+
+
+GATEWAY_STATUSES = (429, 502, 503, 504)
 
 
 @dataclass(frozen=True)
@@ -288,7 +281,7 @@ def get_text(cluster: Cluster, action: str, path: str, query: dict[str, str], *,
     """GET `path` (under the API host, or the UI's with `ui`) with the client's credentials, TLS and timeouts.
 
     Any HTTP answer comes back as it is (the caller knows what a 404 or a 500 of that endpoint means); transport
-    failures, 401 and login redirects are retried or worded as for every other call.
+    failures, a gateway's 502/503/504, 429, 401 and login redirects are retried or worded as for every other call.
     """
     import kfp_server_api
 
@@ -306,7 +299,8 @@ def get_text(cluster: Cluster, action: str, path: str, query: dict[str, str], *,
                 _host=cluster.ui if ui else None,
             )
         except kfp_server_api.ApiException as exc:
-            if exc.status in (0, 401) or 300 <= (exc.status or 0) < 400:
+            # A gateway's 502/503/504 and a 429 say nothing of the log: retried as every other call's.
+            if exc.status in (0, 401, *GATEWAY_STATUSES) or 300 <= (exc.status or 0) < 400:
                 raise
             body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
             return TextAnswer(exc.status, body)
