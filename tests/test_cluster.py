@@ -64,7 +64,7 @@ def test_every_cluster_flag_lands_in_the_compiled_training_step(cli, tmp_path):
     assert (resources["resourceCpuRequest"], resources["resourceCpuLimit"]) == ("8", "8")
     assert (resources["resourceMemoryRequest"], resources["resourceMemoryLimit"]) == ("48Gi", "48Gi")
     env = {e["name"]: e["value"] for e in container(spec, "exec-yolo-train")["env"]}
-    assert env == {"MKL_THREADING_LAYER": "GNU"}
+    assert env == {"MKL_THREADING_LAYER": "GNU", "YOLOKF_GPUS": "3"}
 
     # --gpus 3 makes ultralytics train on all three (DDP), as the pipeline parameter's default.
     device = spec.root.input_definitions.parameters["device"].default_value.string_value
@@ -100,6 +100,27 @@ def test_every_cluster_flag_lands_in_the_compiled_training_step(cli, tmp_path):
     assert params["run_key"].runtime_value.constant.string_value == "pets-v1"
 
 
+def test_retries_restart_evaluation_and_exports_as_they_restart_training(cli, tmp_path):
+    """Issue 24, item 12: a preempted evaluation or export was never retried. Every step that runs the model gets
+    --retries' policy; the gate, registration and download do not (a retry cannot change a missed gate or refused
+    credentials; the download and registration retry network errors in the step)."""
+    spec, _ = compiled(
+        cli, tmp_path, "--data", "data/pets.yaml", "--gpus", "1", "--retries", "2", "--export", "onnx,torchscript",
+        "--gate", "mAP50>0.1", "--registry", "https://mr.kubeflow:8443", "--registered-model", "pets",
+    )  # fmt: skip
+    tasks = dict(spec.root.dag.tasks)
+    (register,) = [c.dag.tasks["yolo-register"] for c in spec.components.values() if "yolo-register" in c.dag.tasks]
+    policies = {
+        name: (p.max_retry_count, p.backoff_duration.seconds, p.backoff_factor, p.backoff_max_duration.seconds)
+        for name, task in [*tasks.items(), ("yolo-register", register)]
+        if task.HasField("retry_policy")
+        for p in [task.retry_policy]
+    }
+    retried = ("yolo-train", "yolo-evaluate", "yolo-export", "yolo-export-2")
+    assert policies == dict.fromkeys(retried, (2, 30, 2.0, 3600))
+    assert {"fetch-dataset", "quality-gate", "condition-1"} <= set(tasks)
+
+
 def test_defaults_give_a_cpu_step_with_shm_and_nothing_else(cli, tmp_path):
     spec, configs = compiled(cli, tmp_path, "--data", "data/pets.yaml")
     train = configs["exec-yolo-train"]
@@ -120,13 +141,14 @@ def test_gpus_zero_trains_on_cpu_and_shm_can_be_left_out(cli, tmp_path):
 def test_one_gpu_uses_device_0_and_an_explicit_device_names_every_gpu_of_the_pod(cli, tmp_path):
     spec, _ = compiled(cli, tmp_path, "--data", "data/pets.yaml", "--gpus", "1")
     assert spec.root.input_definitions.parameters["device"].default_value.string_value == "0"
-    assert "env" not in container(spec, "exec-yolo-train"), "DDP settings only for more than one GPU"
+    env = {e["name"]: e["value"] for e in container(spec, "exec-yolo-train")["env"]}
+    assert env == {"YOLOKF_GPUS": "1"}, "the step's GPU rule; DDP settings only for more than one GPU"
     spec, _ = compiled(cli, tmp_path, "--data", "data/pets.yaml", "--gpus", "2", "--device", "0,1")
     assert spec.root.input_definitions.parameters["device"].default_value.string_value == "0,1"
     assert accelerator_count(spec) == 2
 
 
-def test_s3_dataset_adds_a_cached_download_step_with_secret_env_and_no_credential_values(cli, tmp_path):
+def test_s3_dataset_adds_an_uncached_download_step_with_secret_env_and_no_credential_values(cli, tmp_path):
     spec, configs = compiled(
         cli,
         tmp_path,
@@ -157,7 +179,7 @@ def test_s3_dataset_adds_a_cached_download_step_with_secret_env_and_no_credentia
 
     tasks = spec.root.dag.tasks
     assert tasks["fetch-dataset"].inputs.parameters["uri"].component_input_parameter == "data"
-    assert tasks["fetch-dataset"].caching_options.enable_cache
+    assert not tasks["fetch-dataset"].caching_options.enable_cache, "reads the bucket every run (issue 24)"
     # --retries restarts training only; the download retries network errors itself and fails at once on 403.
     assert not tasks["fetch-dataset"].HasField("retry_policy")
     assert tasks["yolo-train"].retry_policy.max_retry_count == 2

@@ -40,7 +40,7 @@ def test_compiled_pipeline_mounts_the_cache_on_the_download_and_every_step_that_
     assert not any(m.mount_path == "/mnt/yolokf/data-cache" for c in configs.values() for m in c.pvc_mount)
     fetch = spec.root.dag.tasks["fetch-dataset"]
     assert fetch.inputs.parameters["data_cache_pvc"].runtime_value.constant.string_value == ""
-    assert fetch.caching_options.enable_cache
+    assert not fetch.caching_options.enable_cache, "without the cache too: the bucket is read every run (issue 24)"
 
 
 def test_bad_cache_flags_are_one_line(cli, tmp_path):

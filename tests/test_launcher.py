@@ -117,14 +117,16 @@ def test_a_service_account_without_the_right_gets_one_line(tmp_path):
         server.close()
     # The preflight's reviews answer first (tests/test_preflight.py); the create's own 403 is the fallback.
     assert str(refused.value) == (
-        f"The step's service account lacks these rights in namespace {NAMESPACE}: create, get, list, watch, delete "
-        "trainjobs.trainer.kubeflow.org; apply yolokf's Role and RoleBinding: kubectl apply -f the -rbac.yaml that "
-        'yolokf compile --nodes wrote next to the pipeline (docs/cluster.md, "Several nodes").'
+        f"The step's service account lacks these rights in namespace {NAMESPACE}: create, get, list, watch, delete, "
+        "patch trainjobs.trainer.kubeflow.org; apply yolokf's Role and RoleBinding: kubectl apply -f the -rbac.yaml "
+        'that yolokf compile --nodes wrote next to the pipeline (docs/cluster.md, "Several nodes").'
     )
     assert server.trainjobs == {}
 
 
-def test_the_server_refuses_a_misspelt_field(kube, tmp_path):
+def test_the_server_drops_a_misspelt_field_with_a_warning_unless_asked_to_be_strict(kube, tmp_path):
+    """The API server's default (fieldValidation Warn since v1.23, the kubernetes client's docstring of
+    `field_validation`) keeps the object and drops the field; Strict refuses it."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -132,9 +134,28 @@ def test_the_server_refuses_a_misspelt_field(kube, tmp_path):
     body["spec"]["trainer"]["numNode"] = body["spec"]["trainer"].pop("numNodes")
     api = client.CustomObjectsApi(kube.api_client())
     with pytest.raises(ApiException) as refused:
-        api.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", NAMESPACE, "trainjobs", body)
+        api.create_namespaced_custom_object(
+            "trainer.kubeflow.org", "v1alpha1", NAMESPACE, "trainjobs", body, field_validation="Strict"
+        )
     assert refused.value.status == 400
-    assert "has no field spec.trainer.numNode" in json.loads(refused.value.body)["message"]
+    assert json.loads(refused.value.body)["message"] == (
+        'TrainJob in version "v1alpha1" cannot be handled as a TrainJob: strict decoding error: '
+        'unknown field "spec.trainer.numNode"'
+    )
+    body["spec"]["trainer"]["command"] = ["sleep", "30"]
+    created, status, headers = api.create_namespaced_custom_object_with_http_info(
+        "trainer.kubeflow.org", "v1alpha1", NAMESPACE, "trainjobs", body
+    )
+    assert status == 201 and "numNode" not in created["spec"]["trainer"]
+    assert headers["Warning"] == '299 - "unknown field \\"spec.trainer.numNode\\""'
+
+
+def test_the_launcher_creates_its_trainjob_with_strict_field_validation(kube, tmp_path):
+    body = _body(tmp_path, "yolo-strict", epochs=1)
+    body["spec"]["trainer"]["numNode"] = 2
+    with pytest.raises(TrainingError, match=r'unknown field "spec\.trainer\.numNode"'):
+        run_trainjob(body, namespace=NAMESPACE, api_client=kube.api_client(), timeout=60)
+    assert kube.trainjobs == {}
 
 
 @pytest.fixture
@@ -227,6 +248,29 @@ def test_a_sweep_trial_trains_its_values_to_its_round_on_the_nodes(in_a_pod, tmp
     assert {"mAP50", "fitness"} <= set(record["metrics"])
 
 
+@pytest.mark.parametrize("on_a_cluster", [True, False])
+def test_the_launcher_refuses_a_download_the_nodes_cannot_read(in_a_pod, tmp_path, on_a_cluster):
+    """Issue 24, item 6: on a cluster (the compiled TrainJob) and on this machine (none) the launcher applies the one
+    rule (`check_nodes_data`) before it creates a TrainJob or starts a node: the two faces agree."""
+    from tests.test_nodes import NODES_READ_NO_DOWNLOAD
+    from yolokf.core.errors import UsageError
+    from yolokf.training.launch import launch_step
+
+    config = TrainConfig(**TINY, epochs=1)
+    job = plan_job(config, StepOptions(nodes=2, gpus=0, checkpoint_pvc="ckpt", shm_size=None), image="local")
+    data = "s3://datasets/shapes"
+    with pytest.raises(UsageError) as refused:
+        launch_step(
+            nodes=2,
+            trainjob=trainjob_dict(build_trainjob(job)) if on_a_cluster else {},
+            checkpoint_dir=str(tmp_path / "checkpoints"),
+            **_outputs(tmp_path / "out"),
+            **{**job.config.parameters(), "data": data},
+        )
+    assert str(refused.value) == NODES_READ_NO_DOWNLOAD.format(data=data)
+    assert not in_a_pod.trainjobs
+
+
 def test_a_failed_trial_trainjob_is_recorded_and_the_sweep_goes_on(in_a_pod, tmp_path):
     trials = [{"trial": 0, "values": {"lr0": 0.003}}]
     summary = tmp_path / "summary.json"
@@ -274,3 +318,190 @@ def test_a_lost_node_fails_the_trainjob_and_the_retried_step_resumes(in_a_pod, t
     assert len(kube.trainjobs) == 2  # the failed TrainJob stays for its logs; the retry made its own
     weights = outputs["weights"].metadata
     assert weights["resumed_from_epoch"] >= 1 and weights["epochs_done"] == 4
+
+
+# Issue 24, item 1 and item 11: the launcher's faults. The nodes run short commands (no training): what is tested is
+# the launcher against the loopback API server, which keeps owners, collects garbage and logs as a cluster does.
+LAUNCHER = (
+    "import json, sys\n"
+    "from kubernetes import client\n"
+    "from yolokf.training.launch import run_trainjob\n"
+    "configuration = client.Configuration(host=sys.argv[1])\n"
+    "configuration.api_key = {'authorization': 'token'}\n"
+    "configuration.api_key_prefix = {'authorization': 'Bearer'}\n"
+    "run_trainjob(json.loads(sys.argv[2]), namespace='team-vision', api_client=client.ApiClient(configuration),"
+    " timeout=None, poll=0.2)\n"
+)
+
+
+def _quick(tmp_path: Path, name: str, seconds: float) -> dict:
+    """A TrainJob whose one node prints its pid, then a numbered line every 50 ms for `seconds`, and succeeds."""
+    body = _body(tmp_path, name, epochs=1)
+    body["spec"]["trainer"]["numNodes"] = 1
+    body["spec"]["trainer"]["command"] = [sys.executable, "-c"]
+    body["spec"]["trainer"]["args"] = [
+        "import os, time\n"
+        f"for i in range(int({seconds} / 0.05)):\n"
+        "    print(os.getpid(), 'line', i, flush=True)\n"
+        "    time.sleep(0.05)\n"
+    ]
+    return body
+
+
+def _launcher_pod(kube: KubeServer, monkeypatch, name: str) -> str:
+    """The launcher's pod, as KFP starts it: the API server knows it, and its name and uid are in its environment."""
+    uid = kube.add_pod(NAMESPACE, name)
+    monkeypatch.setenv("KFP_POD_NAME", name)
+    monkeypatch.setenv("KFP_POD_UID", uid)
+    return uid
+
+
+def _start_launcher(kube: KubeServer, body: dict) -> subprocess.Popen:
+    step = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, kube.url, json.dumps(body)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 60
+    while (NAMESPACE, body["metadata"]["name"]) not in kube.trainjobs:
+        assert time.monotonic() < deadline and step.poll() is None, step.stdout.read() if step.stdout else ""
+        time.sleep(0.1)
+    return step
+
+
+def test_a_trainjob_whose_launcher_pod_is_gone_is_deleted_by_the_garbage_collector(kube, tmp_path, monkeypatch):
+    """A launcher killed without a word (SIGKILL: OOM, a lost node) cannot delete its TrainJob; the TrainJob names
+    the launcher's pod as its owner, so it goes when the pod goes (a deleted run, KFP's pod GC)."""
+    uid = _launcher_pod(kube, monkeypatch, "yolov8-train-abcde-system-container-impl-1")
+    step = _start_launcher(kube, _quick(tmp_path, "yolo-orphan", seconds=120))
+    step.kill()
+    step.wait()
+    run = kube.trainjobs[(NAMESPACE, "yolo-orphan")]
+    assert run.body["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Pod", "name": "yolov8-train-abcde-system-container-impl-1", "uid": uid}
+    ]
+    assert run.processes[0].poll() is None, "the node trains on: nothing deleted it"
+    assert kube.delete_pod(NAMESPACE, "yolov8-train-abcde-system-container-impl-1") == ["yolo-orphan"]
+    assert kube.trainjobs == {} and run.processes[0].poll() is not None
+
+
+def test_a_retried_launcher_adopts_the_trainjob_of_its_killed_attempt(kube, tmp_path, monkeypatch, capsys):
+    """The retry (a new pod) follows the TrainJob its first attempt created, instead of a second one training into
+    the same checkpoint folder, and adds itself to its owners; nothing is left once both pods are gone."""
+    first = _launcher_pod(kube, monkeypatch, "yolov8-train-abcde-system-container-impl-1")
+    body = _quick(tmp_path, "yolo-adopt", seconds=3)
+    step = _start_launcher(kube, body)
+    step.kill()
+    step.wait()
+    second = _launcher_pod(kube, monkeypatch, "yolov8-train-abcde-system-container-impl-2")
+    run_trainjob(body, namespace=NAMESPACE, api_client=kube.api_client(), timeout=120, poll=0.2)
+    out = capsys.readouterr().out
+    assert f"TrainJob {NAMESPACE}/yolo-adopt was created by an earlier attempt of this step; following it." in out
+    assert len(kube.trainjobs) == 1 and kube.deleted == []
+    run = kube.trainjobs[(NAMESPACE, "yolo-adopt")]
+    assert [o["uid"] for o in run.body["metadata"]["ownerReferences"]] == [first, second]
+    assert kube.delete_pod(NAMESPACE, "yolov8-train-abcde-system-container-impl-1") == []
+    assert kube.delete_pod(NAMESPACE, "yolov8-train-abcde-system-container-impl-2") == ["yolo-adopt"]
+
+
+def test_a_retried_launcher_starts_a_failed_trainjob_again(kube, tmp_path, monkeypatch, capsys):
+    body = _quick(tmp_path, "yolo-again", seconds=0.2)
+    failing = json.loads(json.dumps(body))
+    failing["spec"]["trainer"]["args"] = ["raise SystemExit(3)"]
+    with pytest.raises(TrainingError, match="failed \\(FailedJobs\\): node 0 failed"):
+        run_trainjob(failing, namespace=NAMESPACE, api_client=kube.api_client(), timeout=60, poll=0.2)
+    run_trainjob(body, namespace=NAMESPACE, api_client=kube.api_client(), timeout=60, poll=0.2)
+    assert (
+        f"TrainJob {NAMESPACE}/yolo-again of an earlier attempt failed; starting it again." in capsys.readouterr().out
+    )
+    assert kube.deleted == ["yolo-again"] and len(kube.trainjobs) == 1
+
+
+def test_trainjob_names_follow_the_run_and_the_request():
+    from yolokf.training.launch import trainjob_name
+
+    body = {"spec": {"trainer": {"args": ["-m", "yolokf.training.node", '{"epochs": 5}']}}}
+    other = {"spec": {"trainer": {"args": ["-m", "yolokf.training.node", '{"epochs": 6}']}}}
+    name = trainjob_name(body, "run-1")
+    assert name == trainjob_name(body, "run-1") and re.fullmatch(r"yolokf-[0-9a-f]{12}", name)
+    assert name != trainjob_name(body, "run-2") and name != trainjob_name(other, "run-1")
+
+
+def test_the_launcher_follows_through_api_errors(kube, tmp_path):
+    """A burst of 503s and a dropped connection on the watch (an apiserver restarting) are ridden out."""
+    kube.fail(503, times=3, method="GET", path=r"/trainjobs$")
+    kube.fail(0, times=1, method="GET", path=r"/trainjobs$")
+    run_trainjob(
+        _quick(tmp_path, "yolo-flaky", seconds=2),
+        namespace=NAMESPACE,
+        api_client=kube.api_client(),
+        timeout=60,
+        poll=0.2,
+    )
+    watched = [r.status for r in kube.requests if r.method == "GET" and r.path.endswith("/trainjobs")]
+    assert watched[:4] == [503, 503, 503, 0] and watched[-1] == 200
+    assert kube.deleted == [] and len(kube.trainjobs) == 1
+
+
+def test_an_api_that_stays_down_ends_the_step_and_the_trainjob(kube, tmp_path, monkeypatch):
+    import yolokf.training.launch as launch
+
+    monkeypatch.setattr(launch, "API_OUTAGE", 1.0)
+    kube.fail(503, times=10_000, method="GET", path=r"/trainjobs$")
+    with pytest.raises(TrainingError) as down:
+        run_trainjob(
+            _quick(tmp_path, "yolo-down", seconds=60),
+            namespace=NAMESPACE,
+            api_client=kube.api_client(),
+            timeout=60,
+            poll=0.2,
+        )
+    assert str(down.value) == (
+        f"The Kubernetes API did not answer for 1 s (ApiException); deleted TrainJob {NAMESPACE}/yolo-down."
+    )
+    assert kube.deleted == ["yolo-down"] and kube.trainjobs == {}
+
+
+def test_an_error_of_the_launcher_deletes_its_trainjob(kube, tmp_path):
+    """A request refused while following (here the pods' list, 403) ends the step in one line and takes the
+    TrainJob with it: nothing trains on without a launcher."""
+    kube.fail(403, times=10_000, method="GET", path=r"/pods$", message="pods is forbidden")
+    with pytest.raises(TrainingError) as refused:
+        run_trainjob(
+            _quick(tmp_path, "yolo-refused", seconds=60),
+            namespace=NAMESPACE,
+            api_client=kube.api_client(),
+            timeout=60,
+            poll=0.2,
+        )
+    assert str(refused.value) == (
+        f"Following TrainJob {NAMESPACE}/yolo-refused failed: 403 pods is forbidden; deleted it."
+    )
+    assert kube.deleted == ["yolo-refused"] and kube.trainjobs == {}
+
+
+def test_node_0s_log_is_followed_across_a_replaced_pod_and_rotated_files(kube, tmp_path, capsys):
+    """The runtime's Job replaces a failed pod with one of another name, and the kubelet serves only the newest
+    rotated file: the launcher prints each line once, in order, and the new pod's from its first."""
+    import threading
+
+    # About 40 lines a file (a line is ~47 bytes with its timestamp, 20 a second): each pod's log rotates while the
+    # launcher polls (once a second), and lines rotated away between two polls are lost, as on a cluster.
+    kube.log_max_bytes = 2000
+    body = _quick(tmp_path, "yolo-replaced", seconds=3)
+    replaced: list[str] = []
+
+    def replace_node_0() -> None:
+        time.sleep(1.5)
+        replaced.append(kube.replace_node(kube.trainjobs[(NAMESPACE, "yolo-replaced")], 0))
+
+    threading.Thread(target=replace_node_0, daemon=True).start()
+    run_trainjob(body, namespace=NAMESPACE, api_client=kube.api_client(), timeout=60, poll=0.2)
+    assert len(replaced) == 1
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if " line " in line]
+    pids = list(dict.fromkeys(pid for pid, _, _ in lines))
+    assert len(pids) == 2, "both pods' lines were printed"
+    for pid in pids:
+        numbers = [int(n) for p, _, n in lines if p == pid]
+        assert numbers == sorted(set(numbers)), f"pod {pid}: a line printed twice or out of order"
+    second = [int(n) for p, _, n in lines if p == pids[1]]
+    assert second[0] < 20 and second[-1] == 59, "the new pod's log from its first poll to its end"
+    assert list(tmp_path.glob("yolo-replaced-node-0-0-*.log.1")), "the new pod's log rotated"

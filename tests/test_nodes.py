@@ -194,6 +194,48 @@ def test_bad_nodes(cli, args, message):
     assert message in result.stderr
 
 
+NODES_READ_NO_DOWNLOAD = (
+    "--nodes 2: every node reads the dataset itself and sees only PVCs, not a download; put {data} on a PVC and give "
+    "data as pvc://PVC/path/data.yaml (compiled with --data-pvc PVC or --data pvc://...), or use a built-in dataset."
+)
+
+
+@pytest.mark.parametrize("data", ["s3://datasets/shapes", "https://example.com/shapes.zip"])
+def test_nodes_on_this_machine_refuse_a_download_as_a_cluster_does(cli, tmp_path, data):
+    """Issue 24, item 6: the local launcher used to download s3:// data and train on it, while a cluster's nodes
+    cannot read a download; the same rule (`check_nodes_data`) now refuses it here, in one line, before kfp.local
+    starts or anything is downloaded."""
+    from tests.test_bad_input import assert_one_clear_line
+
+    root = tmp_path / "runs"
+    result = cli(["run", "--model", "yolov8n.yaml", "--data", data, "--nodes", "2", "--pipeline-root", root])
+    assert_one_clear_line(result, 2, NODES_READ_NO_DOWNLOAD.format(data=data))
+    assert not root.exists(), "refused before kfp.local started"
+
+
+def test_a_nodes_pipeline_s_download_step_refuses_what_the_nodes_cannot_read(cli, tmp_path):
+    """A `data` edited in the run form of a --nodes pipeline: its download step (compiled with `nodes`) refuses
+    an s3:// source before it lists or downloads anything, with the line compile and a local run give."""
+    import yaml
+
+    from tests.loopback.s3 import FakeArtifact
+    from yolokf.core.errors import UsageError
+    from yolokf.data.fetch import fetch_step
+
+    out = tmp_path / "p.yaml"
+    args = ["compile", "--nodes", "2", "--checkpoint-pvc", "ckpt", "--image", "r/y:1", "--model", "yolov8n.pt"]
+    assert cli([*args, "--data", "pvc://datasets/coco/data.yaml", "--out", out]).exit_code == 0
+    fetch = next(yaml.safe_load_all(out.read_text()))["root"]["dag"]["tasks"]["fetch-dataset"]
+    assert fetch["inputs"]["parameters"]["nodes"]["runtimeValue"]["constant"] == 2
+
+    artifact = FakeArtifact(str(tmp_path / "dataset"))
+    data = "s3://datasets/shapes"  # no S3 server at all: a request would fail otherwise
+    with pytest.raises(UsageError) as refused:
+        fetch_step(uri=data, dataset=artifact, credentials="-", nodes=2)
+    assert str(refused.value) == NODES_READ_NO_DOWNLOAD.format(data=data)
+    assert not Path(artifact.path).exists() and artifact.metadata == {}
+
+
 def test_evaluate_refuses_nodes(cli):
     result = cli(["evaluate", "--model", "yolov8n.pt", "--data", "shapes", "--nodes", "2"])
     assert result.exit_code == 2

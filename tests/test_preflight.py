@@ -166,3 +166,41 @@ def test_the_server_answers_reviews_as_the_api_server_does(server):
     with pytest.raises(ApiException) as forbidden:  # the PVC read is under RBAC too
         client.CoreV1Api(kube.api_client()).read_namespaced_persistent_volume_claim("ckpt", NAMESPACE)
     assert forbidden.value.status == 403
+
+
+def test_a_cluster_without_kubeflow_trainer_is_named_before_anything_is_created(server, tmp_path):
+    kube = server(trainer=False)
+    with pytest.raises(TrainingError) as refused:
+        _run(kube, _instant(_body(tmp_path, "yolo-notrainer", epochs=1)))
+    assert str(refused.value) == (
+        "This cluster does not serve TrainJobs (trainer.kubeflow.org/v1alpha1): --nodes needs Kubeflow Trainer v2.3 "
+        'installed (docs/cluster.md, "Several nodes"); compile without --nodes to train in one pod.'
+    )
+    assert not [r for r in kube.requests if r.method == "POST" and r.path.endswith("/trainjobs")]
+
+
+def test_a_missing_runtime_is_named_where_the_service_account_may_read_runtimes(server, tmp_path):
+    kube = server(granted=ALL_RIGHTS | {("trainer.kubeflow.org", "clustertrainingruntimes", "get")}, runtimes=())
+    with pytest.raises(TrainingError) as refused:
+        _run(kube, _instant(_body(tmp_path, "yolo-noruntime", epochs=1)))
+    assert str(refused.value).startswith(
+        "ClusterTrainingRuntime torch-distributed not found; name an installed one with --training-runtime "
+        "(kubectl get clustertrainingruntimes), or install Trainer's runtimes"
+    )
+    assert kube.trainjobs == {} and kube.deleted == []
+
+
+def test_a_missing_runtime_refused_by_trainers_webhook_is_not_blamed_on_rights(server, tmp_path):
+    """A Role cannot grant reading a cluster-scoped runtime (403 here), so the create meets Trainer's webhook,
+    which answers 403 too (controller-runtime's admission.Denied); the launcher says what the webhook said."""
+    kube = server(runtimes=("deepspeed-distributed",))
+    with pytest.raises(TrainingError) as refused:
+        _run(kube, _instant(_body(tmp_path, "yolo-webhook", epochs=1)))
+    message = str(refused.value)
+    assert message.startswith(
+        f"Kubeflow Trainer refused TrainJob {NAMESPACE}/yolo-webhook: admission webhook "
+        '"validator.trainjob.trainer.kubeflow.org" denied the request: spec.RuntimeRef: Invalid value:'
+    )
+    assert 'clustertrainingruntimes.trainer.kubeflow.org "torch-distributed" not found' in message
+    assert "RoleBinding" not in message and "--training-runtime" in message
+    assert kube.trainjobs == {}

@@ -220,3 +220,27 @@ def test_tune_nodes_dry_run_prints_each_trial_s_trainjob(cli):
     assert len(documents) == 2 and "# Would submit run" in result.stdout
     body = documents[0]
     assert body["kind"] == "TrainJob" and body["spec"]["trainer"]["numNodes"] == 2
+
+
+@pytest.mark.parametrize(("timeout", "trainjob_deadline"), [("1h", 3600), (None, None)])
+def test_the_launcher_pod_outlives_its_trainjob_s_deadline(cli, tmp_path, timeout, trainjob_deadline):
+    """Issue 24, item 4: the launcher starts before its TrainJob and times it from its create; its pod's deadline is
+    the TrainJob's and LAUNCHER_GRACE more, so its own timeout branch deletes the TrainJob before the kubelet kills
+    it (with the same deadline, the kubelet killed the launcher first)."""
+    from yolokf.pipeline.step_options import LAUNCHER_GRACE
+
+    out = tmp_path / "p.yaml"
+    args = ["compile", "--nodes", "2", "--gpus", "8", "--checkpoint-pvc", "ckpt", "--image", "reg.example.com/yolokf:1"]
+    args += ["--step-timeout", timeout] if timeout else []
+    result = cli([*args, "--model", "yolov8n.pt", "--data", "pvc://datasets/coco/data.yaml", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    spec, platform = list(yaml.safe_load_all(out.read_text()))[:2]
+    trainjob = spec["root"]["dag"]["tasks"]["yolo-train-nodes"]["inputs"]["parameters"]["trainjob"]["runtimeValue"]
+    launcher = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-yolo-train-nodes"]
+    if trainjob_deadline is None:
+        assert "activeDeadlineSeconds" not in trainjob["constant"]["spec"] and "activeDeadlineSeconds" not in launcher
+        return
+    # The TrainJob's deadline is --step-timeout, and the launcher's own timeout is the TrainJob's (launch_step).
+    assert trainjob["constant"]["spec"]["activeDeadlineSeconds"] == trainjob_deadline
+    assert int(launcher["activeDeadlineSeconds"]) == trainjob_deadline + LAUNCHER_GRACE
+    assert LAUNCHER_GRACE >= 300, "the launcher's image pull and start, a watch window and the delete"

@@ -120,16 +120,18 @@ class Handler(BaseHTTPRequestHandler):
         self.record = Request(self.command, url.path, self.loopback.parse_query(url.query), headers, body)
         return self.record
 
-    def send(self, status: int, data: bytes, content_type: str) -> None:
+    def send(self, status: int, data: bytes, content_type: str, headers: Mapping[str, str] | None = None) -> None:
         self.record.status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
-    def send_json(self, status: int, payload: Any) -> None:
-        self.send(status, json.dumps(payload).encode(), "application/json")
+    def send_json(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
+        self.send(status, json.dumps(payload).encode(), "application/json", headers)
 
     def send_text(self, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> None:
         self.send(status, text.encode(), content_type)

@@ -2,8 +2,9 @@
 
 `fetch_step` is what the pipeline's download component runs, in every pipeline, whatever `data` was compiled
 with: the kind of dataset is decided from the run's own `data` (docs/cluster.md, "What a run can change"). It
-fetches remote data into the step's `Dataset` artifact, so KFP caching skips the download next time, and notes
-in it what the next steps read (`yolokf.data.datasets.step_data`).
+fetches remote data into the step's `Dataset` artifact (or the dataset cache, `--data-cache-pvc`), and notes in
+it what the next steps read (`yolokf.data.datasets.step_data`). KFP's cache is off for it: the same URI may hold
+other data in the next run (yolokf.pipeline.step_options.apply_fetch_options).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from yolokf.data.datasets import (
     write_descriptor,
 )
 from yolokf.data.remote import fetch_bucket, fetch_http
-from yolokf.data.sources import is_remote, parse_data_uri
+from yolokf.data.sources import check_nodes_data, is_remote, parse_data_uri
 from yolokf.data.transfer import (
     Progress,
     default_workers,
@@ -88,7 +89,13 @@ def log_progress(uri: str) -> Callable[[Progress], None]:
 
 
 def fetch_step(
-    *, uri: str, dataset: Any, credentials: str = AMBIENT_CREDENTIALS, data_pvc: str = "", data_cache_pvc: str = ""
+    *,
+    uri: str,
+    dataset: Any,
+    credentials: str = AMBIENT_CREDENTIALS,
+    data_pvc: str = "",
+    data_cache_pvc: str = "",
+    nodes: int = 1,
 ) -> None:
     """Entry point of the pipeline's download component, which every pipeline runs before its first step that
     reads data: it decides from the run's `data` (`uri`), at run time, what the next steps read.
@@ -97,9 +104,11 @@ def fetch_step(
     mounts (`data_pvc`, compile-time); anything else (a built-in or ultralytics name, a path in the image) is
     passed through. `credentials` says how the pipeline was compiled: a Secret, the pod's own, or none.
     With `data_cache_pvc` (compile-time), s3:// and gs:// data go into the cache PVC the steps mount, not the
-    artifact (`yolokf.data.cache`).
+    artifact (`yolokf.data.cache`). `nodes` (compile-time, `--nodes N`): a download the nodes could not read is
+    refused before it starts (`check_nodes_data`).
     """
 
+    check_nodes_data(uri, nodes)
     dest = Path(dataset.path)
     if dest.exists():  # a retried step: start clean rather than mix two downloads
         shutil.rmtree(dest)

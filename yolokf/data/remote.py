@@ -10,9 +10,7 @@ import os
 import re
 import shutil
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -33,6 +31,7 @@ from yolokf.data.transfer import (
     default_workers,
     download,
 )
+from yolokf.data.web import download_url
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, S3Config, S3Credential
@@ -323,20 +322,21 @@ def _describe(source: DataSource, obj: RemoteObject, exc: BaseException) -> str:
 
 
 def fetch_http(source: DataSource, dest: Path) -> Progress:
+    """An http(s):// archive downloaded (transient failures tried again, `yolokf.data.web`) and unpacked into dest."""
     name = PurePosixPath(urllib.parse.unquote(source.path)).name or "dataset"
     archive = dest / ARCHIVE_DIR / name
     archive.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    request = urllib.request.Request(source.uri, headers={"User-Agent": "yolokf"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response, archive.open("wb") as out:
-            shutil.copyfileobj(response, out, length=1 << 20)
-    except urllib.error.HTTPError as exc:
-        raise DataError(f"Cannot fetch {source.uri}: HTTP {exc.code} {exc.reason}.") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DataError(f"Cannot fetch {source.uri}: {reason}. Check the URL and the cluster's egress.") from None
+    done = download_url(source.uri, archive, say=lambda line: print(line, flush=True))
     unpack(archive, dest)
-    size = archive.stat().st_size
     shutil.rmtree(archive.parent)
-    return Progress(1, size, files_done=1, bytes_done=size, files_fetched=1, bytes_fetched=size, started=started)
+    return Progress(
+        1,
+        done.size,
+        files_done=1,
+        bytes_done=done.size,
+        files_fetched=1,
+        bytes_fetched=done.moved,
+        retries=done.attempts - 1,
+        started=started,
+    )

@@ -41,6 +41,22 @@ def is_remote(data: str) -> bool:
     return "://" in data
 
 
+def check_nodes_data(data: str, nodes: int) -> None:
+    """Refuse, in one line, data that `nodes` training nodes (`--nodes N`, N > 1) cannot read: every node reads the
+    dataset itself, and a node's pod mounts PVCs, never the download step's artifact (in KFP's object store), so
+    only a dataset on a PVC (pvc://) or one a node finds on its own (a built-in) works, here as on a cluster.
+
+    The one rule of `compile`, `run` (with --host or on this machine), the download step (a `data` edited in the
+    run form, before anything is downloaded) and the launcher (issue 24).
+    """
+    if nodes > 1 and is_remote(data) and parse_data_uri(data).fetched:
+        raise UsageError(
+            f"--nodes {nodes}: every node reads the dataset itself and sees only PVCs, not a download; put {data} "
+            "on a PVC and give data as pvc://PVC/path/data.yaml (compiled with --data-pvc PVC or --data pvc://...), "
+            "or use a built-in dataset."
+        )
+
+
 def parse_data_uri(uri: str) -> DataSource:
     """Split and check an s3://, gs://, http(s):// or pvc:// dataset URI; UsageError when malformed."""
     parsed = urllib.parse.urlsplit(uri)

@@ -29,22 +29,18 @@ from yolokf.core.mounts import NO_CREDENTIALS
 from yolokf.pipeline.components import (
     fetch_dataset,
     promote_components,
-    select_trials,
-    sweep_report,
+    sweep_components,
+    train_nodes_component,
     yolo_train,
-    yolo_train_nodes,
 )
 from yolokf.pipeline.contract import run_parameters
 from yolokf.pipeline.job import EVALUATE_PIPELINE_NAME, PIPELINE_NAME, SWEEP_PIPELINE_NAME, Job
 from yolokf.pipeline.step_options import (
     apply_fetch_options,
-    apply_retries,
     apply_select_options,
     apply_step_options,
     launcher_options,
 )
-from yolokf.pipeline.trainjob import build_trainjob, trainjob_dict
-from yolokf.promotion.plan import CA_CONFIGMAP_PATH, TOKEN_SECRET_PATH
 from yolokf.tracking.plan import SECRET_ENV
 
 if TYPE_CHECKING:
@@ -80,6 +76,7 @@ def _dataset_inputs(job: Job, data: Any) -> dict[str, Any]:
         credentials=job.step.data_secret or NO_CREDENTIALS,
         data_pvc=job.step.data_pvc or "",
         data_cache_pvc=job.step.data_cache_pvc or "",
+        nodes=job.step.nodes,  # a run's `data` the nodes could not read is refused before any download
     )
     apply_fetch_options(fetched, job.step)
     return {"dataset": fetched.outputs["dataset"]}
@@ -201,6 +198,9 @@ def _mount_registry_credentials(task: Any, promotion: Any) -> None:
     point (yolokf.promotion.plan), so no YAML needs editing."""
     from kfp import kubernetes
 
+    # Imported on use, for start-up time: a pipeline without a register step does not load it.
+    from yolokf.promotion.plan import CA_CONFIGMAP_PATH, TOKEN_SECRET_PATH
+
     if promotion.token_secret:
         kubernetes.use_secret_as_volume(task, secret_name=promotion.token_secret, mount_path=TOKEN_SECRET_PATH)
     if promotion.ca_configmap:
@@ -246,6 +246,8 @@ def _trainjob(job: Job) -> dict[str, Any]:
     """The TrainJob a cluster's launcher creates (the run's name and values put in by the step); none locally."""
     if job.step.image == "local":
         return {}
+    # Imported on use, for start-up time: a one-pod pipeline does not load it.
+    from yolokf.pipeline.trainjob import build_trainjob, trainjob_dict
 
     return trainjob_dict(build_trainjob(job))
 
@@ -254,12 +256,11 @@ def _training_task(job: Job, **inputs: Any) -> Any:
     """The training task with its pod settings and retries: one pod, or with `--nodes N` the launcher, which
     holds no GPU itself (the TrainJob's nodes get them, yolokf.pipeline.trainjob)."""
     if job.step.nodes > 1:
-        task = yolo_train_nodes(nodes=job.step.nodes, trainjob=_trainjob(job), **inputs)
+        task = train_nodes_component()(nodes=job.step.nodes, trainjob=_trainjob(job), **inputs)
         apply_step_options(task, launcher_options(job.step))
     else:
         task = yolo_train(**inputs)
         apply_step_options(task, job.step)
-    apply_retries(task, job.step)
     _tracking_secret(task, job)
     return task
 
@@ -319,6 +320,7 @@ def build_sweep_pipeline(job: Job, sweep: "Sweep") -> Any:
     a selection step; the last round's report step hands on the best weights."""
     rounds = sweep.rounds
     returns = _outputs("Outputs", SweepOutputs, job)
+    select_trials, sweep_report = sweep_components()
 
     def yolov8_tune(params: dict[str, Any]) -> Any:
         trials: Any = params.pop("trials")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from yolokf.core.devices import GPUS_ENV
 from yolokf.core.errors import UsageError
 from yolokf.core.mounts import (
     AMBIENT_CREDENTIALS,
@@ -19,8 +20,8 @@ from yolokf.core.mounts import (
     DATA_CACHE_PATH,
     DATA_PVC_PATH,
     SHM_PATH,
+    WORKERS_ENV,
 )
-from yolokf.data.transfer import WORKERS_ENV
 
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
 DEFAULT_SHM_SIZE = "8Gi"
@@ -39,6 +40,9 @@ RETRY_BACKOFF = "30s"
 LOCAL_RETRY_BACKOFF = "1s"  # kfp.local: no node to wait for, the step restarts at once
 RETRY_BACKOFF_FACTOR = 2.0
 RETRY_BACKOFF_MAX = "3600s"
+# The `--nodes` launcher pod outlives its TrainJob's deadline by this much: its image pull and start before it
+# creates the TrainJob, then a watch window and the delete of a TrainJob past its deadline (launcher_timeout).
+LAUNCHER_GRACE = 600
 
 # Patterns, compiled on first use by re's cache (compiling all at import cost 10 ms of every start).
 # kfp's own checks (kfp/dsl/pipeline_task.py), narrowed to what Kubernetes also accepts ("K" is not a
@@ -253,14 +257,16 @@ def _check_quantity(value: str, flag: str, example: str) -> None:
 
 def apply_step_options(task: Any, options: StepOptions, name: str = "train") -> None:
     """Apply `options` to a task that trains or runs the model (train, evaluate, export) with kfp's task methods
-    and kfp-kubernetes."""
+    and kfp-kubernetes, its retries (`apply_retries`) included."""
     from kfp import kubernetes
 
     _apply_common(task, options)
     task.set_display_name(name)
+    apply_retries(task, options)
     if options.gpus:
         task.set_accelerator_type(options.accelerator_type)
         task.set_accelerator_limit(options.gpus)
+        task.set_env_variable(GPUS_ENV, str(options.gpus))  # the step's own GPU rule (yolokf.core.devices)
         if options.gpus > 1:
             # torch.distributed.run (ultralytics' DDP launcher) with MKL's Intel threading layer next to
             # libgomp fails at import ("MKL_THREADING_LAYER=INTEL is incompatible with libgomp").
@@ -288,15 +294,31 @@ def apply_step_options(task: Any, options: StepOptions, name: str = "train") -> 
         kubernetes.mount_pvc(task, pvc_name=options.checkpoint_pvc, mount_path=CHECKPOINT_PVC_PATH)
 
 
+def launcher_timeout(step_timeout: int | None) -> int | None:
+    """The `--nodes N` launcher pod's activeDeadlineSeconds: the TrainJob's (`--step-timeout`) and LAUNCHER_GRACE
+    more. The launcher starts before its TrainJob and times it from its create, so with the same deadline the
+    kubelet would kill the launcher first and its own timeout branch, which deletes the TrainJob, would never run."""
+    return step_timeout + LAUNCHER_GRACE if step_timeout else None
+
+
 def launcher_options(options: StepOptions) -> StepOptions:
-    """A `--nodes N` launcher step's pod: the step's pulls, metadata, tolerations, timeout and checkpoint PVC (where
-    rank 0 leaves its result), no accelerators, CPU, memory or node selector: the TrainJob's nodes get those."""
-    return replace(options, gpus=None, cpu=None, memory=None, node_selector=(), shm_size=None)
+    """A `--nodes N` launcher step's pod: the step's pulls, metadata, tolerations and checkpoint PVC (where rank 0
+    leaves its result), the TrainJob's timeout and a grace to clean up (`launcher_timeout`); no accelerators, CPU,
+    memory or node selector: the TrainJob's nodes get those."""
+    return replace(
+        options,
+        gpus=None,
+        cpu=None,
+        memory=None,
+        node_selector=(),
+        shm_size=None,
+        step_timeout=launcher_timeout(options.step_timeout),
+    )
 
 
 def apply_fetch_options(task: Any, options: StepOptions) -> None:
     """Apply `options` to the dataset download task: image, pulls, pod metadata, tolerations, credentials, the
-    dataset cache and how many objects it fetches at once.
+    dataset cache and how many objects it fetches at once; never KFP's cache.
 
     No GPUs, shm, node selector or time limit: the download needs none, and should not hold a GPU node.
     """
@@ -304,6 +326,10 @@ def apply_fetch_options(task: Any, options: StepOptions) -> None:
 
     _apply_common(task, options)
     task.set_display_name("fetch-dataset")
+    # KFP's cache keys a task on its inputs: the same s3:// prefix or https:// URL would hand back the last run's
+    # download after the objects under it changed. So the step reads its source every run (with --data-cache-pvc
+    # only a listing and the changed objects), and `run --cache` leaves it off (yolokf.runs.submit.disable_caching).
+    task.set_caching_options(False)
     if options.data_secret and options.data_secret != AMBIENT_CREDENTIALS:
         kubernetes.use_secret_as_env(task, secret_name=options.data_secret, secret_key_to_env=SECRET_ENV)
         # A session token only exists for temporary credentials: an optional second mapping.
@@ -314,9 +340,6 @@ def apply_fetch_options(task: Any, options: StepOptions) -> None:
         task.set_env_variable("AWS_ENDPOINT_URL", options.s3_endpoint_url)
     if options.data_cache_pvc:
         kubernetes.mount_pvc(task, pvc_name=options.data_cache_pvc, mount_path=DATA_CACHE_PATH)
-        # The step lists the source every run (a second or two) so that changed objects are seen; KFP's cache
-        # would hand back the last run's note for the same URI even after the bucket changed.
-        task.set_caching_options(False)
     if options.fetch_workers:
         task.set_env_variable(WORKERS_ENV, str(options.fetch_workers))
 
@@ -351,10 +374,11 @@ def _apply_common(task: Any, options: StepOptions) -> None:
 
 
 def apply_retries(task: Any, options: StepOptions) -> None:
-    """`--retries`: restart the training pod after a failure (a reclaimed node, an OOM kill, a network error),
-    resuming from its checkpoint. Only training: a retry cannot fix a missed gate, a failed parity check or
-    refused credentials, so those steps fail at once; the download and registration steps retry network errors
-    themselves, in the step (docs/cluster.md, "Retries")."""
+    """`--retries`: restart a pod that runs the model after a failure (a reclaimed or preempted node, an OOM kill, a
+    network error): training, resuming from its checkpoint, and evaluation and exports, which start again. Not the
+    quality gate or registration: a retry cannot fix a missed gate or refused credentials, so those fail at once;
+    the download and registration steps retry network errors themselves, in the step (docs/cluster.md,
+    "Retries")."""
     if options.retries:
         task.set_retry(
             num_retries=options.retries,

@@ -78,6 +78,7 @@ def build_trainjob(job: Job, name: str = RUN_NAME_PLACEHOLDER) -> Any:
     step = job.step
     # The compiled request: the job's training values (the launcher puts in the run's own) and checkpoint folder.
     attempt = Attempt(CHECKPOINT_PVC_PATH, step.run_key or "")
+    request = cluster_request(job.config, attempt, step.nodes)
     quantities: dict[str, Any] = {}
     if step.gpus:
         quantities[step.accelerator_type] = models.IoK8sApimachineryPkgApiResourceQuantity(str(step.gpus))
@@ -137,7 +138,7 @@ def build_trainjob(job: Job, name: str = RUN_NAME_PLACEHOLDER) -> Any:
     trainer = models.TrainerV1alpha1Trainer(
         image=step.image,
         command=["torchrun"],  # its --nnodes, --node-rank, --master-addr... come from the runtime's PET_* variables
-        args=["-m", "yolokf.training.node", json.dumps(cluster_request(job.config, attempt), sort_keys=True)],
+        args=["-m", "yolokf.training.node", json.dumps(request, sort_keys=True)],
         num_nodes=step.nodes,
         num_proc_per_node=step.gpus or 1,
         resources_per_node=models.IoK8sApiCoreV1ResourceRequirements(limits=quantities, requests=quantities)

@@ -30,7 +30,7 @@ class Submission:
     run_name: str | None = None
     pipeline_root: str | None = None
     service_account: str | None = None
-    cache: bool | None = None  # None: as compiled (on)
+    cache: bool | None = None  # False: off for every task; True or None: as compiled (on, but the download step)
     upload: bool = False
     description: str | None = None
 
@@ -66,7 +66,7 @@ def describe_submission(
     with tempfile.TemporaryDirectory(prefix="yolokf-dry-run-") as tmp:
         write_package(job, options.cache, Path(tmp))
     where = f"{host} (namespace {namespace})" if namespace else host
-    cache = {True: "on", False: "off", None: "as compiled (on)"}[options.cache]
+    cache = "off, for every task" if options.cache is False else "on, but the download step reads its data every run"
     titles = [f"Would submit run {options.run_name or default_run_name(job)} to {where}"]
     if options.upload:
         titles.append(f"Would register pipeline {job.pipeline_name}, or a new version of it when it exists")
@@ -76,7 +76,7 @@ def describe_submission(
         "parameters": job.arguments(),
         "pipeline root": options.pipeline_root or "the cluster default",
         "service account": options.service_account or "the cluster default",
-        "caching": f"{cache}, for every task",
+        "caching": cache,
     }
 
 
@@ -86,32 +86,35 @@ def default_run_name(job: Job, now: datetime.datetime | None = None) -> str:
     return f"{job.stem}-{now:%Y%m%d-%H%M%S}"
 
 
-def set_caching(spec: dict[str, Any], enabled: bool) -> int:
-    """Set `enableCache` on every task of a compiled PipelineSpec dict, sub-DAGs included.
+def disable_caching(spec: dict[str, Any]) -> int:
+    """`--no-cache`: caching off on every task of a compiled PipelineSpec dict, sub-DAGs included; returns how many.
 
-    kfp.Client's submit-time override only touches the root DAG's tasks (kfp 2.17
-    `_override_caching_options`), so a training task inside a condition, loop or exit handler would
-    keep the compile-time setting. Returns how many tasks were set.
+    `--cache` changes nothing: the tasks are compiled with caching on, but for those that must run every time,
+    such as the download step, whose input (a URI) stays the same when the data under it changes
+    (yolokf.pipeline.step_options.apply_fetch_options). kfp.Client's submit-time switch (`enable_caching`, kfp 2.17
+    `_override_caching_options`) would turn those on too, and reaches no task inside a condition, loop or exit
+    handler, so yolokf never passes it.
     """
     dags = [spec.get("root", {}).get("dag", {})]
     dags += [c["dag"] for c in spec.get("components", {}).values() if isinstance(c, dict) and "dag" in c]
     count = 0
     for dag in dags:
         for task in dag.get("tasks", {}).values():
-            task.setdefault("cachingOptions", {})["enableCache"] = enabled
+            task.setdefault("cachingOptions", {})["enableCache"] = False
             count += 1
     return count
 
 
 def write_package(job: Job, cache: bool | None, folder: Path) -> Path:
-    """Compile the pipeline (the same one `yolokf compile` writes) with the caching choice applied."""
+    """Compile the pipeline (the same one `yolokf compile` writes) with the caching choice applied (`--no-cache`:
+    `disable_caching`; `--cache` is the compiled pipeline's own choice)."""
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.pipeline.pipelines import compile_pipeline
 
     path = compile_pipeline(job, folder / "pipeline.yaml")
-    if cache is not None:
+    if cache is False:
         docs = list(yaml.safe_load_all(path.read_text()))
-        set_caching(docs[0], cache)
+        disable_caching(docs[0])
         path.write_text(yaml.safe_dump_all(docs, sort_keys=True))
     return path
 

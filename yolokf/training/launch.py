@@ -25,7 +25,7 @@ from yolokf.core.errors import TrainingError
 from yolokf.core.mounts import DATA_PVC_PATH
 from yolokf.core.settings import TrainConfig
 from yolokf.data.datasets import step_data
-from yolokf.data.sources import is_remote, parse_data_uri
+from yolokf.data.sources import check_nodes_data, is_remote, parse_data_uri
 from yolokf.training.checkpoint import default_run_key
 from yolokf.training.preflight import RBAC_ADVICE, check_cluster
 from yolokf.training.result import TrainResult, result_from_json
@@ -197,110 +197,241 @@ class _Canceled(BaseException):
     """SIGTERM: Kubeflow Pipelines deletes a canceled run's pods; the TrainJob goes with the step."""
 
 
-def _print_node0_log(core: Any, namespace: str, name: str, printed: int) -> int:
-    """Print what node 0's pod logged since the last call; the count of characters printed so far."""
+# How long the launcher keeps following through API errors (5xx, 429, dropped connections) before it gives up, deletes
+# its TrainJob and fails: a control plane's upgrade or an apiserver failover takes minutes.
+API_OUTAGE = 600.0
+# KFP's executor pods carry their own name and uid from the downward API (kubeflow/pipelines 2.17
+# backend/src/v2/compiler/argocompiler/container.go: KFP_POD_NAME, KFP_POD_UID): the TrainJob's owner.
+POD_NAME_ENV, POD_UID_ENV = "KFP_POD_NAME", "KFP_POD_UID"
+
+
+def owner_references() -> list[dict[str, Any]]:
+    """The launcher's pod as the TrainJob's owner, so Kubernetes' garbage collector deletes the TrainJob, and its
+    node pods, once the pod is gone (a deleted run, KFP's pod GC); none outside a KFP pod. No blockOwnerDeletion:
+    setting it needs the right to update the pod's finalizers (OwnerReferencesPermissionEnforcement)."""
+    name, uid = os.environ.get(POD_NAME_ENV, ""), os.environ.get(POD_UID_ENV, "")
+    return [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}] if name and uid else []
+
+
+class _NodeLog:
+    """Node 0's log, printed as it grows: each poll reads the newest node-0 pod's log with the kubelet's timestamps
+    and prints the lines newer than the last one printed. Positions would break: the kubelet serves only the newest
+    rotated log file (containerLogMaxSize, 10 MiB by default), a restarted container starts a new log, and a failed
+    pod is replaced by one of another name (the runtime's Job retries it, backoffLimit 6)."""
+
+    def __init__(self, core: Any, namespace: str, name: str) -> None:
+        self.core, self.namespace, self.selector = core, namespace, NODE0_SELECTOR.format(name=name)
+        self.last: tuple[str, int] = ("", 0)  # the newest timestamp printed, and how many lines carried it
+
+    def print_new(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector).items
+        if not pods:
+            return
+        newest = max(pods, key=lambda pod: (pod.metadata.creation_timestamp or 0, pod.metadata.name))
+        try:
+            text = self.core.read_namespaced_pod_log(
+                newest.metadata.name, self.namespace, container="node", timestamps=True
+            )
+        except ApiException as exc:
+            if exc.status in (400, 404):  # not started yet, or gone
+                return
+            raise
+        printed, (last, same) = [], self.last
+        seen_at_last = 0
+        for line in text.splitlines():
+            stamp, _, content = line.partition(" ")
+            key = _stamp_key(stamp)
+            if key < last:
+                continue
+            if key == last:
+                seen_at_last += 1
+                if seen_at_last <= same:
+                    continue
+            printed.append(content)
+            if key == self.last[0]:
+                self.last = (key, self.last[1] + 1)
+            else:
+                self.last = (key, 1)
+        if printed:
+            print("\n".join(printed), flush=True)
+
+
+def _stamp_key(stamp: str) -> str:
+    """An RFC 3339 timestamp as the kubelet writes it (RFC3339Nano trims trailing zeros) in a form that sorts."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return f"{whole}.{fraction:0<9}"
+
+
+def _api_message(exc: Any) -> str:
+    try:
+        return str(json.loads(exc.body).get("message") or exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def _transient(exc: BaseException) -> bool:
+    """An API error that another request may not meet: 429, 5xx, a dropped connection or a timeout."""
+    import urllib3
     from kubernetes.client.exceptions import ApiException
 
-    pods = core.list_namespaced_pod(namespace, label_selector=NODE0_SELECTOR.format(name=name)).items
-    if len(pods) != 1:
-        return printed
-    try:
-        text = core.read_namespaced_pod_log(pods[0].metadata.name, namespace, container="node")
-    except ApiException:  # not started yet
-        return printed
-    if len(text) > printed:
-        print(text[printed:], end="" if text.endswith("\n") else "\n", flush=True)
-    return max(printed, len(text))
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 429) or exc.status >= 500
+    return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
+def _create_or_adopt(custom: Any, namespace: str, body: dict[str, Any]) -> None:
+    """Create the TrainJob; where an earlier attempt of this step (a launcher killed or evicted, then retried)
+    created it already, follow that one and add this pod to its owners, unless it failed (then start it again)."""
+    from kubernetes.client.exceptions import ApiException
+
+    name = body["metadata"]["name"]
+    body["metadata"]["ownerReferences"] = owner_references() or None
+    if not body["metadata"]["ownerReferences"]:
+        del body["metadata"]["ownerReferences"]
+    for _ in range(2):
+        try:
+            # Strict: an unknown field is refused, not dropped with a warning (the API server's default since 1.23).
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict")
+            print(f"yolokf: created TrainJob {namespace}/{name}; node 0's log follows.", flush=True)
+            return
+        except ApiException as exc:
+            if exc.status == 403 and "admission webhook" in _api_message(exc):
+                raise TrainingError(
+                    f"Kubeflow Trainer refused TrainJob {namespace}/{name}: {_api_message(exc)}. Check "
+                    "--training-runtime (kubectl get clustertrainingruntimes) and the step's settings."
+                ) from None
+            if exc.status == 403:
+                raise TrainingError(
+                    f"The step's service account may not create trainjobs.{GROUP} in namespace {namespace} (403 "
+                    f"Forbidden); {RBAC_ADVICE}."
+                ) from None
+            if exc.status != 409:
+                raise TrainingError(
+                    f"Creating TrainJob {namespace}/{name} failed: {exc.status} {_api_message(exc)}."
+                ) from None
+        existing = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        if "Failed" in _conditions(existing):
+            print(f"yolokf: TrainJob {namespace}/{name} of an earlier attempt failed; starting it again.", flush=True)
+            _delete(custom, namespace, name, wait=True)
+            continue
+        owners = existing["metadata"].get("ownerReferences") or []
+        ours = [o for o in owner_references() if o["uid"] not in {owner.get("uid") for owner in owners}]
+        if ours:
+            patch = {"metadata": {"ownerReferences": owners + ours}}
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
+        print(
+            f"yolokf: TrainJob {namespace}/{name} was created by an earlier attempt of this step; following it.",
+            flush=True,
+        )
+        return
+    raise TrainingError(f"TrainJob {namespace}/{name} could not be started again; delete it and retry.")
 
 
 def run_trainjob(
     body: dict[str, Any], *, namespace: str, api_client: Any, timeout: int | None, poll: float = 5.0
 ) -> None:
-    """Create the TrainJob `body`, watch it, print node 0's log as it goes, and return once it is Complete.
+    """Create the TrainJob `body` (or adopt the one an earlier attempt created), watch it, print node 0's log as it
+    goes, and return once it is Complete.
 
-    TrainingError with one line when the preflight refuses it (training/preflight.py: rights, PVCs), when the service
-    account may not create it (403), when it is Failed, or when it runs past `timeout` seconds; on a timeout or a
-    cancel (SIGTERM) the TrainJob is deleted, and its pods with it.
+    TrainingError with one line when the preflight refuses it (training/preflight.py: Trainer, rights, PVCs), when
+    the create is refused (rights, Trainer's webhook, a field the API does not know), when it is Failed, or when it
+    runs past `timeout` seconds. The TrainJob is deleted, with its pods, whenever the launcher leaves before it
+    completed or failed: a timeout, a cancel (SIGTERM), an API that stays unreachable, any error of its own; and its
+    owner reference to the launcher's pod lets Kubernetes delete it if the launcher dies without a word (SIGKILL).
     """
     from kubernetes import client, watch
     from kubernetes.client.exceptions import ApiException
 
-    check_cluster(api_client, namespace, body)  # rights and PVCs first; the create's 403 below is the fallback
+    check_cluster(api_client, namespace, body)  # Trainer, rights and PVCs first; the create's refusals the fallback
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
     name = body["metadata"]["name"]
-    try:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-    except ApiException as exc:
-        if exc.status == 403:
-            raise TrainingError(
-                f"The step's service account may not create trainjobs.{GROUP} in namespace {namespace} (403 "
-                f"Forbidden); {RBAC_ADVICE}."
-            ) from None
-        raise TrainingError(f"Creating TrainJob {namespace}/{name} failed: {exc.status} {exc.reason}.") from None
-    print(f"yolokf: created TrainJob {namespace}/{name}; node 0's log follows.", flush=True)
+    _create_or_adopt(custom, namespace, body)
     deadline = time.monotonic() + timeout if timeout else None
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(_Canceled()))
-    printed = 0
+    log = _NodeLog(core, namespace, name)
     window = max(1, math.ceil(poll))  # each watch ends after this; node 0's new log lines are printed between
     job: dict[str, Any] = body
+    outage: float | None = None  # when the API stopped answering
+    ended = False
     try:
         while True:
-            for event in watch.Watch().stream(
-                custom.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                field_selector=f"metadata.name={name}",
-                timeout_seconds=window,
-            ):
-                if event["type"] == "DELETED":
-                    raise TrainingError(f"TrainJob {namespace}/{name} was deleted before it finished.")
-                job = event["object"]
-                if _conditions(job).keys() & {"Complete", "Failed"}:
-                    break
-            printed = _print_node0_log(core, namespace, name, printed)
+            try:
+                for event in watch.Watch().stream(
+                    custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    field_selector=f"metadata.name={name}",
+                    timeout_seconds=window,
+                    _request_timeout=window + 30,  # a watch whose connection hangs is given up, then started again
+                ):
+                    if event["type"] == "DELETED":
+                        ended = True
+                        raise TrainingError(f"TrainJob {namespace}/{name} was deleted before it finished.")
+                    job = event["object"]
+                    if _conditions(job).keys() & {"Complete", "Failed"}:
+                        break
+                log.print_new()
+                outage = None
+            except Exception as exc:
+                if isinstance(exc, ApiException) and not _transient(exc):
+                    raise TrainingError(
+                        f"Following TrainJob {namespace}/{name} failed: {exc.status} {_api_message(exc)}; deleted it."
+                    ) from None
+                if not _transient(exc):
+                    raise
+                outage = outage or time.monotonic()
+                if time.monotonic() - outage > API_OUTAGE:
+                    raise TrainingError(
+                        f"The Kubernetes API did not answer for {API_OUTAGE:.0f} s ({type(exc).__name__}); deleted "
+                        f"TrainJob {namespace}/{name}."
+                    ) from None
+                time.sleep(min(poll, 5.0))
+                continue
             conditions = _conditions(job)
             if "Complete" in conditions:
+                ended = True
                 return
             if "Failed" in conditions:
+                ended = True  # kept for `kubectl describe`; a retried launcher starts it again
                 failed = conditions["Failed"]
                 raise TrainingError(
                     f"TrainJob {namespace}/{name} failed ({failed.get('reason', 'no reason')}): "
                     f"{failed.get('message', '')}".rstrip(": ")
                 )
             if deadline is not None and time.monotonic() > deadline:
-                _delete(custom, namespace, name)
                 raise TrainingError(
                     f"TrainJob {namespace}/{name} did not finish within the step's timeout ({timeout} s); deleted it."
                 )
     except _Canceled:
-        _delete(custom, namespace, name)
         raise TrainingError(f"The step was canceled; deleted TrainJob {namespace}/{name}.") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if not ended:
+            _delete(custom, namespace, name)
 
 
-def node_data(data: str) -> str:
-    """Where every node reads `data` (this run's value): a pvc:// dataset at its mount; '' for the worker to
-    resolve (a built-in dataset)."""
+def node_data(data: str, nodes: int) -> str:
+    """Where each of `nodes` nodes reads `data` (this run's value): a pvc:// dataset at its mount; '' for the worker
+    to resolve (a built-in dataset). A download is refused (`check_nodes_data`)."""
 
+    check_nodes_data(data, nodes)
     if not is_remote(data):
         return ""
-    source = parse_data_uri(data)
-    if source.scheme != "pvc":
-        raise TrainingError(f"--nodes: every node reads the dataset itself; {data} is not on a PVC (pvc://PVC/path).")
-    return str(Path(DATA_PVC_PATH) / source.path)
+    return str(Path(DATA_PVC_PATH) / parse_data_uri(data).path)
 
 
-def cluster_request(config: TrainConfig, attempt: Attempt) -> dict[str, Any]:
-    """The request of a TrainJob's nodes, as `compile` writes it and the launcher fills it with a run's values: the
-    dataset at its PVC mount, and rank 0's result beside its checkpoints in the attempt's folder (its run key the
-    training values' own when none is given, as in one pod)."""
+def cluster_request(config: TrainConfig, attempt: Attempt, nodes: int) -> dict[str, Any]:
+    """The request of a TrainJob's `nodes` nodes, as `compile` writes it and the launcher fills it with a run's
+    values: the dataset at its PVC mount, and rank 0's result beside its checkpoints in the attempt's folder (its run
+    key the training values' own when none is given, as in one pod)."""
 
     attempt = replace(attempt, run_key=attempt.run_key or default_run_key(config))
     result = str(Path(attempt.checkpoint_dir) / attempt.run_key / RESULT_FILE)
-    return node_request(config, attempt, workdir=NODE_WORKDIR, data=node_data(config.data), result=result)
+    return node_request(config, attempt, workdir=NODE_WORKDIR, data=node_data(config.data, nodes), result=result)
 
 
 def prepare_trainjob(template: dict[str, Any], config: TrainConfig, attempt: Attempt, *, name: str) -> dict[str, Any]:
@@ -309,7 +440,8 @@ def prepare_trainjob(template: dict[str, Any], config: TrainConfig, attempt: Att
     them as in one pod, rank 0's result beside its checkpoints."""
     body = json.loads(json.dumps(template))
     body["metadata"]["name"] = name
-    body["spec"]["trainer"]["args"][-1] = json.dumps(cluster_request(config, attempt), sort_keys=True)
+    request = cluster_request(config, attempt, body["spec"]["trainer"]["numNodes"])
+    body["spec"]["trainer"]["args"][-1] = json.dumps(request, sort_keys=True)
     return body
 
 
@@ -318,14 +450,27 @@ def _conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
 
 
-def _delete(custom: Any, namespace: str, name: str) -> None:
+def _delete(custom: Any, namespace: str, name: str, *, wait: bool = False) -> None:
+    """Delete the TrainJob and its pods; best effort (an API that is down cannot be asked), and with `wait` until
+    the name is free again."""
     from kubernetes.client.exceptions import ApiException
 
     try:
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Foreground")
     except ApiException as exc:
-        if exc.status != 404:
-            raise
+        if exc.status != 404 and not wait:
+            print(f"yolokf: could not delete TrainJob {namespace}/{name}: {exc.status} {exc.reason}.", flush=True)
+            return
+    except Exception as exc:  # the API is unreachable: the owner reference is what is left to clean up
+        print(f"yolokf: could not delete TrainJob {namespace}/{name}: {exc}.", flush=True)
+        return
+    for _ in range(120 if wait else 0):
+        try:
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+        time.sleep(0.5)
 
 
 def cluster_connection() -> tuple[str, Any]:
@@ -343,10 +488,14 @@ def cluster_connection() -> tuple[str, Any]:
     return namespace, client.ApiClient()
 
 
-def trainjob_name() -> str:
-    """One TrainJob per attempt of the step: named after its pod (a retry is a new pod, resuming the checkpoint)."""
-    pod = os.environ.get("HOSTNAME") or socket.gethostname()
-    return f"yolokf-{hashlib.sha256(pod.encode()).hexdigest()[:12]}"
+def trainjob_name(body: dict[str, Any], kfp_run: str = "") -> str:
+    """One TrainJob per run and training request (its values, a sweep trial's, its round): a retried launcher (a
+    new pod) finds the one its earlier attempt created and follows it, rather than starting a second one on the
+    same checkpoint folder. Outside a KFP run (no run id) one per pod."""
+    identity = kfp_run or os.environ.get("HOSTNAME") or socket.gethostname()
+    request = body["spec"]["trainer"]["args"][-1]
+    digest = hashlib.sha256("\n".join((identity, request)).encode()).hexdigest()
+    return f"yolokf-{digest[:12]}"
 
 
 def launch_step(*, nodes: int, dataset: Any = None, trainjob: dict[str, Any] | None = None, **inputs: Any) -> None:
@@ -357,10 +506,12 @@ def launch_step(*, nodes: int, dataset: Any = None, trainjob: dict[str, Any] | N
     """
 
     def across_nodes(config: TrainConfig, workdir: Path, attempt: Attempt) -> TrainResult:
+        check_nodes_data(config.data, nodes)  # the cluster's rule on this machine too (and before a TrainJob)
         if not trainjob:
             return run_local_nodes(config, nodes, workdir, attempt, data=step_data(config.data, dataset, workdir))
         namespace, api_client = cluster_connection()
-        body = prepare_trainjob(trainjob, config, attempt, name=trainjob_name())
+        body = prepare_trainjob(trainjob, config, attempt, name="")
+        body["metadata"]["name"] = trainjob_name(body, inputs.get("kfp_run", ""))
         done = Path(json.loads(body["spec"]["trainer"]["args"][-1])["result"])
         done.unlink(missing_ok=True)  # an earlier attempt's (a retry, a sweep's earlier round) is not this one's
         run_trainjob(

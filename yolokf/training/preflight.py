@@ -1,6 +1,11 @@
 """The `--nodes` launcher's checks before it creates its TrainJob (issue 19): one line for what would otherwise
 fail late or silently.
 
+- Trainer: the cluster serves Kubeflow Trainer v2's `trainjobs.trainer.kubeflow.org/v1alpha1` (API discovery, which
+  every authenticated user may read), and the ClusterTrainingRuntime the TrainJob names exists (where the service
+  account may read it: a cluster-scoped object needs a ClusterRole; else Trainer's webhook refuses the create, and
+  the launcher reports that refusal as it is).
+
 - Rights: one `SelfSubjectAccessReview` per verb the launcher needs (`RBAC_RULES`, from which `compile --nodes`
   writes its Role), so a service account missing some gets them all named at once, not a 403 on the watch after the
   TrainJob was created and left running.
@@ -18,7 +23,8 @@ from yolokf.core.errors import TrainingError
 RWX, ROX = "ReadWriteMany", "ReadOnlyMany"
 # The rights the launcher needs; `compile --nodes` writes its Role from the same rules (yolokf.pipeline.trainjob).
 RBAC_RULES = (
-    ("trainer.kubeflow.org", "trainjobs", ("create", "get", "list", "watch", "delete")),
+    # patch: a retried launcher adds its pod to the owners of the TrainJob it adopts (training/launch.py)
+    ("trainer.kubeflow.org", "trainjobs", ("create", "get", "list", "watch", "delete", "patch")),
     ("", "pods", ("get", "list")),
     ("", "pods/log", ("get",)),
     ("", "persistentvolumeclaims", ("get",)),  # the preflight reads the PVCs' access modes
@@ -32,11 +38,51 @@ DATA_VOLUME, CHECKPOINT_VOLUME = "data", "checkpoints"
 SHARED_STORAGE = "NFS, CephFS, Filestore, EFS..."
 
 
+TRAINER_GROUP, TRAINER_VERSION = "trainer.kubeflow.org", "v1alpha1"
+RUNTIME_ADVICE = (
+    "name an installed one with --training-runtime (kubectl get clustertrainingruntimes), or install Trainer's "
+    "runtimes (kubectl apply --server-side -k github.com/kubeflow/trainer.git/manifests/overlays/runtimes?ref=v2.3.0)"
+)
+
+
 def check_cluster(api_client: Any, namespace: str, body: dict[str, Any]) -> None:
-    """TrainingError with one line when the service account lacks a right the launcher needs in `namespace`,
-    or when a PVC that the TrainJob `body` mounts is missing or cannot be mounted by every node."""
+    """TrainingError with one line when the cluster lacks Kubeflow Trainer or the runtime the TrainJob `body`
+    names, when the service account lacks a right the launcher needs in `namespace`, or when a PVC that the
+    TrainJob mounts is missing or cannot be mounted by every node."""
+    check_trainer(api_client, body)
     check_rights(api_client, namespace)
     check_pvcs(api_client, namespace, body)
+
+
+def check_trainer(api_client: Any, body: dict[str, Any]) -> None:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    custom = client.CustomObjectsApi(api_client)
+    where = f"{TRAINER_GROUP}/{TRAINER_VERSION}"
+    try:
+        served = {resource.name for resource in custom.get_api_resources(TRAINER_GROUP, TRAINER_VERSION).resources}
+    except ApiException as exc:
+        if exc.status != 404:
+            raise TrainingError(f"Asking the cluster for the {where} API failed: {exc.status} {exc.reason}.") from None
+        served = set()
+    if "trainjobs" not in served:
+        raise TrainingError(
+            f"This cluster does not serve TrainJobs ({where}): --nodes needs Kubeflow Trainer v2.3 installed "
+            '(docs/cluster.md, "Several nodes"); compile without --nodes to train in one pod.'
+        )
+    ref = body["spec"].get("runtimeRef") or {}
+    if ref.get("kind", "ClusterTrainingRuntime") != "ClusterTrainingRuntime":
+        return
+    try:
+        custom.get_cluster_custom_object(TRAINER_GROUP, TRAINER_VERSION, "clustertrainingruntimes", ref["name"])
+    except ApiException as exc:
+        if exc.status == 404:
+            raise TrainingError(f"ClusterTrainingRuntime {ref['name']} not found; {RUNTIME_ADVICE}.") from None
+        if exc.status != 403:  # a Role cannot grant reading it: Trainer's webhook checks it at the create
+            raise TrainingError(
+                f"Reading ClusterTrainingRuntime {ref['name']} failed: {exc.status} {exc.reason}."
+            ) from None
 
 
 def _resource(group: str, resource: str) -> str:

@@ -11,15 +11,34 @@ from tests.loopback.kube.runtime import TrainJobRun
 
 
 def _pod(namespace: str, name: str, index: int, run: TrainJobRun) -> dict[str, Any]:
+    """Node `index`'s pod as the runtime makes it: the TrainJob's runtime patches applied to the `node` container
+    and the pod spec (volumes and their mounts, tolerations, node selector, pull secrets), the trainer's image and
+    resources."""
     process = run.processes[index] if index < len(run.processes) else None
     code = process.poll() if process else None
     phase = "Running" if code is None else ("Succeeded" if code == 0 else "Failed")
     labels = {"jobset.sigs.k8s.io/jobset-name": name, "batch.kubernetes.io/job-completion-index": str(index)}
-    return {
-        "metadata": {"name": f"{name}-node-0-{index}", "namespace": namespace, "labels": labels},
-        "spec": {"containers": [{"name": "node", "image": run.body["spec"]["trainer"].get("image", "")}]},
-        "status": {"phase": phase},
-    }
+    trainer = run.body["spec"]["trainer"]
+    container: dict[str, Any] = {"name": "node", "image": trainer.get("image", "")}
+    if trainer.get("resourcesPerNode"):
+        container["resources"] = trainer["resourcesPerNode"]
+    spec: dict[str, Any] = {"containers": [container]}
+    for patch in run.body["spec"].get("runtimePatches") or []:
+        jobset = ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}
+        for job in jobset.get("replicatedJobs") or []:
+            if job.get("name") != "node":
+                continue
+            pod_patch = (((job.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+            for key in ("volumes", "tolerations", "imagePullSecrets"):
+                spec[key] = spec.get(key, []) + (pod_patch.get(key) or [])
+            if pod_patch.get("nodeSelector"):
+                spec["nodeSelector"] = {**spec.get("nodeSelector", {}), **pod_patch["nodeSelector"]}
+            for patched in pod_patch.get("containers") or []:
+                if patched.get("name") == "node":
+                    container["volumeMounts"] = container.get("volumeMounts", []) + (patched.get("volumeMounts") or [])
+    metadata = {"name": run.pods[index], "namespace": namespace, "labels": labels}
+    metadata["creationTimestamp"] = run.created[index]
+    return {"metadata": metadata, "spec": spec, "status": {"phase": phase}}
 
 
 class CoreV1Api:
@@ -38,13 +57,17 @@ class CoreV1Api:
         ]
         http.send_json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
 
-    def _log(self, http: Handler, namespace: str, pod: str, container: str | None) -> None:
-        for (ns, name), run in list(self.trainjobs.items()):
+    def _log(self, http: Handler, namespace: str, pod: str, container: str | None, timestamps: bool) -> None:
+        """The newest log file of the pod's container, each line with its timestamp when asked (`timestamps`)."""
+        for (ns, _), run in list(self.trainjobs.items()):
             for index, log in enumerate(run.logs):
-                if ns == namespace and pod == f"{name}-node-0-{index}":
+                if ns == namespace and pod == run.pods[index]:
                     if container not in (None, "node"):
                         raise ApiError(400, f"container {container} is not valid")
-                    return http.send_text(200, log.read_text(errors="replace"), "text/plain")
+                    text = log.read_text(errors="replace") if log.is_file() else ""
+                    if not timestamps:
+                        text = "".join(line.partition(" ")[2] for line in text.splitlines(keepends=True))
+                    return http.send_text(200, text, "text/plain")
         raise ApiError(404, f'pods "{pod}" not found')
 
     def _pvc(self, http: Handler, namespace: str, name: str) -> None:

@@ -1,12 +1,19 @@
 """The `torch-distributed` runtime: a TrainJob runs as `numNodes` processes of `spec.trainer.command + args`, each
 with the PET_* variables torchrun reads, on the loopback address; its condition becomes `Complete` or `Failed` when
-they end."""
+they end.
+
+Each node's output is kept as the kubelet keeps a container's: every line stamped with the time it was written
+(RFC3339Nano, as `kubectl logs --timestamps` shows it), in a file rotated once it passes `log_max_bytes` (the
+kubelet's containerLogMaxSize, 10 MiB by default), and only the newest file is served. `replace_node` kills a node's
+process and starts it again as a new pod of another name, as the runtime's Job replaces a failed pod."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +26,26 @@ class TrainJobRun:
     body: dict[str, Any]
     processes: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    pods: list[str] = field(default_factory=list)  # each node's current pod name
+    created: list[str] = field(default_factory=list)  # each current pod's creationTimestamp
+    commands: list[tuple[list[str], dict[str, str]]] = field(default_factory=list)
+
+
+def now() -> str:
+    """The current time as the kubelet stamps a log line: RFC3339Nano, trailing zeros trimmed."""
+    nanos = time.time_ns()
+    fraction = f"{nanos % 1_000_000_000:09d}".rstrip("0")
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(nanos // 1_000_000_000))
+        + (f".{fraction}" if fraction else "")
+        + "Z"
+    )
 
 
 class TorchRuntime:
     workdir: Path
     versions: int
+    log_max_bytes: int = 10 << 20
 
     def _version(self) -> str:
         self.versions += 1
@@ -32,7 +54,6 @@ class TorchRuntime:
     def _start(self, run: TrainJobRun, trainer: dict[str, Any]) -> None:
         nodes, procs = int(trainer.get("numNodes") or 1), int(trainer.get("numProcPerNode") or 1)
         port = free_port()
-        name = run.body["metadata"]["name"]
         for rank in range(nodes):
             env = {**os.environ, **{e["name"]: e.get("value", "") for e in trainer.get("env") or []}}
             env.update(
@@ -42,21 +63,56 @@ class TorchRuntime:
                 PET_MASTER_ADDR="127.0.0.1",
                 PET_MASTER_PORT=str(port),
             )
-            log = self.workdir / f"{name}-node-{rank}.log"
-            with log.open("w") as out:
-                process = subprocess.Popen(
-                    [*trainer["command"], *trainer.get("args", [])],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
-            run.processes.append(process)
-            run.logs.append(log)
+            run.commands.append(([*trainer["command"], *trainer.get("args", [])], env))
+            run.processes.append(None)  # type: ignore[arg-type]
+            run.logs.append(Path())
+            run.pods.append("")
+            run.created.append("")
+            self._run_node(run, rank)
         threading.Thread(target=self._watch, args=(run,), daemon=True).start()
 
+    def _run_node(self, run: TrainJobRun, rank: int) -> None:
+        """Node `rank`'s pod: JobSet names it <jobset>-<job>-<job index>-<completion index>-<5 random letters>."""
+        name = run.body["metadata"]["name"]
+        pod = f"{name}-node-0-{rank}-{uuid.uuid4().hex[:5]}"
+        command, env = run.commands[rank]
+        log = self.workdir / f"{pod}.log"
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        run.processes[rank], run.logs[rank], run.pods[rank], run.created[rank] = process, log, pod, now()[:19] + "Z"
+        threading.Thread(target=self._stamp, args=(process, log), daemon=True).start()
+
+    def _stamp(self, process: subprocess.Popen, log: Path) -> None:
+        """The kubelet's log writer: each line stamped, the file rotated past log_max_bytes (only the newest kept)."""
+        assert process.stdout is not None
+        out = log.open("ab")
+        for line in process.stdout:
+            out.write(now().encode() + b" " + line)
+            out.flush()
+            if out.tell() > self.log_max_bytes:
+                out.close()
+                log.replace(log.with_suffix(".log.1"))
+                out = log.open("ab")
+        out.close()
+
+    def replace_node(self, run: TrainJobRun, rank: int) -> str:
+        """Node `rank`'s pod failed and its Job started a new one: the old process killed, the command started
+        again under a new pod name; the new name."""
+        from yolokf.training.launch import kill_node
+
+        old = run.processes[rank]
+        self._run_node(run, rank)  # the new pod first: the TrainJob fails only once the Job gives up (backoffLimit)
+        kill_node(old.pid)
+        old.wait()
+        return run.pods[rank]
+
     def _watch(self, run: TrainJobRun) -> None:
-        codes = [process.wait() for process in run.processes]
+        while True:  # each node's current process: a replaced pod's old one does not count
+            codes = [process.poll() for process in run.processes]
+            if all(code is not None for code in codes):
+                break
+            time.sleep(0.1)
         failed = [rank for rank, code in enumerate(codes) if code != 0]
         condition = (
             {"type": "Failed", "status": "True", "reason": "FailedJobs", "message": f"node {failed[0]} failed"}
