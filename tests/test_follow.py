@@ -170,3 +170,35 @@ def test_a_follow_rides_out_a_burst_of_503s_and_a_dropped_connection(kfp, monkey
     assert f"Reading run {run_id} failed: the connection to" in result.stderr
     assert "yolokf keeps following for up to 10m00s; the run itself is not affected." in result.stderr
     assert f"Reading run {run_id}: the API answers again, after " in result.stderr
+
+
+def test_logs_follow_goes_on_past_a_rotated_log_file(kfp):
+    """The kubelet serves only a pod's newest log file (rotated past containerLogMaxSize): the follow finds where it
+    stopped by content, so it goes on to the last line, printing none twice (issue 24, item 11)."""
+    log = [f"epoch {i} loss {1 / (i + 1):.4f}\n" for i in range(30)]  # 18 to 19 bytes a line
+    kfp.log_max_bytes = 100  # about 5 lines a file: 5 rotations or more
+    running = [
+        Poll("RUNNING", tasks={"fetch-dataset": "SUCCEEDED", "train": "RUNNING"}, logs={"train": line}) for line in log
+    ]
+    kfp.outcome = Outcome(
+        schedule=[*running, Poll("SUCCEEDED", tasks={"fetch-dataset": "SUCCEEDED", "train": "SUCCEEDED"})]
+    )
+    run_id = submit(kfp)
+    result = invoke(["logs", run_id, "--host", kfp.url, "--follow"])
+    assert result.exit_code == 0, result.output
+    printed = result.stdout.splitlines(keepends=True)
+    numbers = [int(line.split()[1]) for line in printed]
+    assert len(numbers) >= 20 and numbers == sorted(set(numbers)), "in order, none twice"
+    assert printed[-1] == log[-1], "to the last line"
+
+
+def test_unseen_finds_where_a_log_read_again_continues():
+    from yolokf.runs.steplogs import unseen
+
+    old = [f"{i}" for i in range(30)]
+    assert unseen([], old) == old
+    assert unseen(old, [*old, "30", "31"]) == ["30", "31"], "grown"
+    assert unseen(old, ["27", "28", "29", "30"]) == ["30"], "rotated: the new file starts inside what was read"
+    assert unseen(old, ["40", "41"]) == ["40", "41"], "rotated past what was read: all of it is new"
+    assert unseen(old, old) == [], "unchanged"
+    assert unseen(["a", "b"], ["a", "b", "a", "b", "c"]) == ["c"], "the latest place the window ends"

@@ -28,10 +28,12 @@ from yolokf.runs.run_report import (
     run_names,
 )
 from yolokf.runs.steplogs import (
+    SEEN_WINDOW,
     LogRead,
     PipelineNames,
     is_training,
     read_log,
+    unseen,
 )
 
 _MAIN_FIGURES = ("mask_mAP50-95", "pose_mAP50-95", "mAP50-95", "top1_accuracy")
@@ -84,7 +86,7 @@ class ProgressWatch:
 
     def __init__(self, cluster: Cluster, run_id: str, notify: Callable[[str], None]):
         self.cluster, self.run_id, self.notify = cluster, run_id, notify
-        self.seen: dict[str, tuple[EpochParser, int]] = {}  # by pod name: the parser and the lines read
+        self.seen: dict[str, tuple[EpochParser, list[str]]] = {}  # by pod name: the parser, the last lines read
         self.told = False
 
     def update(self, run: RunReport) -> list[StepProgress]:
@@ -93,7 +95,7 @@ class ProgressWatch:
             pod = task.pod
             if pod is None or not is_training(pod.key) or (task.state != "RUNNING" and pod.pod_name not in self.seen):
                 continue
-            parser, count = self.seen.get(pod.pod_name, (EpochParser(), 0))
+            parser, last = self.seen.get(pod.pod_name, (EpochParser(), []))
             if task.state == "RUNNING":
                 try:
                     log = read_log(self.cluster, self.run_id, pod)
@@ -106,9 +108,10 @@ class ProgressWatch:
                         self.told = True
                 else:
                     lines = log.text.splitlines()
-                    parser.feed_all(lines[count:] if len(lines) >= count else lines)
-                    count = len(lines)
-            self.seen[pod.pod_name] = (parser, count)
+                    new = unseen(last, lines)
+                    parser.feed_all(new)
+                    last = (last + new)[-SEEN_WINDOW:]
+            self.seen[pod.pod_name] = (parser, last)
             if task.state == "RUNNING":
                 rows.append(_progress(task.name, parser.epochs))
         return rows
@@ -339,13 +342,14 @@ def stream_log(
         if (raw := lifeline.read()) is not None:
             names = names if names is not None else run_names(cluster, raw)
             run = report(cluster, raw, names)
-    pod_name, written, told = "", 0, False
+    pod_name, told = "", False
+    seen: list[str] = []  # the last lines written
     while True:
         assert task.pod is not None
         if task.pod.pod_name != pod_name:
             if pod_name:
                 notify(f"Step {task.name} is retried: attempt {task.pod.attempt}, pod {task.pod.pod_name}")
-            pod_name, written = task.pod.pod_name, 0
+            pod_name, seen = task.pod.pod_name, []
         ended = task.state in TERMINAL_STATES
         started = task.state not in ("PENDING", "RUNTIME_STATE_UNSPECIFIED")  # a pod not running has no log yet
         try:
@@ -364,11 +368,13 @@ def stream_log(
         else:
             text = log.text if (ended or not follow) else log.text[: log.text.rfind("\n") + 1]  # whole lines
             lines = text.splitlines(keepends=True)
-            if written == 0 and tail is not None:
-                written = max(0, len(lines) - tail)
-            if lines[written:]:
-                echo("".join(lines[written:]))
-            written = max(written, len(lines))
+            new = unseen(seen, lines)
+            shown = new
+            if not seen and tail is not None:  # the first read: its last `tail` lines
+                shown = new[max(0, len(new) - tail) :] if tail else []
+            if shown:
+                echo("".join(shown))
+            seen = (seen + new)[-SEEN_WINDOW:]
         if follow and ended and task.state != "SUCCEEDED" and run.terminated:
             raise RunFailedError(
                 f"Step {task.name} of run {run_id} was stopped: the run was terminated (KFP reports the step "

@@ -220,6 +220,25 @@ def _node_names(workflow: str, ids: set[str], displays: list[str]) -> dict[str, 
     return found
 
 
+SEEN_WINDOW = 20  # lines of what was read last that mark where a log read again continues
+
+
+def unseen(seen: list[str], lines: list[str]) -> list[str]:
+    """The lines of a log read again (`lines`) that follow what was read before (`seen`, its last lines at least),
+    found by content, not by count: the kubelet serves only a container's newest log file (rotated at 10 MiB by
+    default), so a long training's log can come back shorter, starting after the lines already read. Where the two
+    share nothing (the log rotated past them between two reads), all of `lines` is new; lines rotated away unread are
+    lost, as with `kubectl logs`."""
+    if not seen:
+        return lines
+    window = seen[-SEEN_WINDOW:]
+    for end in range(len(lines), 0, -1):  # the latest place where the window ends, or where a rotated file starts
+        size = min(len(window), end)
+        if lines[end - size : end] == window[-size:] and (size == len(window) or end == size):
+            return lines[end:]
+    return lines
+
+
 @dataclass(frozen=True)
 class LogRead:
     """A step's log, or why none could be read."""

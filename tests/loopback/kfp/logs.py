@@ -39,7 +39,7 @@ class PodLogsApi(KfpState):
         task, log = run.tasks[label], run.logs.get(label)
         if log is None or log.gone or task.state in ("PENDING", "RUNTIME_STATE_UNSPECIFIED"):
             return None
-        return log.text
+        return log.text[log.rotated :]
 
     def _archived_log(self, name: str) -> str | None:
         """Argo's archived log (archiveLogs): written when the pod ends, found by node ID or pod name."""

@@ -226,6 +226,8 @@ class RunsApi(ExperimentsApi):
         for label, step in run.steps.items():
             log = run.logs.setdefault(label, PodLog())
             log.text += _named(poll.logs, step) or ""
+            if self.log_max_bytes and len(log.text) - log.rotated > self.log_max_bytes:
+                log.rotated = len(log.text)  # the kubelet renamed the full file; new lines go to a new one
             log.gone = log.gone or step.label in poll.gone or step.name in poll.gone
         for name, task_state in states.items():
             task = run.tasks.setdefault(name, Task(data["_tasks"].index(name), "", now))

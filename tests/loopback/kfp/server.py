@@ -47,6 +47,9 @@ class KfpServer(RunsApi, PipelinesApi, PodLogsApi, LoopbackServer):
         self.namespaces = set(namespaces)
         self.outcome = Outcome()
         self.reject_runs: str | None = None  # accept uploads, refuse the run with this message
+        # The kubelet's containerLogMaxSize (10 MiB by default): past it a pod's log file is rotated and the API
+        # serves the new one only (kubernetes pkg/kubelet/logs/container_log_manager.go); 0: never, as in most tests.
+        self.log_max_bytes = 0
         self.archive_logs = True  # Argo archives each pod's log when it ends (KFP's workflow-controller config)
         self.ui_logs = True  # the UI server's /k8s/pod/logs is there (off: --host is the bare API server)
         self.api_logs = True  # the API server's /apis/v1alpha1/runs/{run}/nodes/{node}/log is there

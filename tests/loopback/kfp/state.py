@@ -25,10 +25,12 @@ class Task:
 
 @dataclass
 class PodLog:
-    """A step's pod log: `text` so far; `gone` once the pod is deleted (then only the archive has it)."""
+    """A step's pod log: `text` so far; `gone` once the pod is deleted (then only the archive has it); `rotated`:
+    where the kubelet's newest log file starts, the only one the Kubernetes API serves (KfpServer.log_max_bytes)."""
 
     text: str = ""
     gone: bool = False
+    rotated: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class KfpState:
     outcome: Outcome
     reject_runs: str | None
     archive_logs: bool
+    log_max_bytes: int
     experiments: dict[str, dict[str, Any]]
     pipelines: dict[str, dict[str, Any]]
     versions: dict[str, dict[str, Any]]
