@@ -56,13 +56,15 @@ def test_a_trainjob_trains_on_two_nodes_and_leaves_rank_0s_result(kube, tmp_path
 
 
 def test_a_failed_trainjob_fails_the_step_with_one_line(kube, tmp_path):
+    kube.restart_backoff = 0.1  # the kubelet waits 10 s, then 20, 40...: the same restarts, sooner
     body = _body(tmp_path, "yolo-bad", epochs=1)
     request = json.loads(body["spec"]["trainer"]["args"][-1])
     request["parameters"]["data"] = str(tmp_path / "missing.yaml")
     body["spec"]["trainer"]["args"][-1] = json.dumps(request)
     with pytest.raises(TrainingError) as failed:
         run_trainjob(body, namespace=NAMESPACE, api_client=kube.api_client(), timeout=300, poll=0.5)
-    assert str(failed.value) == f"TrainJob {NAMESPACE}/yolo-bad failed (FailedJobs): node 0 failed"
+    assert re.fullmatch(rf"TrainJob {NAMESPACE}/yolo-bad failed \(FailedJobs\): node \d failed", str(failed.value))
+    assert kube.trainjobs[(NAMESPACE, "yolo-bad")].restarts == 6, "the Job's backoffLimit was spent first"
 
 
 def test_a_trainjob_past_the_step_timeout_is_deleted(kube, tmp_path):
@@ -272,6 +274,7 @@ def test_the_launcher_refuses_a_download_the_nodes_cannot_read(in_a_pod, tmp_pat
 
 
 def test_a_failed_trial_trainjob_is_recorded_and_the_sweep_goes_on(in_a_pod, tmp_path):
+    in_a_pod.restart_backoff = 0.1  # the kubelet's 10 s, 20 s...: the same restarts, sooner
     trials = [{"trial": 0, "values": {"lr0": 0.003}}]
     summary = tmp_path / "summary.json"
     outputs = _outputs(tmp_path / "out")
@@ -290,9 +293,8 @@ def test_a_lost_node_fails_the_trainjob_and_the_retried_step_resumes(in_a_pod, t
     step's retry (`--retries`: a new pod, so a new TrainJob) resumes from rank 0's last.pt on the checkpoint PVC."""
     import threading
 
-    from yolokf.training.launch import kill_node
-
     kube = in_a_pod
+    kube.backoff_limit = 0  # a Job that gives up at its first failed pod (the default, 6: the next test)
     killed: list[str] = []
 
     def lose_node_1() -> None:
@@ -301,7 +303,7 @@ def test_a_lost_node_fails_the_trainjob_and_the_retried_step_resumes(in_a_pod, t
             saved = list((tmp_path / "checkpoints").glob("*/weights/last.pt"))
             if saved and kube.trainjobs:
                 run = next(iter(kube.trainjobs.values()))
-                kill_node(run.processes[1].pid)
+                kube.lose_node(run, 1)
                 killed.append(run.body["metadata"]["name"])
                 return
             time.sleep(0.2)
@@ -403,6 +405,7 @@ def test_a_retried_launcher_adopts_the_trainjob_of_its_killed_attempt(kube, tmp_
 
 
 def test_a_retried_launcher_starts_a_failed_trainjob_again(kube, tmp_path, monkeypatch, capsys):
+    kube.restart_backoff = 0.01  # the kubelet's 10 s, 20 s...: the same restarts, sooner
     body = _quick(tmp_path, "yolo-again", seconds=0.2)
     failing = json.loads(json.dumps(body))
     failing["spec"]["trainer"]["args"] = ["raise SystemExit(3)"]
@@ -505,3 +508,27 @@ def test_node_0s_log_is_followed_across_a_replaced_pod_and_rotated_files(kube, t
     second = [int(n) for p, _, n in lines if p == pids[1]]
     assert second[0] < 20 and second[-1] == 59, "the new pod's log from its first poll to its end"
     assert list(tmp_path.glob("yolo-replaced-node-0-0-*.log.1")), "the new pod's log rotated"
+
+
+def test_a_lost_node_is_restarted_by_its_job_and_the_trainjob_resumes_its_training(in_a_pod, tmp_path):
+    """The runtime's Job restarts a failed node (backoffLimit 6, the batch/v1 default: torch-distributed sets none);
+    torchrun meets again and the worker resumes from rank 0's last.pt, so the TrainJob, and the step, complete."""
+    import threading
+
+    kube = in_a_pod
+
+    def lose_node_1() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if list((tmp_path / "checkpoints").glob("*/weights/last.pt")) and kube.trainjobs:
+                kube.lose_node(next(iter(kube.trainjobs.values())), 1)
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=lose_node_1, daemon=True).start()
+    outputs = _outputs(tmp_path / "out")
+    _launch(tmp_path, outputs, epochs=4)
+    (run,) = kube.trainjobs.values()
+    assert run.restarts >= 1 and kube.deleted == []
+    weights = outputs["weights"].metadata
+    assert weights["epochs_done"] == 4
