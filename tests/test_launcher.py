@@ -532,3 +532,46 @@ def test_a_lost_node_is_restarted_by_its_job_and_the_trainjob_resumes_its_traini
     assert run.restarts >= 1 and kube.deleted == []
     weights = outputs["weights"].metadata
     assert weights["epochs_done"] == 4
+
+
+def test_node_pods_carry_the_runtime_patch_the_trainjob_sends(kube, tmp_path):
+    """The runtime applies the TrainJob's runtime patch to the node pods it starts: what the step's pod settings
+    compile to (the PVC mounts, /dev/shm, tolerations, node selector) is what a node pod gets."""
+    from kubernetes import client
+
+    from yolokf.pipeline.step_options import parse_toleration
+
+    options = StepOptions(
+        nodes=2,
+        gpus=0,
+        checkpoint_pvc="ckpt",
+        shm_size="2Gi",
+        tolerations=(parse_toleration("nvidia.com/gpu=present:NoSchedule"),),
+        node_selector=(("pool", "gpu"),),
+    )
+    config = TrainConfig(**{**TINY, "data": "pvc://datasets/shapes/data.yaml"}, epochs=1)  # mounts the PVC
+    job = plan_job(config, options, image="local")
+    body = prepare_trainjob(
+        trainjob_dict(build_trainjob(job)), job.config, Attempt(str(tmp_path), "run"), name="yolo-pods"
+    )
+    body["spec"]["trainer"]["command"], body["spec"]["trainer"]["args"] = ["sleep", "30"], []
+    client.CustomObjectsApi(kube.api_client()).create_namespaced_custom_object(
+        "trainer.kubeflow.org", "v1alpha1", NAMESPACE, "trainjobs", body
+    )
+    pods = (
+        client.CoreV1Api(kube.api_client())
+        .list_namespaced_pod(NAMESPACE, label_selector="jobset.sigs.k8s.io/jobset-name=yolo-pods")
+        .items
+    )
+    assert len(pods) == 2
+    for pod in pods:
+        (container,) = pod.spec.containers
+        mounts = {m.mount_path: m.name for m in container.volume_mounts}
+        assert mounts == {"/dev/shm": "dshm", "/mnt/yolokf/data": "data", "/mnt/yolokf/checkpoints": "checkpoints"}
+        volumes = {v.name: v for v in pod.spec.volumes}
+        assert volumes["dshm"].empty_dir.medium == "Memory" and volumes["dshm"].empty_dir.size_limit == "2Gi"
+        assert volumes["data"].persistent_volume_claim.claim_name == "datasets"
+        assert volumes["checkpoints"].persistent_volume_claim.claim_name == "ckpt"
+        (toleration,) = pod.spec.tolerations
+        assert (toleration.key, toleration.value, toleration.effect) == ("nvidia.com/gpu", "present", "NoSchedule")
+        assert pod.spec.node_selector == {"pool": "gpu"}
