@@ -8,12 +8,10 @@ ETag and byte ranges (If-Range honoured, as nginx and S3 do), after the faults a
 from __future__ import annotations
 
 import hashlib
-import io
 import socket
 import struct
 import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import pytest
 
 from tests.loopback.base import Handler, Loopback
 from tests.loopback.s3 import FakeArtifact
+from tests.test_fetch import zipped
 from yolokf.core.errors import DataError
 from yolokf.data import web
 from yolokf.data.fetch import fetch, fetch_step
@@ -102,14 +101,6 @@ class FlakyFiles(Loopback):
         if fault == "cut":
             http.close_connection = True
             http.connection.close()
-
-
-def zipped(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for path in sorted(folder.rglob("*")):
-            zf.write(path, path.relative_to(folder).as_posix())
-    return buffer.getvalue()
 
 
 @pytest.fixture

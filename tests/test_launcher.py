@@ -444,20 +444,21 @@ def test_the_launcher_follows_through_api_errors(kube, tmp_path):
     assert kube.deleted == [] and len(kube.trainjobs) == 1
 
 
+def _followed_until_it_fails(kube: KubeServer, tmp_path: Path, name: str) -> str:
+    """The launcher's one line when following a minute-long TrainJob `name` fails."""
+    with pytest.raises(TrainingError) as failed:
+        run_trainjob(
+            _quick(tmp_path, name, seconds=60), namespace=NAMESPACE, api_client=kube.api_client(), timeout=60, poll=0.2
+        )
+    return str(failed.value)
+
+
 def test_an_api_that_stays_down_ends_the_step_and_the_trainjob(kube, tmp_path, monkeypatch):
     import yolokf.training.launch as launch
 
     monkeypatch.setattr(launch, "API_OUTAGE", 1.0)
     kube.fail(503, times=10_000, method="GET", path=r"/trainjobs$")
-    with pytest.raises(TrainingError) as down:
-        run_trainjob(
-            _quick(tmp_path, "yolo-down", seconds=60),
-            namespace=NAMESPACE,
-            api_client=kube.api_client(),
-            timeout=60,
-            poll=0.2,
-        )
-    assert str(down.value) == (
+    assert _followed_until_it_fails(kube, tmp_path, "yolo-down") == (
         f"The Kubernetes API did not answer for 1 s (ApiException); deleted TrainJob {NAMESPACE}/yolo-down."
     )
     assert kube.deleted == ["yolo-down"] and kube.trainjobs == {}
@@ -467,15 +468,7 @@ def test_an_error_of_the_launcher_deletes_its_trainjob(kube, tmp_path):
     """A request refused while following (here the pods' list, 403) ends the step in one line and takes the
     TrainJob with it: nothing trains on without a launcher."""
     kube.fail(403, times=10_000, method="GET", path=r"/pods$", message="pods is forbidden")
-    with pytest.raises(TrainingError) as refused:
-        run_trainjob(
-            _quick(tmp_path, "yolo-refused", seconds=60),
-            namespace=NAMESPACE,
-            api_client=kube.api_client(),
-            timeout=60,
-            poll=0.2,
-        )
-    assert str(refused.value) == (
+    assert _followed_until_it_fails(kube, tmp_path, "yolo-refused") == (
         f"Following TrainJob {NAMESPACE}/yolo-refused failed: 403 pods is forbidden; deleted it."
     )
     assert kube.deleted == ["yolo-refused"] and kube.trainjobs == {}
