@@ -287,9 +287,9 @@ def _create_or_adopt(custom: Any, namespace: str, body: dict[str, Any]) -> None:
     from kubernetes.client.exceptions import ApiException
 
     name = body["metadata"]["name"]
-    body["metadata"]["ownerReferences"] = owner_references() or None
-    if not body["metadata"]["ownerReferences"]:
-        del body["metadata"]["ownerReferences"]
+    mine = owner_references()
+    if mine:
+        body["metadata"]["ownerReferences"] = mine
     for _ in range(2):
         try:
             # Strict: an unknown field is refused, not dropped with a warning (the API server's default since 1.23).
@@ -317,7 +317,7 @@ def _create_or_adopt(custom: Any, namespace: str, body: dict[str, Any]) -> None:
             _delete(custom, namespace, name, wait=True)
             continue
         owners = existing["metadata"].get("ownerReferences") or []
-        ours = [o for o in owner_references() if o["uid"] not in {owner.get("uid") for owner in owners}]
+        ours = [o for o in mine if o["uid"] not in {owner.get("uid") for owner in owners}]
         if ours:
             patch = {"metadata": {"ownerReferences": owners + ours}}
             custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)

@@ -152,12 +152,7 @@ class TorchRuntime:
             if failed or all(code is not None for code in codes):
                 break
             time.sleep(0.1)
-        for process in run.processes:  # a failed Job fails the JobSet: its other nodes are stopped
-            if process.poll() is None:
-                from yolokf.training.launch import kill_node
-
-                kill_node(process.pid)
-                process.wait()
+        self._stop_nodes(run)  # a failed Job fails the JobSet: its other nodes are stopped
         condition = (
             {"type": "Failed", "status": "True", "reason": "FailedJobs", "message": f"node {failed[0]} failed"}
             if failed
@@ -166,12 +161,17 @@ class TorchRuntime:
         run.body["status"] = {"conditions": [condition]}
         run.body["metadata"]["resourceVersion"] = self._version()
 
-    @staticmethod
-    def _kill(run: TrainJobRun) -> None:
+    @classmethod
+    def _kill(cls, run: TrainJobRun) -> None:
         """Delete a TrainJob's pods: every node's torchrun agent and the workers it started in their own sessions."""
+        run.stopped = True
+        cls._stop_nodes(run)
+
+    @staticmethod
+    def _stop_nodes(run: TrainJobRun) -> None:
         from yolokf.training.launch import kill_node
 
-        run.stopped = True
         for process in run.processes:
-            kill_node(process.pid)
+            if process.poll() is None:
+                kill_node(process.pid)
             process.wait()
