@@ -15,3 +15,5 @@ NO_CREDENTIALS = ""
 # --fetch-workers: objects in flight (yolokf.data.transfer), given to the download step's pod in this variable.
 DEFAULT_WORKERS = 32  # peak memory is about workers x PART_SIZE at worst
 WORKERS_ENV = "YOLOKF_FETCH_WORKERS"
+# Set by the subprocess runner: every step sees this machine's disk, so a dataset name is passed through (issue 23).
+SHARED_DISK_ENV = "YOLOKF_SHARED_DISK"

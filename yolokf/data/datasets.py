@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from yolokf.core import offline, ultralytics_cfg
+from yolokf.core import offline
 from yolokf.core.errors import DataError, OfflineError
 from yolokf.core.mounts import DATA_PVC_PATH
-from yolokf.data import shapes
+from yolokf.data import named, shapes
 from yolokf.data.sources import YAML_SUFFIXES, is_remote
 
 
@@ -65,9 +65,14 @@ def resolve_data(data: str) -> str:
     if path.is_file():
         check_data_yaml(path)
         return str(path)
-    builtin = _builtin_dataset_yaml(data)
-    if builtin is not None:
-        return _builtin_dataset(data, builtin)
+    shipped = named.named_dataset(data)  # a name ultralytics ships, such as coco128.yaml (a file was taken above)
+    if shipped is not None:
+        if not shipped.on_disk() and not offline.is_online():
+            raise OfflineError(
+                f"Dataset {data} is not on disk and this machine cannot download it (no internet). "
+                "Use --data shapes (built in), a local dataset folder or YAML, or an s3:// / PVC dataset."
+            )
+        return data
     raise DataError(
         f"Dataset not found: {data}. Give a dataset YAML, a YOLO dataset folder, or --data shapes (built in)."
     )
@@ -308,24 +313,3 @@ def step_data(data: str, dataset: Any, workdir: Path) -> str:
     if Path(data).is_relative_to(DATA_PVC_PATH):  # a PVC the pipeline mounted (step_options)
         return prepare_dataset(Path(data), workdir / "data")
     return resolve_data(data)
-
-
-def _builtin_dataset_yaml(name: str) -> Path | None:
-    package = ultralytics_cfg.installed_package_dir()
-    if package is None or not name.endswith((".yaml", ".yml")) or "/" in name:
-        return None
-    path = package / "cfg" / "datasets" / name
-    return path if path.is_file() else None
-
-
-def _builtin_dataset(name: str, builtin: Path) -> str:
-    spec = load_data_yaml(builtin)
-    datasets_dir = offline.ultralytics_settings().get("datasets_dir")
-    if datasets_dir and (Path(datasets_dir) / str(spec.get("path", ""))).exists():
-        return name
-    if not offline.is_online():
-        raise OfflineError(
-            f"Dataset {name} is not on disk and this machine cannot download it (no internet). "
-            "Use --data shapes (built in), a local dataset folder or YAML, or an s3:// / PVC dataset."
-        )
-    return name

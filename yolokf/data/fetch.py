@@ -1,4 +1,5 @@
-"""The download step: datasets from object storage (s3://, gs://) and HTTP(S) archives into a `Dataset` artifact.
+"""The download step: datasets from object storage (s3://, gs://), HTTP(S) archives and ultralytics' own
+`download:` into a `Dataset` artifact.
 
 `fetch_step` is what the pipeline's download component runs, in every pipeline, whatever `data` was compiled
 with: the kind of dataset is decided from the run's own `data` (docs/cluster.md, "What a run can change"). It
@@ -17,7 +18,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from yolokf.core.errors import DataError, UsageError
-from yolokf.core.mounts import AMBIENT_CREDENTIALS, DATA_CACHE_PATH, DATA_PVC_PATH, NO_CREDENTIALS
+from yolokf.core.mounts import AMBIENT_CREDENTIALS, DATA_CACHE_PATH, DATA_PVC_PATH, NO_CREDENTIALS, SHARED_DISK_ENV
+from yolokf.data import named
 from yolokf.data.cache import fetch_cached
 from yolokf.data.datasets import (
     CACHED,
@@ -101,8 +103,10 @@ def fetch_step(
     reads data: it decides from the run's `data` (`uri`), at run time, what the next steps read.
 
     s3://, gs://, https:// are downloaded into the `dataset` artifact; pvc:// names a path on the PVC the pipeline
-    mounts (`data_pvc`, compile-time); anything else (a built-in or ultralytics name, a path in the image) is
-    passed through. `credentials` says how the pipeline was compiled: a Secret, the pod's own, or none.
+    mounts (`data_pvc`, compile-time); a dataset ultralytics downloads itself (coco128.yaml, a YAML with
+    `download:`) and that is not on disk is fetched into the artifact too (`yolokf.data.named`, issue 23), unless
+    every step shares this disk (SHARED_DISK_ENV); anything else (a built-in, a path in the image) is passed through.
+    `credentials` says how the pipeline was compiled: a Secret, the pod's own, or none.
     With `data_cache_pvc` (compile-time), s3:// and gs:// data go into the cache PVC the steps mount, not the
     artifact (`yolokf.data.cache`). `nodes` (compile-time, `--nodes N`): a download the nodes could not read is
     refused before it starts (`check_nodes_data`).
@@ -115,6 +119,8 @@ def fetch_step(
     if not is_remote(uri):
         if data_pvc and PurePosixPath(uri).is_relative_to(DATA_PVC_PATH):
             descriptor = write_descriptor(dest, MOUNTED, path=uri)
+        elif os.getenv(SHARED_DISK_ENV) != "1" and (fetched := named.to_fetch(uri)) is not None:
+            return _fetch_named(fetched, dest, dataset)
         else:
             descriptor = write_descriptor(dest, PASSTHROUGH, data=uri)
         dataset.metadata.update({"source": uri, **descriptor})
@@ -168,6 +174,22 @@ def cached_content_hash(version: Path) -> str:
     partial.write_text(digest + "\n")
     os.replace(partial, kept)  # two runs that hash the same version at once write the same text
     return digest
+
+
+def _fetch_named(found: named.NamedDataset, dest: Path, dataset: Any) -> None:
+    """A dataset ultralytics downloads itself, fetched once here into the artifact, so that training, evaluation and
+    export read these files and never a copy of their own on their own pod's disk (issue 23)."""
+    # Into the artifact even with --data-cache-pvc: the cache keeps listed s3:// and gs:// versions (yolokf.data.cache).
+    named.check_reachable(found)  # its own URL, in seconds, before ultralytics (and torch) is imported
+    try:
+        relative, files = named.fetch_into(found, dest)
+        find_dataset(dest)  # fail here, not an hour later in the training step
+        descriptor = write_descriptor(dest, DOWNLOADED, data=relative)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)  # nothing half-written
+        raise
+    dataset.metadata.update({"source": found.name, "files": files, **descriptor})
+    print(f"yolokf: fetched {found.name} from {found.source}: {files} files", flush=True)
 
 
 def _fetch_into_cache(uri: str, dest: Path, dataset: Any) -> None:
