@@ -71,3 +71,12 @@ def trained(tmp_path_factory) -> tuple[CliResult, Path]:
     """`yolokf run TRAINED_ARGS` through kfp.local: its result and pipeline root."""
     root = tmp_path_factory.mktemp("runs")
     return invoke(["run", *TRAINED_ARGS, "--pipeline-root", root]), root
+
+
+@pytest.fixture(scope="session")
+def best_pt(trained) -> Path:
+    """The shared trained model's weights (conftest's `trained`: the README quickstart's arguments)."""
+    result, root = trained
+    assert result.exit_code == 0, result.output
+    (weights,) = root.glob("yolov8-train-*/yolo-train/weights/best.pt")
+    return weights

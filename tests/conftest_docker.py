@@ -40,7 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -443,6 +443,47 @@ def minbase_image(docker_engine: Engine) -> str:
 @pytest.fixture(scope="session")
 def stand_in_base(docker_engine: Engine) -> str:
     return ensure_stand_in_base(docker_engine.client())
+
+
+def yolokf_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m yolokf ARGS` in a child process: real exit code, stdout and stderr apart."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOKF_REGISTRY_")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "yolokf", *args], capture_output=True, text=True, env=full_env, timeout=1200
+    )
+
+
+@dataclass
+class Pushed:
+    result: subprocess.CompletedProcess[str] = field(repr=False)
+    env: dict[str, str] = field(repr=False)  # holds the registry password: kept out of tracebacks
+    repository: str
+    base: str
+    cache: Path
+
+    @property
+    def reference(self) -> str:
+        return self.result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def pushed(docker_host: str, registry, stand_in_base: str, tmp_path_factory: pytest.TempPathFactory):
+    """build-image --push on the stand-in base, with credentials from the environment: the test image, built once a
+    session (tests/test_image.py checks the build, tests/test_docker_runner.py runs pipelines in it)."""
+    cache = tmp_path_factory.mktemp("cache")
+    env = {
+        "DOCKER_HOST": docker_host,
+        "YOLOKF_CACHE_DIR": str(cache),
+        "YOLOKF_REGISTRY_USERNAME": registry.username,
+        "YOLOKF_REGISTRY_PASSWORD": registry.password,
+    }
+    repository = f"{registry.address}/ml/yolokf"
+    result = yolokf_cli(
+        "build-image", "--repository", repository, "--base-image", stand_in_base, "--push", env=env
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Pushed(result, env, repository, stand_in_base, cache)
 
 
 if __name__ == "__main__":

@@ -7,19 +7,16 @@ Debian's docker-registry with htpasswd auth, and a Debian + torch stand-in for N
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest_docker import yolokf_cli
 from yolokf import __version__
 from yolokf.core.errors import UsageError
 from yolokf.image.context import BuildSpec, plan_build
@@ -172,46 +169,6 @@ def test_no_engine_is_a_clear_error(cli, monkeypatch: pytest.MonkeyPatch) -> Non
     assert result.exit_code == 1, result.output
     assert "Cannot reach the Docker engine at unix:///nonexistent/docker.sock" in result.stderr
     assert "DOCKER_HOST" in result.stderr
-
-
-def yolokf_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`python -m yolokf ARGS` in a child process: real exit code, stdout and stderr apart."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOKF_REGISTRY_")}
-    full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "yolokf", *args], capture_output=True, text=True, env=full_env, timeout=1200
-    )
-
-
-@dataclass
-class Pushed:
-    result: subprocess.CompletedProcess[str] = field(repr=False)
-    env: dict[str, str] = field(repr=False)  # holds the registry password: kept out of tracebacks
-    repository: str
-    base: str
-    cache: Path
-
-    @property
-    def reference(self) -> str:
-        return self.result.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def pushed(docker_host: str, registry, stand_in_base: str, tmp_path_factory: pytest.TempPathFactory):
-    """build-image --push on the stand-in base, with credentials from the environment."""
-    cache = tmp_path_factory.mktemp("cache")
-    env = {
-        "DOCKER_HOST": docker_host,
-        "YOLOKF_CACHE_DIR": str(cache),
-        "YOLOKF_REGISTRY_USERNAME": registry.username,
-        "YOLOKF_REGISTRY_PASSWORD": registry.password,
-    }
-    repository = f"{registry.address}/ml/yolokf"
-    result = yolokf_cli(
-        "build-image", "--repository", repository, "--base-image", stand_in_base, "--push", env=env
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return Pushed(result, env, repository, stand_in_base, cache)
 
 
 @pytest.mark.docker

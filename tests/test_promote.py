@@ -346,15 +346,6 @@ def registry():
     assert not server.bugs, server.bugs
 
 
-@pytest.fixture(scope="session")
-def best_pt(trained) -> Path:
-    """The shared trained model's weights (conftest's `trained`: the README quickstart's arguments)."""
-    result, root = trained
-    assert result.exit_code == 0, result.output
-    (weights,) = root.glob("yolov8-train-*/yolo-train/weights/best.pt")
-    return weights
-
-
 def executor_output(run: Path, task: str) -> dict:
     return json.loads((run / task / "executor_output.json").read_text())
 

@@ -24,8 +24,9 @@ from yolokf.cli.options import (
     Wait,
     connection_options,
 )
-from yolokf.core.errors import Interrupted, RunFailedError
+from yolokf.core.errors import Interrupted, RunFailedError, UsageError
 from yolokf.runs.connection import Connection
+from yolokf.runs.runner import SUBPROCESS
 
 if TYPE_CHECKING:
     from yolokf.pipeline.job import Job
@@ -94,6 +95,11 @@ def submit_job(job: Job, connection: Connection, run: RunOptions, dry_run: bool,
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.runs.submit import describe_submission, submit
 
+    if run.runner != SUBPROCESS:
+        raise UsageError(
+            f"--runner {run.runner} runs the steps on this machine; leave it out with --host (the cluster runs each "
+            "step in a pod of its own)."
+        )
     if dry_run:
         titles, fields = describe_submission(connection.host or "", connection.namespace, job, run.submission())
         say_documents(*before, yaml_document(titles, fields))

@@ -21,6 +21,7 @@ from yolokf.pipeline.step_options import (
     StepOptions,
 )
 from yolokf.runs.connection import Connection
+from yolokf.runs.runner import SUBPROCESS
 
 if TYPE_CHECKING:
     from yolokf.runs.submit import Submission
@@ -289,6 +290,15 @@ Verbose = Annotated[
     bool,
     typer.Option("--verbose", "-v", help="Local runs: also show kfp.local's own output (executor input, artifacts)."),
 ]
+LocalRunner = Annotated[
+    str,
+    typer.Option(
+        "--runner",
+        envvar="YOLOKF_RUNNER",
+        help="Local runs: subprocess (steps in this Python) or docker (each step in a container of the image, as a "
+        "pod; test the image and the pipeline before the cluster).",
+    ),
+]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Pipeline YAML to write.")]
 InsteadOut = Annotated[
     Path | None, typer.Option("--out", "-o", help="Write the pipeline's YAML here instead of running it.")
@@ -344,6 +354,7 @@ class RunOptions:
     pipeline_root: str | None
     image: str | None
     verbose: bool
+    runner: str
     experiment: str
     run_name: str | None
     service_account: str | None
@@ -367,6 +378,7 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "pipeline_root": (PipelineRoot, None),
     "image": (Image, None),
     "verbose": (Verbose, False),
+    "runner": (LocalRunner, SUBPROCESS),
     "experiment": (Experiment, "yolokf"),
     "run_name": (RunName, None),
     "service_account": (ServiceAccount, None),

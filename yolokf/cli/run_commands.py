@@ -84,7 +84,7 @@ def run(
         # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
         from yolokf.pipeline.job import plan_local_job
 
-        _run_local(plan_local_job(config, step).with_promotion(promote).with_tracking(tracking), run)
+        _run_local(plan_local_job(config, step).with_promotion(promote).with_tracking(tracking), run, step.gpus)
         return
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.image.records import resolve_image
@@ -156,7 +156,7 @@ def tune(
 
     job = plan_local_job(config, step).with_sweep(planned).with_promotion(promote).with_tracking(tracking)
     say(plan)
-    result = _run_local_job(job, run)
+    result = _run_local_job(job, run, step.gpus)
     print_trials(result.trials, planned.metric, f"Trials by {planned.metric} ({planned.mode}), best first")
     print_local_run(result)
 
@@ -194,7 +194,7 @@ def evaluate(
 
         config = config.with_overrides(model=_weights_file(config.model))
         job = replace(plan_local_job(config, step), evaluate_only=True).with_promotion(promote)
-        _run_local(job.with_tracking(tracking), run)
+        _run_local(job.with_tracking(tracking), run, step.gpus)
         return
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.image.records import resolve_image
@@ -226,18 +226,19 @@ def _weights_file(model: str) -> str:
     return str(weights.resolve())
 
 
-def _run_local(job: Job, run: RunOptions) -> None:
+def _run_local(job: Job, run: RunOptions, gpus: int | None) -> None:
+    print_local_run(_run_local_job(job, run, gpus))
 
-    print_local_run(_run_local_job(job, run))
 
-
-def _run_local_job(job: Job, run: RunOptions) -> LocalRun:
+def _run_local_job(job: Job, run: RunOptions, gpus: int | None) -> LocalRun:
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.runs.local import DEFAULT_PIPELINE_ROOT, run_local
+    from yolokf.runs.runner import choose_runner
 
     root = Path(run.pipeline_root) if run.pipeline_root else DEFAULT_PIPELINE_ROOT
+    runner = choose_runner(run.runner, run.image, gpus)
     with LocalDisplay(run.verbose) as display:
-        return run_local(job, root, emit=display, verbose=run.verbose)
+        return run_local(job, root, emit=display, verbose=run.verbose, runner=runner)
 
 
 def _warn_ignored(config: TrainConfig) -> None:

@@ -1,7 +1,8 @@
 """Run the pipeline on this machine through kfp.local, with the same component a cluster runs.
 
-kfp.local's SubprocessRunner executes the step in this Python environment (`use_venv=False`, so
-nothing is installed), and writes outputs under the pipeline root, where they stay after the run.
+kfp.local's SubprocessRunner executes the steps in this Python environment (`use_venv=False`, so
+nothing is installed); with `--runner docker` its DockerRunner runs each in a container of the yolokf image
+(`yolokf.runs.runner`). Outputs go under the pipeline root, where they stay after the run.
 What kfp.local prints about itself (executor input, component loading, artifact reprs) goes to the run's
 log file only, unless `verbose`, and so does ultralytics' output; the user is shown `StepEvent`s (issue 26).
 """
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,9 +26,11 @@ from yolokf.core.errors import TrainingError, UsageError
 from yolokf.core.offline import check_model
 from yolokf.core.tasks import model_task
 from yolokf.data.datasets import resolve_data
+from yolokf.data.named import to_fetch
 from yolokf.data.task_fit import check_task
 from yolokf.pipeline.job import Job
 from yolokf.runs.progress import TRACEBACK, Epoch, EpochParser, step_error
+from yolokf.runs.runner import Runner, kfp_runner, prepare_job, shared_disk, use_images
 
 DEFAULT_PIPELINE_ROOT = Path("yolokf-runs")
 METRIC_ORDER = ("precision", "recall", "mAP50", "mAP50-95", "top1_accuracy", "top5_accuracy", "fitness")
@@ -53,6 +57,7 @@ _EXECUTOR_RECORD = "[KFP Executor "
 _STEP_INDENT = "    "  # kfp.local indents the step's lines (logging_utils.indented_print)
 _TASK_END = re.compile(r" - [A-Z]+ - Task '([^']*)' finished with status (SUCCESS|FAILURE)")  # not "Pipeline ..."
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_OUTPUT_FILE = re.compile(r'"outputFile": "([^"]+)"')  # in the executor input: where the task's outputs go
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,8 @@ class _StepOutput(io.TextIOBase):
         self.failed_task = ""  # the task kfp.local just reported failed (it may retry it)
         self.epochs = EpochParser()
         self.tail: deque[str] = deque(maxlen=5000)  # an exception can list every bad file after it
+        self.succeeded: list[str] = []  # the tasks kfp.local reported successful, in order
+        self.output_files: dict[str, str] = {}  # task -> its executor output file, from its executor input
 
     def writable(self) -> bool:
         return True
@@ -120,6 +127,7 @@ class _StepOutput(io.TextIOBase):
             self.emit(StepEvent("started", self._name(task)))
         elif end := _TASK_END.search(record):
             if end[2] == "SUCCESS":
+                self.succeeded.append(end[1])
                 self.emit(StepEvent("succeeded", self._name(end[1])))
             else:
                 self.failed_task = end[1]
@@ -128,6 +136,8 @@ class _StepOutput(io.TextIOBase):
     def _line(self, line: str) -> None:
         if self.in_executor_input:  # the executor logs its whole input as indented JSON
             self.in_executor_input = line.rstrip() != "}"
+            if found := _OUTPUT_FILE.search(line):
+                self.output_files[self.task] = found[1]
             return
         if line.startswith(_EXECUTOR_RECORD):
             self.in_executor_input = line.rstrip().endswith("Got executor_input:")
@@ -145,6 +155,13 @@ class _StepOutput(io.TextIOBase):
         elif (epoch := self.epochs.feed(line)) is not None:
             self.emit(StepEvent("epoch", self._name(self.task), epoch=epoch))
 
+    def without_outputs(self, containers: set[str]) -> list[str]:
+        """Tasks of `containers` reported successful whose executor never wrote its output file: kfp.local's
+        DockerRunner reports a container that exited before it was waited on as a success (kubeflow/pipelines#13332),
+        and the KFP executor writes that file last, on every success (kfp/dsl/executor.py `write_executor_output`)."""
+        written = {task for task, path in self.output_files.items() if Path(path).is_file()}
+        return [task for task in self.succeeded if task in containers and task not in written]
+
     def failure(self) -> str:
         """The step's own error: the exception line after its last traceback, else its last lines."""
 
@@ -160,10 +177,29 @@ def display_names(pipeline: Any) -> dict[str, str]:
     return {key: task.task_info.name or key for dag in dags for key, task in dag.tasks.items()}
 
 
-def preflight(job: Job) -> None:
-    """Fail before starting kfp.local when the model, device or dataset cannot work here."""
+def container_tasks(pipeline: Any) -> set[str]:
+    """kfp.local's names of the tasks that run a container (not an importer, not a sub-DAG of a loop or condition)."""
+    spec = pipeline.pipeline_spec
+    executors = spec.deployment_spec["executors"]
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    return {
+        key
+        for dag in dags
+        for key, task in dag.tasks.items()
+        if (label := spec.components[task.component_ref.name].executor_label)
+        and label in executors
+        and "container" in executors[label]
+    }
+
+
+def preflight(job: Job, runner: Runner) -> None:
+    """Fail before starting kfp.local when the model, device or dataset cannot work here. In containers the device
+    is --gpus's (checked against the engine), and a dataset not on this machine is the download step's to fetch."""
     check_model(job.config.model)
-    check_device(job.config.device)
+    if runner.docker and (not Path(job.config.data).expanduser().exists() or to_fetch(job.config.data)):
+        return
+    if not runner.docker:
+        check_device(job.config.device)
     if job.source is None:  # s3://, gs://, https:// go through the pipeline's download step
         data = resolve_data(job.config.data)
         task = model_task(job.config.model)
@@ -187,18 +223,22 @@ def run_local(
     *,
     emit: Callable[[StepEvent], None] = print,
     verbose: bool = False,
+    runner: Runner | None = None,
 ) -> LocalRun:
     """Run `job` (from `plan_local_job`) through kfp.local and return the outputs' locations and final metrics.
 
     `emit` receives what the user is shown (`StepEvent`s): where outputs go, each step's start, epochs, own lines
     and end (with `verbose`, all of kfp.local's and ultralytics' output). The whole log is in `<pipeline root>/logs/`.
+    `runner` (`yolokf.runs.runner.choose_runner`): kfp.local's SubprocessRunner unless given.
     """
     from kfp import local
 
     # Imported on use, for start-up time: `yolokf --help` and the other commands do not load it.
     from yolokf.pipeline.pipelines import build
 
-    preflight(job)
+    runner = runner or Runner()  # kfp.local's SubprocessRunner
+    preflight(job, runner)
+    job, runner = prepare_job(job, runner)
     pipeline_root = Path(pipeline_root).resolve()
     if job.sweep is not None:
         # Trials run one after another here, and keep their weights where the selection steps find them.
@@ -209,24 +249,29 @@ def run_local(
         log_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"Cannot create --pipeline-root {pipeline_root}: {exc.strerror}.") from None
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    local.init(runner=kfp_runner(runner), pipeline_root=str(pipeline_root))
     pipeline = build(job)
-    emit(
-        StepEvent(
-            "note", "", f"Training locally through kfp.local: outputs go to {pipeline_root}, the full log to {log_path}"
-        )
-    )
+    use_images(pipeline, runner)
+    containers = container_tasks(pipeline) if runner.docker else set()  # a subprocess's exit code is its own
+    where = f"outputs go to {pipeline_root}, the full log to {log_path}"
+    emit(StepEvent("note", "", f"Training locally {runner.describe()}: {where}"))
     started = time.perf_counter()
     with log_path.open("w") as log:
         output = _StepOutput(log, emit, verbose, display_names(pipeline))
         try:
-            with contextlib.redirect_stdout(output), warnings.catch_warnings():
+            with contextlib.redirect_stdout(output), warnings.catch_warnings(), _environment(shared_disk(runner)):
                 # kfp.local says, rightly, that cluster settings and the image do not apply here.
                 warnings.filterwarnings("ignore", message=r".*(have no effect|non-Python base image)", category=Warning)
                 task = pipeline()
-        except RuntimeError:
+        except (RuntimeError, ValueError) as exc:
+            # kfp.local raises RuntimeError for a failed task, and a ValueError when a pipeline output names a task a
+            # failure left unrun (yolokf evaluate's summary); any other ValueError is not a step's.
+            _check_outputs(output, containers, log_path)
+            if isinstance(exc, ValueError) and not output.failed_task:
+                raise
             what = "The local training step" if job.promotion is None and job.sweep is None else "A local step"
             raise TrainingError(f"{what} failed: {output.failure()} (full log: {log_path})") from None
+    _check_outputs(output, containers, log_path)
     outputs: dict[str, Any] = task.outputs if hasattr(task, "outputs") else {}
     metrics = _ordered(outputs["metrics"].metadata) if "metrics" in outputs else {}
     tables: dict[str, str] = {
@@ -238,6 +283,31 @@ def run_local(
     links = (getattr(a, "metadata", {}).get("mlflow_run") for a in outputs.values())
     seconds = time.perf_counter() - started
     return LocalRun(pipeline_root, metrics, artifacts, seconds, log_path, trials, tables, next(filter(None, links), ""))
+
+
+def _check_outputs(output: _StepOutput, containers: set[str], log_path: Path) -> None:
+    """A step reported successful without its outputs failed (kubeflow/pipelines#13332): say which, not the error
+    of a step after it that read nothing."""
+    if missing := output.without_outputs(containers):
+        raise TrainingError(
+            f"Step {output.names.get(missing[0], missing[0])} failed: {output.failure()} (it wrote no outputs; "
+            f"kfp.local reported its container a success, kubeflow/pipelines#13332; full log: {log_path})"
+        )
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in this process's environment, which the subprocess runner's steps inherit, for the run only."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _ordered(logged: dict[str, Any]) -> dict[str, float]:
