@@ -468,7 +468,8 @@ def test_a_missed_gate_registers_nothing(cli, tmp_path, best_pt, registry, actio
         assert "Nothing is registered (--gate-action skip)." in result.stdout
     else:
         assert result.exit_code == 1
-        assert result.stderr.startswith("Error: A local step failed: yolokf.core.errors.QualityGateError: Quality gate")
+        failed = "Error: The local step 'quality gate' failed: yolokf.core.errors.QualityGateError: Quality gate"
+        assert result.stderr.startswith(failed), result.stderr
 
 
 def test_a_refused_registry_token_is_one_line_without_the_token(cli, tmp_path):

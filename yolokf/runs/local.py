@@ -269,7 +269,9 @@ def run_local(
             _check_outputs(output, containers, log_path)
             if isinstance(exc, ValueError) and not output.failed_task:
                 raise
-            what = "The local training step" if job.promotion is None and job.sweep is None else "A local step"
+            name = output.names.get(output.failed_task, output.failed_task)
+            what = f"The local step '{name}'" if name else "A local step"
+            what = "The local training step" if name == "train" else what
             raise TrainingError(f"{what} failed: {output.failure()} (full log: {log_path})") from None
     _check_outputs(output, containers, log_path)
     outputs: dict[str, Any] = task.outputs if hasattr(task, "outputs") else {}
