@@ -23,7 +23,7 @@ import yaml
 from tests.loopback.model_registry.server import ModelRegistryServer
 from tests.loopback.s3 import upload_folder
 from tests.test_bad_input import assert_one_clear_line
-from tests.test_tune import printed_rows
+from tests.test_tune import assert_halved_two_trials
 
 # Small and short: these tests prove the pod path, not learning (tests/test_local_run.py proves that).
 TINY = ["--imgsz", "64", "--batch", "8", "--workers", "0", "--set", "plots=false"]
@@ -202,15 +202,7 @@ def test_a_halving_sweep_hands_checkpoints_on_only_through_the_run(cli, tmp_path
     args = ["tune", "--runner", "docker", "--image", pushed.reference, "--model", "yolov8n.yaml", "--data", "shapes"]
     result = cli([*args, "--epochs", "2", *TINY, *space, "--pipeline-root", root])
     assert result.exit_code == 0, result.output
-    trials, metrics = printed_rows(result.stdout)
-    assert len(trials) == 2
-    assert sorted((row[1], int(row[2])) for row in trials) == [("stopped", 1), ("succeeded", 2)]
-    assert metrics["trial_epochs"] == 3 and metrics["failed_trials"] == 0
-    winner = next(row[0] for row in trials if row[1] == "succeeded")
-    (sweep,) = (root / "sweeps").iterdir()
-    folder = sweep / f"trial-{int(winner):02d}"
-    assert f"resuming {folder}/weights/last.pt after epoch 1 of 2" in result.stdout
-    assert len((folder / "results.csv").read_text().strip().splitlines()) == 1 + 2, "one row per epoch, resumed"
+    assert_halved_two_trials(result.stdout, root)
 
 
 @pytest.mark.docker

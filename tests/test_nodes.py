@@ -152,7 +152,7 @@ def test_a_sweep_trains_every_trial_on_two_nodes_and_halves(cli, tmp_path):
     """`yolokf tune --nodes 2 --halving 2`: each trial is a two-node training; round 1 stops both trials after
     epoch 1 on every rank together (the ranks other than 0 hold no metrics), and the kept trial resumes its
     checkpoint on two nodes to the last epoch."""
-    from tests.test_tune import printed_rows
+    from tests.test_tune import assert_halved_two_trials
 
     root = tmp_path / "root"
     args = ["--epochs", "2", "--imgsz", "64", "--batch", "8", "--workers", "0", "--set", "plots=false"]
@@ -163,17 +163,7 @@ def test_a_sweep_trains_every_trial_on_two_nodes_and_halves(cli, tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 trials (random, seed 0); rounds: 2 to epoch 1, 1 to epoch 2; 3 trial-epochs" in result.stdout
     assert result.stdout.count("yolokf: training on 2 nodes (torchrun on 127.0.0.1, Gloo)") == 3
-    trials, metrics = printed_rows(result.stdout)
-    assert len(trials) == 2
-    assert sorted((row[1], int(row[2])) for row in trials) == [("stopped", 1), ("succeeded", 2)]
-    assert metrics["trial_epochs"] == 3 and metrics["failed_trials"] == 0
-    winner = next(row[0] for row in trials if row[1] == "succeeded")
-    (sweep,) = (root / "sweeps").iterdir()
-    folder = sweep / f"trial-{int(winner):02d}"
-    assert f"resuming {folder}/weights/last.pt after epoch 1 of 2" in result.stdout
-    assert len((folder / "results.csv").read_text().strip().splitlines()) == 1 + 2, "one row per epoch, resumed"
-    (stopped,) = [row[0] for row in trials if row[1] == "stopped"]
-    stopped_folder = sweep / f"trial-{int(stopped):02d}"
+    _, stopped_folder = assert_halved_two_trials(result.stdout, root)
     from ultralytics.utils.patches import torch_load
 
     ckpt = torch_load(stopped_folder / "weights" / "last.pt", map_location="cpu")

@@ -355,6 +355,22 @@ def printed_rows(stdout: str) -> tuple[list[list[str]], dict[str, float]]:
     return trials, metrics
 
 
+def assert_halved_two_trials(stdout: str, root: Path) -> tuple[Path, Path]:
+    """What a local `tune --trials 2 --halving 2 --epochs 2` printed and left: one trial stopped after round 1's
+    epoch, the other resumed from its round-1 checkpoint to epoch 2. The two trials' folders: (kept, stopped)."""
+    trials, metrics = printed_rows(stdout)
+    assert len(trials) == 2
+    assert sorted((row[1], int(row[2])) for row in trials) == [("stopped", 1), ("succeeded", 2)]
+    assert metrics["trial_epochs"] == 3 and metrics["failed_trials"] == 0
+    winner = next(row[0] for row in trials if row[1] == "succeeded")
+    (stopped,) = [row[0] for row in trials if row[1] == "stopped"]
+    (sweep,) = (root / "sweeps").iterdir()
+    folder = sweep / f"trial-{int(winner):02d}"
+    assert f"resuming {folder}/weights/last.pt after epoch 1 of 2" in stdout
+    assert len((folder / "results.csv").read_text().strip().splitlines()) == 1 + 2, "one row per epoch, resumed"
+    return folder, sweep / f"trial-{int(stopped):02d}"
+
+
 @pytest.mark.slow
 def test_a_local_sweep_picks_the_trial_that_learns(cli, tmp_path):
     root = tmp_path / "root"
