@@ -118,6 +118,28 @@ def test_a_yaml_with_download_is_fetched_once_into_the_artifact(server, datasets
     assert utils.DATASETS_DIR == ultralytics_dir and not (ultralytics_dir / "mini").exists()
 
 
+def test_a_download_script_runs_with_its_path_in_the_artifact(server, datasets_dir, tmp_path):
+    """A `download:` that is a Python script, as most of ultralytics' own YAMLs hold (coco.yaml, VOC.yaml): it runs
+    through ultralytics' `check_det_dataset` with `yaml["path"]` in the artifact, so its files land there."""
+    script = (
+        "from pathlib import Path\n"
+        "from ultralytics.utils.downloads import download\n"
+        f"download(['{server.url}{ARCHIVE}'], dir=Path(yaml['path']).parent)\n"
+    )
+    data = mini_yaml(tmp_path / "mounted", script)
+    artifact = FakeArtifact(str(tmp_path / "artifact"))
+    fetch_step(uri=str(data), dataset=artifact)
+
+    dest = Path(artifact.path)
+    assert len(list((dest / "mini" / "images" / "val").glob("*.png"))) == 2
+    assert server.count("GET") == 1, server.requests
+    assert {"data.yaml", "mini", "yolokf-dataset.json"} <= {p.name for p in dest.iterdir()}
+    assert not (dest / ".data.yaml").exists(), "the staged copy the script ran with is gone"
+    spec = dataset_spec(step_data(str(data), artifact, tmp_path / "work"))
+    assert Path(spec["train"]).is_relative_to(dest.resolve())
+    assert not datasets_dir.exists() or not any(datasets_dir.iterdir())
+
+
 def test_a_download_url_that_refuses_fails_the_step_at_once_in_one_line(datasets_dir, tmp_path):
     url = f"http://127.0.0.1:{free_port()}{ARCHIVE}"  # nothing listens there
     data = mini_yaml(tmp_path / "mounted", url)

@@ -10,7 +10,6 @@ check says nothing), and fetching it with ultralytics' own download code into a 
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import re
 import socket
@@ -18,7 +17,6 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,52 +186,45 @@ def public_url(url: str) -> str:
 
 
 def fetch_into(found: NamedDataset, folder: Path) -> tuple[str, int]:
-    """Download `found` with ultralytics' own code (`check_det_dataset`) into `folder`, then write its YAML there,
-    DATA_YAML with `path:` relative to `folder` and no `download:`. Returns (that YAML's name, files in `folder`).
+    """Download `found` with ultralytics' own code into `folder`, then write its YAML there, DATA_YAML with `path:`
+    relative to `folder` and no `download:`. Returns (that YAML's name, files in `folder`).
 
-    Raises a DataError in one line; what it leaves in `folder` on failure is the caller's to remove."""
+    What `check_det_dataset` does with `download:` (ultralytics/data/utils.py, 8.4, lines ~817-828), aimed at
+    `folder` rather than ultralytics' datasets_dir (this machine's, shared with other runs): an archive's URL goes to
+    `safe_download(url, dir=folder)`, which unpacks it there; a script runs through `check_det_dataset` itself, on a
+    copy of the YAML whose `path:` is under `folder` (the scripts download to `yaml["path"]`). Raises a DataError in
+    one line; what it leaves in `folder` on failure is the caller's to remove."""
     # Imported on use: ultralytics imports torch, and a refusal (check_reachable) comes before it.
     from ultralytics.data.utils import check_det_dataset
     from ultralytics.utils import USER_CONFIG_DIR
+    from ultralytics.utils.downloads import safe_download
 
     offline.place_fonts(Path(USER_CONFIG_DIR))  # else check_det_dataset's check_font downloads Arial.ttf
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    given = str(found.spec.get("path") or "")
+    root = folder / Path(given).name if given else folder  # `path: coco128`: the archive's one top folder
+    spec = {key: value for key, value in found.spec.items() if key != "download"}
     try:
-        with datasets_dir(folder):
-            data = check_det_dataset(str(found.yaml), autodownload=True)
+        if found.archive:
+            safe_download(url=found.download, dir=folder, delete=True)
+        else:
+            staged = folder / f".{DATA_YAML}"
+            staged.write_text(yaml.safe_dump({**spec, "path": str(root), "download": found.download}, sort_keys=False))
+            check_det_dataset(str(staged), autodownload=True)
+            staged.unlink()
     except Exception as exc:  # ultralytics' ConnectionError, or whatever a download script raises
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"Cannot fetch dataset {found.name} from {found.source}: {first}") from None
-    root = Path(data["path"]).resolve()
-    images = [Path(entry) for split in ("train", "val") for entry in _listed(data.get(split))]
-    if not root.is_relative_to(folder) or not all(image.exists() for image in images):
+    images = [root / str(entry) for split in ("train", "val") for entry in _listed(spec.get(split))]
+    if not all(image.exists() for image in images):
         raise DataError(
             f"Dataset {found.name}: its download: ran, but the images are not where its path: says ({root}); "
             "give the data as --data s3://... or pvc://... instead."
         )
-    spec = {key: value for key, value in found.spec.items() if key != "download"}
     spec["path"] = root.relative_to(folder).as_posix()
     (folder / DATA_YAML).write_text(yaml.safe_dump(spec, sort_keys=False))
     return DATA_YAML, sum(1 for p in folder.rglob("*") if p.is_file())
-
-
-@contextlib.contextmanager
-def datasets_dir(folder: Path) -> Iterator[None]:
-    """ultralytics' datasets_dir is `folder` while in the block, for `check_det_dataset` alone.
-
-    check_det_dataset (ultralytics/data/utils.py, 8.4, lines ~717-836) reads its module's global DATASETS_DIR, set
-    from the settings at import: a relative `path:` resolves to `DATASETS_DIR / path`, an archive URL is fetched by
-    `safe_download(url=s, dir=DATASETS_DIR, delete=True)`, and a script runs as `exec(s, {"yaml": data})` with that
-    `data["path"]`. The settings file is the machine's, shared with other runs, so the global is set, not it."""
-    from ultralytics.data import utils
-
-    saved = utils.DATASETS_DIR
-    utils.DATASETS_DIR = folder
-    try:
-        yield
-    finally:
-        utils.DATASETS_DIR = saved
 
 
 def _listed(entries: Any) -> list[Any]:
