@@ -85,3 +85,28 @@ def test_the_held_count_is_compiled_into_the_pods_that_hold_gpus(cli, tmp_path):
         "exec-yolo-evaluate": "1",
         "exec-yolo-export": None,
     }
+
+
+@pytest.mark.parametrize("device", ["0", "0,1", "cuda:1"])
+def test_a_node_device_naming_fewer_gpus_than_its_processes_fails_in_one_line(tmp_path, monkeypatch, device):
+    """On a `--nodes` node torchrun starts one process a GPU (LOCAL_WORLD_SIZE, --gpus 4); each trains on the GPU the
+    device lists at its local rank. A run form's device that names fewer used to fail in one rank with an IndexError
+    in the distributed worker; now every rank says it in one line before CUDA or ultralytics start."""
+    from yolokf.training.train import train
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    config = TrainConfig(model=MISSING, data="shapes", device=device, epochs=1, imgsz=64)
+    with pytest.raises(UsageError) as refused:
+        train(config, tmp_path, distributed=True)
+    named = len(device.split(","))
+    assert str(refused.value) == (
+        f"device {device}: this node runs 4 training processes, one a GPU (--gpus 4), and {device} names {named}; "
+        f"set device to 0,1,2,3, or compile with --gpus {named}."
+    )
+
+
+def test_a_node_device_naming_every_gpu_or_cpu_passes_the_node_rule(tmp_path, monkeypatch):
+    from yolokf.core.devices import check_node_device
+
+    for device, processes in (("0,1,2,3", 4), ("cpu", 4), ("0,1", 2), ("", 1)):
+        check_node_device(device, processes)  # no error

@@ -82,6 +82,20 @@ def check_held(device: str, held: int | None, *, flag: str = "device", say: Call
         )
 
 
+def check_node_device(device: str, processes: int, *, flag: str = "device") -> None:
+    """On a `--nodes` node, torchrun starts `processes` training processes (one a GPU, `--gpus N`), and each trains
+    on the GPU `device` lists at its local rank (yolokf.training.distributed): a `device` naming fewer GPUs than
+    that is refused in one line, where it would fail in one process with an IndexError."""
+    indexes = gpu_indexes(device)
+    if indexes is None or len(set(indexes)) >= processes:
+        return  # cpu (Gloo), or enough GPUs
+    every = ",".join(str(i) for i in range(processes))
+    raise UsageError(
+        f"{flag} {device}: this node runs {processes} training processes, one a GPU (--gpus {processes}), and "
+        f"{device} names {len(set(indexes))}; set {flag} to {every}, or compile with --gpus {len(set(indexes))}."
+    )
+
+
 def check_visible(device: str, *, where: str, flag: str, advice: str) -> None:
     """Refuse a CUDA `device` naming GPUs torch cannot see (`where`: this pod, this machine); `advice` says what
     to do instead when there is none. In a step's pod that holds GPUs, `check_held`'s rule is applied first."""

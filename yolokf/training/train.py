@@ -8,6 +8,7 @@ sweep trial's folder and budget, the summary), `train_step()` the one-pod compon
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from yolokf.core import offline
-from yolokf.core.devices import check_visible
+from yolokf.core.devices import check_node_device, check_visible
 from yolokf.core.errors import TrainingError
 from yolokf.core.settings import TrainConfig
 from yolokf.data.datasets import resolve_data, step_data
@@ -102,6 +103,8 @@ def train(
     `on_epoch`: called after each epoch in this process (MLflow's live curves, issue 25).
     """
     offline.prepare_environment()
+    if distributed:  # torchrun's processes on this node (LOCAL_WORLD_SIZE), each on the GPU `device` lists for it
+        check_node_device(config.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     # A device edited in the run form may name GPUs this pod was not given (compiled --gpus): say so, not CUDA.
     check_visible(config.device, where="this step", flag="device", advice=DEVICE_ADVICE)
     offline.check_model(config.model)
