@@ -283,7 +283,7 @@ def find_step(run: RunReport, step: str | None, trial: int | None) -> TaskState:
         have = ", ".join(dict.fromkeys(t.step for t in steps))
         what = "no training step yet" if step is None else f"no step {step!r}"
         raise UsageError(f"Run {run.name} ({run.run_id}) has {what}; its steps: {have}. Pick one with --step NAME.")
-    trials = [t.trial for t in named if t.trial is not None]
+    trials = sorted({t.trial for t in named if t.trial is not None})
     if trial is not None:
         named = [t for t in named if t.trial == trial]
         if not named:

@@ -70,6 +70,7 @@ class TaskState:
     last_change: datetime.datetime | None = None  # when it ended, else when it started
     pod: StepPod | None = None  # the container that ran it, where the nodes show it (Argo on KFP 2.17)
     step: str = ""  # the name `yolokf logs --step` takes: the task's name in the UI
+    started: datetime.datetime | None = None
 
     @property
     def trial(self) -> int | None:
@@ -147,6 +148,7 @@ def report(cluster: Cluster, run: Any, names: PipelineNames = NO_NAMES) -> RunRe
         tasks = [_task_state(details[p.node.index], p, names, [details[i] for i in p.members]) for p in pods]
     else:  # not Argo's nodes (an older or another backend): every listed task but the run's own DAG
         tasks = [_task_state(t, None, names, [t]) for t in details]
+    tasks = _in_run_order(tasks, names)
     runtime = run.runtime_config
     state = str(run.state or "RUNTIME_STATE_UNSPECIFIED")
     # A terminated run is CANCELING, then ends FAILED, not CANCELED (KFP 2.17 resource/resource_manager.go
@@ -170,6 +172,20 @@ def report(cluster: Cluster, run: Any, names: PipelineNames = NO_NAMES) -> RunRe
     )
 
 
+def _in_run_order(tasks: list[TaskState], names: PipelineNames) -> list[TaskState]:
+    """Tasks in the order they ran: the API server lists them from a Go map (the workflow's nodes by ID,
+    server/api_converter.go toApiPipelineTaskDetail), not in the DAG's order. By start (the ones not started last);
+    within one second (the API's times are whole seconds), by the pipeline's dependency order, then trial number."""
+    never = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
+
+    def key(item: tuple[int, TaskState]) -> tuple[Any, ...]:
+        index, task = item
+        trial = task.trial if task.trial is not None else -1
+        return (task.started or never, names.rank(task.pod.key if task.pod else task.step), trial, index)
+
+    return [task for _, task in sorted(enumerate(tasks), key=key)]
+
+
 def _task_state(task: Any, pod: StepPod | None, names: PipelineNames, members: list[Any]) -> TaskState:
     start, end = _time(task.start_time) or _time(task.create_time), _time(task.end_time)
     outputs: dict[str, list[str]] = {}
@@ -188,6 +204,7 @@ def _task_state(task: Any, pod: StepPod | None, names: PipelineNames, members: l
         last_change=end or start,
         pod=pod,
         step=step,
+        started=start,
     )
 
 

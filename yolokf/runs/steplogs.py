@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from yolokf.core.errors import ClusterUnavailableError
@@ -92,9 +92,14 @@ class PipelineNames:
 
     names: dict[str, str]
     templates: dict[str, str]
+    ranks: dict[str, int] = field(default_factory=dict)  # each task's place in its DAG's dependency order
 
     def name(self, key: str) -> str:
         return self.names.get(key, key)
+
+    def rank(self, key: str) -> int:
+        """Where the task `key` comes in its DAG: after every task it depends on (unknown: last)."""
+        return self.ranks.get(key, len(self.ranks))
 
     def template(self, key: str) -> str:
         return self.templates.get(key, IMPL_TEMPLATE)
@@ -113,7 +118,10 @@ def pipeline_names(spec: Any) -> PipelineNames:
         ((platform.get("platforms") or {}).get("kubernetes") or {}).get("deploymentSpec", {}).get("executors", {})
     )
     components = spec.get("components") or {}
-    names, templates = {}, {}
+    names: dict[str, str] = {}
+    templates: dict[str, str] = {}
+    ranks: dict[str, int] = {}
+    _rank(spec.get("root") or {}, components, ranks)
     dags = [spec.get("root") or {}, *components.values()]
     for dag in dags:
         for key, task in ((dag.get("dag") or {}).get("tasks") or {}).items():
@@ -127,7 +135,28 @@ def pipeline_names(spec: Any) -> PipelineNames:
                 annotations, labels = metadata.get("annotations") or {}, metadata.get("labels") or {}
                 template = f"metadata-{len(annotations)}-{len(labels)}-{template}"
             templates[key] = template
-    return PipelineNames(names, templates)
+    return PipelineNames(names, templates, ranks)
+
+
+def _rank(dag: dict[str, Any], components: dict[str, Any], ranks: dict[str, int]) -> None:
+    """Number the tasks of `dag` in the order they can run: each after those it depends on (`dependentTasks`), a
+    sub-DAG's tasks (a loop's, a condition's) where the sub-DAG's task comes."""
+    tasks = (dag.get("dag") or {}).get("tasks") or {}
+    done: set[str] = set()
+
+    def visit(key: str) -> None:
+        if key in done or key not in tasks:
+            return
+        done.add(key)
+        for upstream in tasks[key].get("dependentTasks") or []:
+            visit(upstream)
+        ranks.setdefault(key, len(ranks))
+        inner = components.get((tasks[key].get("componentRef") or {}).get("name", ""), {})
+        if "dag" in inner:
+            _rank(inner, components, ranks)
+
+    for key in tasks:
+        visit(key)
 
 
 def step_pods(nodes: list[Node], names: PipelineNames = NO_NAMES) -> list[StepPod]:

@@ -98,7 +98,10 @@ class ArgoNodes:
         driver = self._task(entrypoint, "root-driver", [])
         root = self._task(entrypoint, "root", [driver])
         self._dag(root, self.run.spec["root"]["dag"]["tasks"], ())
-        return [self._detail(path) for path in self.nodes]
+        # The API server builds task details from the workflow's Status.Nodes, a Go map keyed by node ID
+        # (common/util/workflow.go NodeStatuses, server/api_converter.go toApiPipelineTaskDetail): the list is
+        # not in the DAG's order. Listed here by node ID, a fixed order that is not the DAG's either.
+        return [self._detail(path) for path in sorted(self.nodes, key=lambda path: fnv1a32(path))]
 
     def _contains(self, chain: tuple[tuple[str, int | None], ...], key: str) -> set[int | None]:
         """The loop iterations (None outside a loop) of task `key` in the DAG at `chain` that hold listed steps."""
