@@ -194,6 +194,26 @@ def test_train_evaluate_export_gate_register_each_in_a_container(
 
 @pytest.mark.docker
 @pytest.mark.slow
+def test_a_dataset_folder_on_this_machine_is_mounted_read_only(cli, tmp_path, pushed):
+    """Local data reaches the containers as a pod's volume would: mounted at its own path, read-only, and nothing
+    the steps write lands in it."""
+    from yolokf.data.shapes import write_dataset
+
+    write_dataset(tmp_path / "mine", train=8, val=4, test=2, imgsz=64, seed=5)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "mine").rglob("*"))
+    root = tmp_path / "root"
+    args = ["run", "--runner", "docker", "--image", pushed.reference, "--model", "yolov8n.yaml"]
+    result = cli([*args, "--data", tmp_path / "mine", "--epochs", "1", *TINY, "--pipeline-root", root])
+    assert result.exit_code == 0, result.output
+    (run,) = root.glob("yolov8-train-*")
+    fetched = executor_output(run, "fetch-dataset")["artifacts"]["dataset"]["artifacts"][0]["metadata"]
+    assert fetched["kind"] == "passthrough" and fetched["source"] == str(tmp_path / "mine"), fetched
+    assert (run / "yolo-train" / "weights" / "best.pt").is_file()
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "mine").rglob("*")) == before, "no label cache"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
 def test_a_halving_sweep_hands_checkpoints_on_only_through_the_run(cli, tmp_path, pushed):
     """Two trials, two rounds: the kept trial resumes round 1's checkpoint in a new container, which sees it only
     because the pipeline's outputs folder is mounted (no shared /tmp, no shared home)."""
