@@ -65,6 +65,21 @@ model.add_callback("on_train_batch_end", first)
 model.train(data="/data/data.yaml", epochs=1, imgsz=64, batch=8, workers=0, plots=False, val=False,
             project="/tmp/runs", name="bench", exist_ok=True, verbose=False)
 """
+# Where the yolokf image's start goes (--start-only): torch's import, ultralytics' `deterministic=True` flag, the rest.
+BREAKDOWN = """\
+import time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+from ultralytics import YOLO
+t2 = time.perf_counter()
+YOLO("yolov8n.yaml")
+t3 = time.perf_counter()
+torch.use_deterministic_algorithms(True, warn_only=True)
+t4 = time.perf_counter()
+print(f"import torch {t1 - t0:.2f} s, import ultralytics {t2 - t1:.2f} s, the model {t3 - t2:.2f} s, "
+      f"use_deterministic_algorithms {t4 - t3:.2f} s", flush=True)
+"""
 HAND_MADE = "pip install --break-system-packages --no-cache-dir --progress-bar off -q ultralytics-opencv-headless kfp"
 
 
@@ -131,6 +146,10 @@ def main() -> None:
         if args.start_only:
             results["first_batch"] = first_batch(client, base, built.plan.reference, Path(tmp))
             print_first_batch(results)
+            for _ in range(3):
+                command = ["python3", "-c", BREAKDOWN]
+                out = client.containers.run(built.plan.reference, command, entrypoint=[], remove=True)
+                print("in the yolokf image:", out.decode().strip().splitlines()[-1])
             return
         ours = added_size(client, built.plan.reference, base)
         bare = added_size(client, build_bare(client, base), base)
