@@ -169,23 +169,27 @@ class _StepOutput(io.TextIOBase):
         return step_error(lines) or " | ".join(line.strip() for line in lines[-3:]) or "no output"
 
 
+def _spec_tasks(pipeline: Any) -> Iterator[tuple[str, Any]]:
+    """Every task of the compiled spec as kfp.local names it, (key, task), sub-DAGs of loops and conditions
+    included."""
+    spec = pipeline.pipeline_spec
+    for dag in [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]:
+        yield from dag.tasks.items()
+
+
 def display_names(pipeline: Any) -> dict[str, str]:
     """kfp.local's task names (`yolo-export-2`) -> the display names the pipeline gave them (`export onnx`), the
     names a cluster's run display shows, read from the compiled spec (sub-DAGs of loops included)."""
-    spec = pipeline.pipeline_spec
-    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
-    return {key: task.task_info.name or key for dag in dags for key, task in dag.tasks.items()}
+    return {key: task.task_info.name or key for key, task in _spec_tasks(pipeline)}
 
 
 def container_tasks(pipeline: Any) -> set[str]:
     """kfp.local's names of the tasks that run a container (not an importer, not a sub-DAG of a loop or condition)."""
     spec = pipeline.pipeline_spec
     executors = spec.deployment_spec["executors"]
-    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
     return {
         key
-        for dag in dags
-        for key, task in dag.tasks.items()
+        for key, task in _spec_tasks(pipeline)
         if (label := spec.components[task.component_ref.name].executor_label)
         and label in executors
         and "container" in executors[label]

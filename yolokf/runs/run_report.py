@@ -102,8 +102,8 @@ class RunReport:
 
     @property
     def current_task(self) -> TaskState | None:
-        """The task to show: the last one running, else the one that changed last (the server lists in any order;
-        its times are whole seconds, so tasks that changed within the same second keep the server's order)."""
+        """The task to show: the last one running, else the one that changed last (its times are whole seconds, so
+        tasks that changed within the same second keep the order they ran in, `_in_run_order`)."""
         steps = [t for t in self.tasks if t.is_step]
         running = [t for t in steps if t.state == "RUNNING"]
         if running:
@@ -181,7 +181,8 @@ def _in_run_order(tasks: list[TaskState], names: PipelineNames) -> list[TaskStat
     def key(item: tuple[int, TaskState]) -> tuple[Any, ...]:
         index, task = item
         trial = task.trial if task.trial is not None else -1
-        return (task.started or never, names.rank(task.pod.key if task.pod else task.step), trial, index)
+        rank = names.rank(task.pod.key) if task.pod else len(names.ranks)  # no pod: no task key to place
+        return (task.started or never, rank, trial, index)
 
     return [task for _, task in sorted(enumerate(tasks), key=key)]
 
